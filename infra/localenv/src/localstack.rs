@@ -1,0 +1,77 @@
+//! Makes sure a LocalStack answers, starting one through `infra/localstack/localstack.sh` when
+//! none does, and leaving a running one alone.
+
+use std::process::Command;
+use std::sync::OnceLock;
+
+use crate::{cache_dir, repo_root};
+
+/// Local AWS endpoint and dummy credentials, as LocalStack expects them.
+pub const DEFAULT_PORT: u16 = 4566;
+
+/// Why LocalStack could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalStackError {
+    /// The control script failed (its stderr says why: a missing prerequisite, a taken port).
+    #[error("infra/localstack/localstack.sh ensure failed ({status}):\n{stderr}")]
+    Script {
+        /// Exit status.
+        status: String,
+        /// What the script printed.
+        stderr: String,
+    },
+    /// The script could not be run at all.
+    #[error("could not run infra/localstack/localstack.sh: {0}")]
+    Spawn(#[from] std::io::Error),
+}
+
+/// The endpoint this process talks to: `AWS_ENDPOINT_URL` when set, else LocalStack's default.
+pub fn endpoint() -> String {
+    std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| format!("http://127.0.0.1:{}", port()))
+}
+
+fn port() -> u16 {
+    std::env::var("LOCALSTACK_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(DEFAULT_PORT)
+}
+
+/// Points this process's AWS SDK at LocalStack (unless the caller already chose an endpoint) and
+/// ensures LocalStack is up. Safe to call from many tests and many processes at once: the script
+/// runs under a file lock, and a healthy LocalStack is left alone. Runs once per process.
+pub fn ensure() -> Result<(), &'static LocalStackError> {
+    static READY: OnceLock<Result<(), LocalStackError>> = OnceLock::new();
+    READY.get_or_init(start_if_needed).as_ref().map(|_| ())
+}
+
+fn start_if_needed() -> Result<(), LocalStackError> {
+    // SAFETY: called once, under OnceLock, before this process creates any AWS client; the
+    // variables only fill in what the caller left unset.
+    unsafe {
+        for (name, value) in [
+            ("AWS_ENDPOINT_URL", endpoint().as_str()),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+        ] {
+            if std::env::var_os(name).is_none() {
+                std::env::set_var(name, value);
+            }
+        }
+    }
+    let root = repo_root();
+    let lock = cache_dir().join("localstack-ensure.lock");
+    std::fs::create_dir_all(lock.parent().expect("lock path has a parent"))?;
+    let output = Command::new("flock")
+        .arg(&lock)
+        .arg(root.join("infra/localstack/localstack.sh"))
+        .arg("ensure")
+        .env("LOCALSTACK_PORT", port().to_string())
+        .output()?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(LocalStackError::Script {
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        })
+    }
+}

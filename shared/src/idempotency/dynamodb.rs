@@ -1,0 +1,254 @@
+//! The DynamoDB adapter. Every write is one conditional request whose condition mirrors
+//! [`super::protocol`]; a refused condition returns the stored item (ALL_OLD), so a duplicate
+//! costs one request and no extra read.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+
+use super::key::RecordKey;
+use super::protocol::{
+    ClaimDecision, ClaimRequest, IdempotencyRecord, OwnerToken, RecordStatus, Settle, decide_claim, now_s,
+};
+use super::store::{ClaimOutcome, IdempotencyStore, Lease, Settlement, StoreError, refused_outcome};
+use crate::aws::errors::classify;
+
+pub mod attributes;
+
+use attributes::{n, record_from_item, s};
+
+/// The claim's condition: absent, or IN_PROGRESS with the lease over for the same payload and
+/// not past TTL (a record past TTL is replaced by a fresh one, see `replace_expired`).
+const CLAIM_CONDITION: &str = "attribute_not_exists(pk) OR (#status = :in_progress AND lease_until_ms < :now_ms \
+     AND payload_hash = :hash AND expires_at >= :now_s)";
+
+/// Creates afresh, or takes over keeping history (attempts, first-claim time, last error).
+const CLAIM_UPDATE: &str = "SET #status = :in_progress, #owner = :owner, lease_until_ms = :lease, \
+     payload_hash = :hash, updated_at = :now_ms, expires_at = :expires_at, \
+     attempts = if_not_exists(attempts, :zero) + :one, created_at = if_not_exists(created_at, :now_ms) \
+     REMOVE #result, error_code, error_reason";
+
+/// Replacing a record that is past its TTL but not yet deleted by DynamoDB.
+const REPLACE_CONDITION: &str = "attribute_not_exists(pk) OR expires_at < :now_s";
+
+/// Only the owner of an IN_PROGRESS record may settle it.
+const SETTLE_CONDITION: &str = "#owner = :owner AND #status = :in_progress";
+
+/// A claim loses a race at most this many times before reporting the store as busy.
+const MAX_CLAIM_ROUNDS: usize = 4;
+
+/// Idempotency records in one DynamoDB table with a string partition key `pk` and TTL on
+/// `expires_at`.
+#[derive(Debug, Clone)]
+pub struct DynamoDbStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoDbStore {
+    /// A store over `table`, using `client` as configured (endpoint, retries, credentials).
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self { client, table: table.into() }
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    async fn try_claim(
+        &self,
+        request: &ClaimRequest,
+        pk: &str,
+    ) -> Result<Result<ClaimOutcome, Option<IdempotencyRecord>>, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .update_expression(CLAIM_UPDATE)
+            .condition_expression(CLAIM_CONDITION)
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#result", "result")
+            .expression_attribute_values(":in_progress", s(RecordStatus::InProgress.as_str()))
+            .expression_attribute_values(":owner", s(request.owner.as_str()))
+            .expression_attribute_values(":lease", n(request.lease_until_ms))
+            .expression_attribute_values(":hash", s(request.payload_hash.as_str()))
+            .expression_attribute_values(":now_ms", n(request.now_ms))
+            .expression_attribute_values(":now_s", n(now_s(request.now_ms)))
+            .expression_attribute_values(":expires_at", n(request.expires_at_s))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":one", n(1))
+            .return_values(ReturnValue::UpdatedNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let attempts = out
+                    .attributes()
+                    .and_then(|a| a.get("attempts"))
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
+                Ok(Ok(claimed(request, attempts)))
+            }
+            Err(SdkError::ServiceError(e))
+                if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
+            {
+                let UpdateItemError::ConditionalCheckFailedException(failed) = e.err() else { unreachable!() };
+                Ok(Err(failed.item().map(|item| record_from_item(pk, item)).transpose()?))
+            }
+            Err(err) => Err(store_error(&err)),
+        }
+    }
+
+    /// Replaces a record that is past its TTL with a fresh claim (attempt 1, no history).
+    async fn replace_expired(
+        &self,
+        request: &ClaimRequest,
+        pk: &str,
+    ) -> Result<Result<ClaimOutcome, Option<IdempotencyRecord>>, StoreError> {
+        let fresh = super::protocol::claimed_record(None, ClaimDecision::Create, request);
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(attributes::item_from_record(&fresh)))
+            .condition_expression(REPLACE_CONDITION)
+            .expression_attribute_values(":now_s", n(now_s(request.now_ms)))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Ok(claimed(request, 1))),
+            Err(SdkError::ServiceError(e)) if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) => {
+                let PutItemError::ConditionalCheckFailedException(failed) = e.err() else { unreachable!() };
+                Ok(Err(failed.item().map(|item| record_from_item(pk, item)).transpose()?))
+            }
+            Err(err) => Err(store_error(&err)),
+        }
+    }
+}
+
+fn claimed(request: &ClaimRequest, attempt: u32) -> ClaimOutcome {
+    ClaimOutcome::Claimed(Lease {
+        key: request.key.clone(),
+        owner: request.owner.clone(),
+        lease_until_ms: request.lease_until_ms,
+        attempt,
+    })
+}
+
+fn store_error<E>(err: &SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>) -> StoreError
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let judged = classify(err);
+    if judged.retryable { StoreError::Transient(judged.description) } else { StoreError::Permanent(judged.description) }
+}
+
+impl IdempotencyStore for DynamoDbStore {
+    async fn claim(&self, request: &ClaimRequest) -> Result<ClaimOutcome, StoreError> {
+        let pk = request.key.partition_key();
+        // The common paths (first claim, take-over, duplicate) finish in the first round with one
+        // request. Only a record past its TTL, or a race with another claimer, needs more.
+        let mut attempt = self.try_claim(request, &pk).await?;
+        for _ in 0..MAX_CLAIM_ROUNDS {
+            let found = match attempt {
+                Ok(outcome) => return Ok(outcome),
+                Err(found) => found,
+            };
+            attempt = match decide_claim(found.as_ref(), &request.payload_hash, request.now_ms) {
+                ClaimDecision::Refuse(refusal) => {
+                    return refused_outcome(found.as_ref().expect("refusals need a record"), refusal);
+                }
+                ClaimDecision::Create if found.is_some() => self.replace_expired(request, &pk).await?,
+                // The record changed between our condition check and now: ask again.
+                ClaimDecision::Create | ClaimDecision::TakeOver => self.try_claim(request, &pk).await?,
+            };
+        }
+        Err(StoreError::Transient(format!("claim of {pk} kept losing races")))
+    }
+
+    async fn settle(
+        &self,
+        key: &RecordKey,
+        owner: &OwnerToken,
+        settle: &Settle,
+        now_ms: i64,
+        expires_at_s: i64,
+    ) -> Result<Settlement, StoreError> {
+        let pk = key.partition_key();
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&pk))
+            .condition_expression(SETTLE_CONDITION)
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":in_progress", s(RecordStatus::InProgress.as_str()))
+            .expression_attribute_values(":owner", s(owner.as_str()))
+            .expression_attribute_values(":now_ms", n(now_ms))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        request = match settle {
+            Settle::Complete { result } => request
+                .update_expression(
+                    "SET #status = :completed, #result = :result, updated_at = :now_ms, expires_at = :exp",
+                )
+                .expression_attribute_names("#result", "result")
+                .expression_attribute_values(":completed", s(RecordStatus::Completed.as_str()))
+                .expression_attribute_values(":result", s(result))
+                .expression_attribute_values(":exp", n(expires_at_s)),
+            Settle::Fail(failure) => request
+                .update_expression(
+                    "SET #status = :failed, error_code = :code, error_reason = :reason, last_error = :reason, \
+                     updated_at = :now_ms, expires_at = :exp",
+                )
+                .expression_attribute_values(":failed", s(RecordStatus::Failed.as_str()))
+                .expression_attribute_values(":code", s(&failure.code))
+                .expression_attribute_values(":reason", s(&failure.reason))
+                .expression_attribute_values(":exp", n(expires_at_s)),
+            Settle::Release { reason } => request
+                .update_expression(
+                    "SET lease_until_ms = :zero, last_error = :reason, updated_at = :now_ms REMOVE #owner",
+                )
+                .expression_attribute_values(":zero", n(0))
+                .expression_attribute_values(":reason", s(reason)),
+        };
+        match request.send().await {
+            Ok(_) => Ok(Settlement::Recorded),
+            Err(SdkError::ServiceError(e))
+                if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
+            {
+                let UpdateItemError::ConditionalCheckFailedException(failed) = e.err() else { unreachable!() };
+                let current = failed.item().map(|item| record_from_item(&pk, item)).transpose()?.map(Box::new);
+                Ok(Settlement::NotOwner { current })
+            }
+            Err(err) => Err(store_error(&err)),
+        }
+    }
+
+    async fn get(&self, key: &RecordKey) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let pk = key.partition_key();
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(&pk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        out.item().map(|item| record_from_item(&pk, item)).transpose()
+    }
+}
+
+/// Items as the DynamoDB API takes them.
+pub type Item = HashMap<String, AttributeValue>;

@@ -1,0 +1,172 @@
+//! The face callers use: a store plus a config object with sensible defaults and a clock. It
+//! turns "claim this key for this payload until my deadline" into the exact request the
+//! protocol needs (owner token, lease, TTL).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::hash::PayloadHash;
+use super::key::RecordKey;
+use super::protocol::{ClaimRequest, IdempotencyRecord, OwnerToken, Settle, StoredFailure, now_s};
+use super::store::{ClaimOutcome, IdempotencyStore, Lease, Settlement, StoreError};
+use crate::clock::{Clock, SystemClock};
+
+/// How long records live and how long a claim may last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdempotencyConfig {
+    /// How long a record (and so the protection against duplicates) outlives its last change.
+    /// Default: 7 days, longer than any client retries or SQS retention.
+    pub retention: Duration,
+    /// Upper bound on any lease, whatever deadline the caller passes. Default: 15 minutes (the
+    /// longest Lambda timeout).
+    pub max_lease: Duration,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self { retention: Duration::from_secs(7 * 24 * 3600), max_lease: Duration::from_secs(15 * 60) }
+    }
+}
+
+/// Idempotent execution over a store.
+#[derive(Clone)]
+pub struct Idempotency<S> {
+    store: S,
+    config: IdempotencyConfig,
+    clock: Arc<dyn Clock>,
+}
+
+impl<S: IdempotencyStore> Idempotency<S> {
+    /// Over `store`, with the real clock.
+    pub fn new(store: S, config: IdempotencyConfig) -> Self {
+        Self::with_clock(store, config, Arc::new(SystemClock))
+    }
+
+    /// Over `store`, with a clock of the caller's (tests move time by hand).
+    pub fn with_clock(store: S, config: IdempotencyConfig, clock: Arc<dyn Clock>) -> Self {
+        Self { store, config, clock }
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &IdempotencyConfig {
+        &self.config
+    }
+
+    /// "Now" by this guard's clock (epoch ms).
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Claims `key` for a payload with fingerprint `payload_hash`. The lease ends at
+    /// `deadline_ms` (a Lambda passes its invocation deadline), capped by `max_lease`.
+    pub async fn claim(
+        &self,
+        key: &RecordKey,
+        payload_hash: &PayloadHash,
+        deadline_ms: i64,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let now_ms = self.now_ms();
+        let max_lease_ms = i64::try_from(self.config.max_lease.as_millis()).unwrap_or(i64::MAX);
+        let request = ClaimRequest {
+            key: key.clone(),
+            payload_hash: payload_hash.clone(),
+            owner: OwnerToken::random(),
+            now_ms,
+            lease_until_ms: deadline_ms.min(now_ms.saturating_add(max_lease_ms)),
+            expires_at_s: self.expires_at_s(now_ms),
+        };
+        self.store.claim(&request).await
+    }
+
+    /// Records success with the result to replay to duplicates.
+    pub async fn complete(&self, lease: &Lease, result: &serde_json::Value) -> Result<Settlement, StoreError> {
+        self.settle(lease, Settle::Complete { result: result.to_string() }).await
+    }
+
+    /// Records a permanent failure, replayed to duplicates and never retried.
+    pub async fn fail_permanently(&self, lease: &Lease, failure: StoredFailure) -> Result<Settlement, StoreError> {
+        self.settle(lease, Settle::Fail(failure)).await
+    }
+
+    /// Gives the claim up after a retryable failure, so the next delivery can claim at once.
+    pub async fn release(&self, lease: &Lease, reason: &str) -> Result<Settlement, StoreError> {
+        self.settle(lease, Settle::Release { reason: reason.to_owned() }).await
+    }
+
+    /// Reads the record as stored.
+    pub async fn get(&self, key: &RecordKey) -> Result<Option<IdempotencyRecord>, StoreError> {
+        self.store.get(key).await
+    }
+
+    async fn settle(&self, lease: &Lease, settle: Settle) -> Result<Settlement, StoreError> {
+        let now_ms = self.now_ms();
+        self.store.settle(&lease.key, &lease.owner, &settle, now_ms, self.expires_at_s(now_ms)).await
+    }
+
+    fn expires_at_s(&self, now_ms: i64) -> i64 {
+        now_s(now_ms).saturating_add(i64::try_from(self.config.retention.as_secs()).unwrap_or(i64::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::idempotency::key::{IdempotencyKey, Operation, Scope};
+    use crate::idempotency::memory::InMemoryStore;
+    use serde_json::json;
+
+    fn guard(clock: &ManualClock) -> Idempotency<InMemoryStore> {
+        Idempotency::with_clock(InMemoryStore::new(), IdempotencyConfig::default(), Arc::new(clock.clone()))
+    }
+
+    fn key(scope: &str) -> RecordKey {
+        RecordKey::new(
+            Operation::new("process").unwrap(),
+            Scope::new(scope).unwrap(),
+            IdempotencyKey::new("k-1").unwrap(),
+        )
+    }
+
+    fn hash(v: serde_json::Value) -> PayloadHash {
+        PayloadHash::of(&v).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_lease_is_the_deadline_capped_by_the_maximum() {
+        let clock = ManualClock::at(1_000_000);
+        let g = guard(&clock);
+        let ClaimOutcome::Claimed(lease) = g.claim(&key("a"), &hash(json!(1)), 1_000_000 + 5_000).await.unwrap() else {
+            panic!("first claim must succeed")
+        };
+        assert_eq!(lease.lease_until_ms, 1_005_000);
+        let ClaimOutcome::Claimed(capped) = g.claim(&key("b"), &hash(json!(1)), i64::MAX).await.unwrap() else {
+            panic!("first claim must succeed")
+        };
+        assert_eq!(capped.lease_until_ms, 1_000_000 + 15 * 60 * 1000);
+    }
+
+    #[tokio::test]
+    async fn completed_work_is_replayed_and_records_expire_after_retention() {
+        let clock = ManualClock::at(10_000);
+        let g = guard(&clock);
+        let k = key("a");
+        let ClaimOutcome::Claimed(lease) = g.claim(&k, &hash(json!({"a": 1})), 20_000).await.unwrap() else {
+            panic!("first claim must succeed")
+        };
+        assert_eq!(g.complete(&lease, &json!({"charge": "ch_1"})).await.unwrap(), Settlement::Recorded);
+        assert_eq!(
+            g.claim(&k, &hash(json!({"a": 1})), 20_000).await.unwrap(),
+            ClaimOutcome::AlreadyCompleted { result: r#"{"charge":"ch_1"}"#.into() }
+        );
+        clock.advance_ms(7 * 24 * 3600 * 1000 + 1000);
+        assert!(
+            matches!(g.claim(&k, &hash(json!({"a": 2})), i64::MAX).await.unwrap(), ClaimOutcome::Claimed(l) if l.attempt == 1)
+        );
+    }
+}

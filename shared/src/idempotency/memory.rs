@@ -1,0 +1,77 @@
+//! An in-memory store for fast unit tests of the code above the store. It applies the rules of
+//! [`super::protocol`] directly, so it behaves like the DynamoDB adapter by construction. Never a
+//! substitute for the LocalStack tests of that adapter.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::key::RecordKey;
+use super::protocol::{
+    ClaimDecision, ClaimRequest, IdempotencyRecord, OwnerToken, Settle, claimed_record, decide_claim, may_settle,
+    settled_record,
+};
+use super::store::{ClaimOutcome, IdempotencyStore, Lease, Settlement, StoreError, refused_outcome};
+
+/// Records in a map behind a mutex; clones share the map.
+#[derive(Debug, Clone, Default)]
+pub struct InMemoryStore {
+    records: Arc<Mutex<HashMap<String, IdempotencyRecord>>>,
+}
+
+impl InMemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, IdempotencyRecord>> {
+        // A panic while holding the lock cannot leave a half-written record (every write is one
+        // insert), so a poisoned lock is safe to keep using.
+        self.records.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl IdempotencyStore for InMemoryStore {
+    async fn claim(&self, request: &ClaimRequest) -> Result<ClaimOutcome, StoreError> {
+        let pk = request.key.partition_key();
+        let mut records = self.lock();
+        let stored = records.get(&pk);
+        match decide_claim(stored, &request.payload_hash, request.now_ms) {
+            ClaimDecision::Refuse(refusal) => refused_outcome(stored.expect("refusals need a record"), refusal),
+            decision => {
+                let record = claimed_record(stored, decision, request);
+                let lease = Lease {
+                    key: request.key.clone(),
+                    owner: request.owner.clone(),
+                    lease_until_ms: record.lease_until_ms,
+                    attempt: record.attempts,
+                };
+                records.insert(pk, record);
+                Ok(ClaimOutcome::Claimed(lease))
+            }
+        }
+    }
+
+    async fn settle(
+        &self,
+        key: &RecordKey,
+        owner: &OwnerToken,
+        settle: &Settle,
+        now_ms: i64,
+        expires_at_s: i64,
+    ) -> Result<Settlement, StoreError> {
+        let pk = key.partition_key();
+        let mut records = self.lock();
+        let stored = records.get(&pk);
+        if !may_settle(stored, owner) {
+            return Ok(Settlement::NotOwner { current: stored.cloned().map(Box::new) });
+        }
+        let next = settled_record(stored.expect("may_settle needs a record"), settle, now_ms, expires_at_s);
+        records.insert(pk, next);
+        Ok(Settlement::Recorded)
+    }
+
+    async fn get(&self, key: &RecordKey) -> Result<Option<IdempotencyRecord>, StoreError> {
+        Ok(self.lock().get(&key.partition_key()).cloned())
+    }
+}

@@ -1,0 +1,361 @@
+//! The idempotency protocol as pure functions over a stored record and the time.
+//!
+//! This module is the single source of truth for which claims, completions and releases are
+//! allowed. The in-memory store and the model checker call these functions; the DynamoDB store
+//! mirrors them in its condition expressions, and a LocalStack test checks that mirror against
+//! these functions on generated cases.
+
+use super::hash::PayloadHash;
+use super::key::RecordKey;
+
+/// Where a record is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordStatus {
+    /// Claimed by a worker (or released by one after a retryable failure, with no owner).
+    InProgress,
+    /// The operation succeeded; the result is stored.
+    Completed,
+    /// The operation failed permanently; the reason is stored.
+    Failed,
+}
+
+impl RecordStatus {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InProgress => "IN_PROGRESS",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "IN_PROGRESS" => Some(Self::InProgress),
+            "COMPLETED" => Some(Self::Completed),
+            "FAILED" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// A random token naming one claim. Settling a record requires it, so a worker whose lease was
+/// taken over cannot touch the new owner's record.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OwnerToken(String);
+
+impl OwnerToken {
+    /// A fresh random token (UUID v4).
+    pub fn random() -> Self {
+        Self(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// Rebuilds a token read back from a store (or named by a model).
+    pub fn from_stored(token: String) -> Self {
+        Self(token)
+    }
+
+    /// The token text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A permanent failure as stored: a stable machine-readable code and a reason for humans.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredFailure {
+    /// Stable code, e.g. `card_declined`, `invalid_message`.
+    pub code: String,
+    /// Human-readable reason.
+    pub reason: String,
+}
+
+/// One idempotency record, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// The DynamoDB partition key (`{operation}#{scope}#{key}`).
+    pub partition_key: String,
+    /// Where the record is in its life.
+    pub status: RecordStatus,
+    /// Fingerprint of the payload of the first request.
+    pub payload_hash: PayloadHash,
+    /// The current claim's token; `None` once released.
+    pub owner: Option<OwnerToken>,
+    /// End of the current claim's lease (epoch ms); 0 once released.
+    pub lease_until_ms: i64,
+    /// The stored result (JSON text) once completed.
+    pub result: Option<String>,
+    /// The stored failure once failed permanently.
+    pub failure: Option<StoredFailure>,
+    /// The reason of the latest retryable failure, kept for operators and the DLQ consumer.
+    pub last_error: Option<String>,
+    /// Number of claims so far (first claim = 1).
+    pub attempts: u32,
+    /// First claim (epoch ms).
+    pub created_at_ms: i64,
+    /// Last change (epoch ms).
+    pub updated_at_ms: i64,
+    /// TTL (epoch seconds): past it the record counts as absent, whether or not DynamoDB has
+    /// deleted it yet (TTL deletion can lag by up to 48 hours).
+    pub expires_at_s: i64,
+}
+
+impl IdempotencyRecord {
+    /// Past its TTL: counts as absent. Mirrors `expires_at < :now_s` in the store's conditions.
+    pub fn is_expired(&self, now_ms: i64) -> bool {
+        self.expires_at_s < now_s(now_ms)
+    }
+
+    /// An IN_PROGRESS record whose lease is over: another worker may take it over. Mirrors
+    /// `lease_until_ms < :now_ms`.
+    pub fn lease_is_over(&self, now_ms: i64) -> bool {
+        self.lease_until_ms < now_ms
+    }
+}
+
+/// Whole seconds of an epoch-millisecond time, as the TTL attribute is kept.
+pub fn now_s(now_ms: i64) -> i64 {
+    now_ms.div_euclid(1000)
+}
+
+/// Everything a claim writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRequest {
+    /// Which record.
+    pub key: RecordKey,
+    /// Fingerprint of this request's payload.
+    pub payload_hash: PayloadHash,
+    /// The new claim's token.
+    pub owner: OwnerToken,
+    /// The time of the claim (epoch ms).
+    pub now_ms: i64,
+    /// End of the lease asked for (epoch ms).
+    pub lease_until_ms: i64,
+    /// TTL of the record (epoch s).
+    pub expires_at_s: i64,
+}
+
+/// What a claim may do, given what is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimDecision {
+    /// No live record: write a fresh one (attempt 1).
+    Create,
+    /// An IN_PROGRESS record whose lease is over, for the same payload: take it over, keeping its
+    /// history (attempts + 1, first-claim time, last error).
+    TakeOver,
+    /// A live record stands in the way.
+    Refuse(Refusal),
+}
+
+/// Why a claim was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The key was used before with a different payload (checked before anything else, so a
+    /// different request never receives another request's stored result).
+    PayloadMismatch,
+    /// Already completed: the stored result answers.
+    Completed,
+    /// Already failed permanently: the stored failure answers.
+    Failed,
+    /// Another worker holds a live lease.
+    InProgress {
+        /// When that lease ends (epoch ms).
+        lease_until_ms: i64,
+    },
+}
+
+/// The claim rule: absent, past TTL, or IN_PROGRESS with the lease over (same payload).
+pub fn decide_claim(stored: Option<&IdempotencyRecord>, payload_hash: &PayloadHash, now_ms: i64) -> ClaimDecision {
+    let Some(record) = stored else { return ClaimDecision::Create };
+    if record.is_expired(now_ms) {
+        return ClaimDecision::Create;
+    }
+    if record.payload_hash != *payload_hash {
+        return ClaimDecision::Refuse(Refusal::PayloadMismatch);
+    }
+    match record.status {
+        RecordStatus::Completed => ClaimDecision::Refuse(Refusal::Completed),
+        RecordStatus::Failed => ClaimDecision::Refuse(Refusal::Failed),
+        RecordStatus::InProgress if record.lease_is_over(now_ms) => ClaimDecision::TakeOver,
+        RecordStatus::InProgress => {
+            ClaimDecision::Refuse(Refusal::InProgress { lease_until_ms: record.lease_until_ms })
+        }
+    }
+}
+
+/// The record a successful claim leaves behind.
+pub fn claimed_record(
+    previous: Option<&IdempotencyRecord>,
+    decision: ClaimDecision,
+    req: &ClaimRequest,
+) -> IdempotencyRecord {
+    let kept = match decision {
+        ClaimDecision::TakeOver => previous,
+        ClaimDecision::Create | ClaimDecision::Refuse(_) => None,
+    };
+    IdempotencyRecord {
+        partition_key: req.key.partition_key(),
+        status: RecordStatus::InProgress,
+        payload_hash: req.payload_hash.clone(),
+        owner: Some(req.owner.clone()),
+        lease_until_ms: req.lease_until_ms,
+        result: None,
+        failure: None,
+        last_error: kept.and_then(|r| r.last_error.clone()),
+        attempts: kept.map_or(0, |r| r.attempts) + 1,
+        created_at_ms: kept.map_or(req.now_ms, |r| r.created_at_ms),
+        updated_at_ms: req.now_ms,
+        expires_at_s: req.expires_at_s,
+    }
+}
+
+/// The settle rule (complete, fail permanently, release): only the current owner of an
+/// IN_PROGRESS record. A worker whose lease lapsed but was not taken over may still settle: the
+/// work it did is the work that counts. Mirrors `#owner = :owner AND #status = :in_progress`.
+pub fn may_settle(stored: Option<&IdempotencyRecord>, owner: &OwnerToken) -> bool {
+    matches!(stored, Some(r) if r.status == RecordStatus::InProgress && r.owner.as_ref() == Some(owner))
+}
+
+/// How an owner settles its claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settle {
+    /// Success, with the result to replay to duplicates (JSON text).
+    Complete {
+        /// JSON text of the result.
+        result: String,
+    },
+    /// Permanent failure, stored and replayed to duplicates.
+    Fail(StoredFailure),
+    /// Retryable failure: give the record up so the next delivery can claim it at once.
+    Release {
+        /// Why, kept as `last_error`.
+        reason: String,
+    },
+}
+
+/// The record a permitted settlement leaves behind.
+pub fn settled_record(
+    current: &IdempotencyRecord,
+    settle: &Settle,
+    now_ms: i64,
+    expires_at_s: i64,
+) -> IdempotencyRecord {
+    let mut next = current.clone();
+    next.updated_at_ms = now_ms;
+    match settle {
+        Settle::Complete { result } => {
+            next.status = RecordStatus::Completed;
+            next.result = Some(result.clone());
+            next.expires_at_s = expires_at_s;
+        }
+        Settle::Fail(failure) => {
+            next.status = RecordStatus::Failed;
+            next.failure = Some(failure.clone());
+            next.last_error = Some(failure.reason.clone());
+            next.expires_at_s = expires_at_s;
+        }
+        Settle::Release { reason } => {
+            next.owner = None;
+            next.lease_until_ms = 0;
+            next.last_error = Some(reason.clone());
+        }
+    }
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idempotency::key::{IdempotencyKey, Operation, Scope};
+
+    fn key() -> RecordKey {
+        RecordKey::new(
+            Operation::new("process").unwrap(),
+            Scope::new("acme").unwrap(),
+            IdempotencyKey::new("k").unwrap(),
+        )
+    }
+
+    fn request(hash: &str, now_ms: i64) -> ClaimRequest {
+        ClaimRequest {
+            key: key(),
+            payload_hash: PayloadHash::from_stored(hash.into()),
+            owner: OwnerToken::random(),
+            now_ms,
+            lease_until_ms: now_ms + 30_000,
+            expires_at_s: now_s(now_ms) + 3600,
+        }
+    }
+
+    fn fresh(hash: &str, now_ms: i64) -> IdempotencyRecord {
+        let req = request(hash, now_ms);
+        claimed_record(None, ClaimDecision::Create, &req)
+    }
+
+    #[test]
+    fn absent_or_expired_records_are_created_afresh() {
+        let h = PayloadHash::from_stored("h".into());
+        assert_eq!(decide_claim(None, &h, 0), ClaimDecision::Create);
+        let old = fresh("other", 0);
+        let after_ttl = (old.expires_at_s + 1) * 1000;
+        assert_eq!(decide_claim(Some(&old), &h, after_ttl), ClaimDecision::Create);
+        // At the TTL second itself the record still lives.
+        assert_eq!(
+            decide_claim(Some(&old), &h, old.expires_at_s * 1000),
+            ClaimDecision::Refuse(Refusal::PayloadMismatch)
+        );
+    }
+
+    #[test]
+    fn a_live_lease_refuses_and_an_expired_one_is_taken_over() {
+        let rec = fresh("h", 1_000);
+        let h = PayloadHash::from_stored("h".into());
+        assert_eq!(
+            decide_claim(Some(&rec), &h, rec.lease_until_ms),
+            ClaimDecision::Refuse(Refusal::InProgress { lease_until_ms: rec.lease_until_ms })
+        );
+        assert_eq!(decide_claim(Some(&rec), &h, rec.lease_until_ms + 1), ClaimDecision::TakeOver);
+    }
+
+    #[test]
+    fn payload_mismatch_wins_over_a_stored_result() {
+        let rec = fresh("h", 0);
+        let done = settled_record(&rec, &Settle::Complete { result: "{}".into() }, 1, 99);
+        let other = PayloadHash::from_stored("x".into());
+        assert_eq!(decide_claim(Some(&done), &other, 2), ClaimDecision::Refuse(Refusal::PayloadMismatch));
+        let same = PayloadHash::from_stored("h".into());
+        assert_eq!(decide_claim(Some(&done), &same, 2), ClaimDecision::Refuse(Refusal::Completed));
+    }
+
+    #[test]
+    fn take_over_keeps_history_and_counts_the_attempt() {
+        let first = fresh("h", 1_000);
+        let released = settled_record(&first, &Settle::Release { reason: "503".into() }, 2_000, 0);
+        assert!(!may_settle(Some(&released), first.owner.as_ref().unwrap()), "release drops the owner");
+        let req = request("h", 3_000);
+        let decision = decide_claim(Some(&released), &req.payload_hash, req.now_ms);
+        assert_eq!(decision, ClaimDecision::TakeOver);
+        let second = claimed_record(Some(&released), decision, &req);
+        assert_eq!(second.attempts, 2);
+        assert_eq!(second.created_at_ms, 1_000);
+        assert_eq!(second.last_error.as_deref(), Some("503"));
+        assert!(may_settle(Some(&second), &req.owner));
+        assert!(!may_settle(Some(&second), first.owner.as_ref().unwrap()));
+    }
+
+    #[test]
+    fn settled_records_accept_no_further_settlement() {
+        let rec = fresh("h", 0);
+        let owner = rec.owner.clone().unwrap();
+        let failed = settled_record(
+            &rec,
+            &Settle::Fail(StoredFailure { code: "card_declined".into(), reason: "declined".into() }),
+            1,
+            50,
+        );
+        assert_eq!(failed.status, RecordStatus::Failed);
+        assert!(!may_settle(Some(&failed), &owner));
+        assert!(!may_settle(None, &owner));
+    }
+}
