@@ -47,3 +47,12 @@ where
     };
     Classified { retryable, description }
 }
+
+/// Maps an SDK error to an adapter's own error type, by whether it is worth retrying.
+pub fn sort_error<E, T>(err: &SdkError<E, HttpResponse>, transient: fn(String) -> T, permanent: fn(String) -> T) -> T
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let judged = classify(err);
+    if judged.retryable { transient(judged.description) } else { permanent(judged.description) }
+}

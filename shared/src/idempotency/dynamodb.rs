@@ -15,7 +15,7 @@ use super::protocol::{
     ClaimDecision, ClaimRequest, IdempotencyRecord, OwnerToken, RecordStatus, Settle, decide_claim, now_s,
 };
 use super::store::{ClaimOutcome, IdempotencyStore, Lease, Settlement, StoreError, refused_outcome};
-use crate::aws::errors::classify;
+use crate::aws::errors::sort_error;
 
 pub mod attributes;
 
@@ -149,8 +149,7 @@ fn store_error<E>(err: &SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse
 where
     E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let judged = classify(err);
-    if judged.retryable { StoreError::Transient(judged.description) } else { StoreError::Permanent(judged.description) }
+    sort_error(err, StoreError::Transient, StoreError::Permanent)
 }
 
 impl IdempotencyStore for DynamoDbStore {

@@ -6,8 +6,12 @@ pub mod gateway;
 pub mod http_gateway;
 pub mod money;
 pub mod request;
+pub mod status;
 
 pub use envelope::{EnvelopeError, KeyHint, PaymentMessage};
 pub use gateway::{Charge, ChargeRequest, GatewayError, PaymentGateway, RetryableKind};
 pub use money::{Currency, MinorUnits};
 pub use request::{MerchantReference, Metadata, PaymentMethodToken, PaymentRequest};
+pub use status::{
+    ChargeResult, PaymentStatus, PaymentView, derive_view, intake_key, process_key, provider_idempotency_key,
+};

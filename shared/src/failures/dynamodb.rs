@@ -1,0 +1,219 @@
+//! The DynamoDB adapter of the failure store: partition key `pk` (the payment), sort key `sk`
+//! (the message id); writes conditional on the record not existing yet.
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use super::record::{
+    FailureKind, FailureRecord, FailureState, FailureStore, FailureStoreError, Recorded, payment_partition,
+};
+use crate::aws::errors::sort_error;
+use crate::idempotency::dynamodb::Item;
+use crate::idempotency::dynamodb::attributes::{n, s};
+use crate::idempotency::{IdempotencyKey, Scope};
+
+/// Failure records in one DynamoDB table.
+#[derive(Debug, Clone)]
+pub struct DynamoDbFailureStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoDbFailureStore {
+    /// A store over `table`.
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self { client, table: table.into() }
+    }
+}
+
+fn error<E>(err: &SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>) -> FailureStoreError
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    sort_error(err, FailureStoreError::Transient, FailureStoreError::Permanent)
+}
+
+fn to_item(record: &FailureRecord) -> Item {
+    let mut item = Item::new();
+    item.insert("pk".into(), s(&record.partition));
+    item.insert("sk".into(), s(&record.message_id));
+    if let Some(scope) = &record.scope {
+        item.insert("scope".into(), s(scope.as_str()));
+    }
+    if let Some(key) = &record.idempotency_key {
+        item.insert("idempotency_key".into(), s(key.as_str()));
+    }
+    item.insert("body".into(), s(&record.body));
+    item.insert("body_base64".into(), AttributeValue::Bool(record.body_base64));
+    item.insert("receive_count".into(), n(i64::from(record.receive_count)));
+    if let Some(at) = record.first_attempt_at_ms {
+        item.insert("first_attempt_at".into(), n(at));
+    }
+    if let Some(at) = record.last_attempt_at_ms {
+        item.insert("last_attempt_at".into(), n(at));
+    }
+    if let Some(error) = &record.last_error {
+        item.insert("last_error".into(), s(error));
+    }
+    item.insert("failure_class".into(), s(&record.failure_class));
+    item.insert("source_queue".into(), s(&record.source_queue));
+    item.insert("recorded_at".into(), n(record.recorded_at_ms));
+    item.insert("kind".into(), s(record.kind.as_str()));
+    match &record.state {
+        FailureState::Open => {
+            item.insert("state".into(), s("OPEN"));
+        }
+        FailureState::Resolved { at_ms, note } => {
+            item.insert("state".into(), s("RESOLVED"));
+            item.insert("resolved_at".into(), n(*at_ms));
+            item.insert("resolution".into(), s(note));
+        }
+    }
+    item
+}
+
+fn from_item(item: &Item) -> Result<FailureRecord, FailureStoreError> {
+    let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
+    let number = |name: &str| item.get(name).and_then(|v| v.as_n().ok()).and_then(|v| v.parse::<i64>().ok());
+    let partition = text("pk").unwrap_or_default();
+    let message_id = text("sk").unwrap_or_default();
+    let malformed = |reason: &str| FailureStoreError::Malformed {
+        partition: partition.clone(),
+        message_id: message_id.clone(),
+        reason: reason.to_owned(),
+    };
+    let kind = text("kind").and_then(|k| FailureKind::parse(&k)).ok_or_else(|| malformed("unknown kind"))?;
+    let state = match text("state").as_deref() {
+        Some("OPEN") => FailureState::Open,
+        Some("RESOLVED") => FailureState::Resolved {
+            at_ms: number("resolved_at").ok_or_else(|| malformed("resolved without resolved_at"))?,
+            note: text("resolution").unwrap_or_default(),
+        },
+        _ => return Err(malformed("unknown state")),
+    };
+    Ok(FailureRecord {
+        scope: text("scope").and_then(|v| Scope::new(&v).ok()),
+        idempotency_key: text("idempotency_key").and_then(|v| IdempotencyKey::new(&v).ok()),
+        body: text("body").ok_or_else(|| malformed("no body"))?,
+        body_base64: item.get("body_base64").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
+        receive_count: number("receive_count").and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
+        first_attempt_at_ms: number("first_attempt_at"),
+        last_attempt_at_ms: number("last_attempt_at"),
+        last_error: text("last_error"),
+        failure_class: text("failure_class").unwrap_or_default(),
+        source_queue: text("source_queue").unwrap_or_default(),
+        recorded_at_ms: number("recorded_at").ok_or_else(|| malformed("no recorded_at"))?,
+        kind,
+        state,
+        partition,
+        message_id,
+    })
+}
+
+impl FailureStore for DynamoDbFailureStore {
+    async fn record(&self, record: &FailureRecord) -> Result<Recorded, FailureStoreError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(to_item(record)))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Recorded::New),
+            Err(SdkError::ServiceError(e)) if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) => {
+                Ok(Recorded::AlreadyRecorded)
+            }
+            Err(e) => Err(error(&e)),
+        }
+    }
+
+    async fn for_payment(&self, scope: &Scope, key: &IdempotencyKey) -> Result<Vec<FailureRecord>, FailureStoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(payment_partition(scope, key)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| error(&e))?;
+        out.items().iter().map(from_item).collect()
+    }
+
+    async fn get(&self, partition: &str, message_id: &str) -> Result<Option<FailureRecord>, FailureStoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(partition))
+            .key("sk", s(message_id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| error(&e))?;
+        out.item().map(from_item).transpose()
+    }
+
+    async fn list(&self, open_only: bool) -> Result<Vec<FailureRecord>, FailureStoreError> {
+        let mut records = Vec::new();
+        let mut start = None;
+        loop {
+            let mut scan = self.client.scan().table_name(&self.table).set_exclusive_start_key(start.take());
+            if open_only {
+                scan = scan
+                    .filter_expression("#state = :open")
+                    .expression_attribute_names("#state", "state")
+                    .expression_attribute_values(":open", s("OPEN"));
+            }
+            let out = scan.send().await.map_err(|e| error(&e))?;
+            for item in out.items() {
+                records.push(from_item(item)?);
+            }
+            match out.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => break,
+            }
+        }
+        records.sort_by_key(|r| r.recorded_at_ms);
+        Ok(records)
+    }
+
+    async fn resolve(
+        &self,
+        partition: &str,
+        message_id: &str,
+        note: &str,
+        now_ms: i64,
+    ) -> Result<bool, FailureStoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(partition))
+            .key("sk", s(message_id))
+            .update_expression("SET #state = :resolved, resolved_at = :now, resolution = :note")
+            .condition_expression("#state = :open")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":resolved", s("RESOLVED"))
+            .expression_attribute_values(":open", s("OPEN"))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":note", s(note))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e))
+                if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(error(&e)),
+        }
+    }
+}

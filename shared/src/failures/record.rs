@@ -1,0 +1,150 @@
+//! The failure record and its store port.
+
+use std::future::Future;
+
+use crate::idempotency::{IdempotencyKey, Scope};
+
+/// Why the message ended here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// It exhausted maxReceiveCount and reached the dead-letter queue.
+    DeadLetter,
+    /// It could not be parsed or validated: recorded and deleted, never retried.
+    Poison,
+}
+
+impl FailureKind {
+    /// Stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DeadLetter => "DEAD_LETTER",
+            Self::Poison => "POISON",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "DEAD_LETTER" => Some(Self::DeadLetter),
+            "POISON" => Some(Self::Poison),
+            _ => None,
+        }
+    }
+}
+
+/// Whether an operator still has to act.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailureState {
+    /// Needs attention: the payment shows DEAD_LETTERED.
+    Open,
+    /// Handled (redriven, settled, or judged by an operator).
+    Resolved {
+        /// When (epoch ms).
+        at_ms: i64,
+        /// What was done.
+        note: String,
+    },
+}
+
+/// One failure record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureRecord {
+    /// Partition key: the payment ([`payment_partition`]) or `unparsed#{message id}`.
+    pub partition: String,
+    /// Sort key: the SQS message id, so a redelivered dead message writes one record.
+    pub message_id: String,
+    /// The caller's scope, when the body named one.
+    pub scope: Option<Scope>,
+    /// The idempotency key, when the body named one.
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// The original body: UTF-8 as is, otherwise base64 (see `body_base64`).
+    pub body: String,
+    /// Whether `body` is base64 of non-UTF-8 bytes.
+    pub body_base64: bool,
+    /// ApproximateReceiveCount when recorded.
+    pub receive_count: u32,
+    /// First processing attempt (epoch ms), from the idempotency record when there is one.
+    pub first_attempt_at_ms: Option<i64>,
+    /// Last processing attempt (epoch ms), from the idempotency record when there is one.
+    pub last_attempt_at_ms: Option<i64>,
+    /// The last error reason, from the idempotency record (or the parse error of a poison).
+    pub last_error: Option<String>,
+    /// Low-cardinality class for metrics and triage (`provider_503`, `invalid_message`, …).
+    pub failure_class: String,
+    /// The queue the message came from.
+    pub source_queue: String,
+    /// When the failure was recorded (epoch ms).
+    pub recorded_at_ms: i64,
+    /// Dead letter or poison.
+    pub kind: FailureKind,
+    /// Open or resolved.
+    pub state: FailureState,
+}
+
+/// The partition of a payment's failure records: scope and key, `#`-separated with the scope's
+/// `#` and `%` escaped (the same rule as idempotency record keys).
+pub fn payment_partition(scope: &Scope, key: &IdempotencyKey) -> String {
+    format!("{}#{}", scope.as_str().replace('%', "%25").replace('#', "%23"), key.as_str())
+}
+
+/// What writing a record found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Written now.
+    New,
+    /// A record for this message already existed (a redelivered dead message): nothing written.
+    AlreadyRecorded,
+}
+
+/// Failures of the failure store.
+#[derive(Debug, thiserror::Error)]
+pub enum FailureStoreError {
+    /// Worth retrying.
+    #[error("failure store temporarily unavailable: {0}")]
+    Transient(String),
+    /// Not worth retrying.
+    #[error("failure store rejected the request: {0}")]
+    Permanent(String),
+    /// A stored record this code cannot read.
+    #[error("malformed failure record {partition}/{message_id}: {reason}")]
+    Malformed {
+        /// Partition key.
+        partition: String,
+        /// Sort key.
+        message_id: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Persistence of failure records.
+pub trait FailureStore: Send + Sync {
+    /// Writes `record` unless one exists for its (partition, message id).
+    fn record(&self, record: &FailureRecord) -> impl Future<Output = Result<Recorded, FailureStoreError>> + Send;
+
+    /// Every record of one payment (open and resolved).
+    fn for_payment(
+        &self,
+        scope: &Scope,
+        key: &IdempotencyKey,
+    ) -> impl Future<Output = Result<Vec<FailureRecord>, FailureStoreError>> + Send;
+
+    /// One record.
+    fn get(
+        &self,
+        partition: &str,
+        message_id: &str,
+    ) -> impl Future<Output = Result<Option<FailureRecord>, FailureStoreError>> + Send;
+
+    /// Every record, optionally only the open ones (an operator's listing; scans the table).
+    fn list(&self, open_only: bool) -> impl Future<Output = Result<Vec<FailureRecord>, FailureStoreError>> + Send;
+
+    /// Marks an open record resolved; `false` if it was not open.
+    fn resolve(
+        &self,
+        partition: &str,
+        message_id: &str,
+        note: &str,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<bool, FailureStoreError>> + Send;
+}

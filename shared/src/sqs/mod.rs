@@ -1,0 +1,9 @@
+//! Running SQS batches: the batch runner, backoff, and visibility changes.
+
+pub mod backoff;
+pub mod batch;
+pub mod visibility;
+
+pub use backoff::Backoff;
+pub use batch::{BatchConfig, BatchReport, BatchRunner, RecordHandler, RecordOutcome, RecordResult};
+pub use visibility::{SqsVisibility, VisibilityControl};
