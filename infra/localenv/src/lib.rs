@@ -3,6 +3,7 @@
 //! stand-in for the SQS event source mapping that drives functions running under
 //! `cargo lambda watch` ([`event_source`]).
 
+pub mod event_source;
 pub mod localstack;
 pub mod metering;
 pub mod stack;

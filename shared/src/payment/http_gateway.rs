@@ -27,12 +27,20 @@ pub struct HttpGateway {
 
 impl HttpGateway {
     /// Builds the client (connection pool, timeouts) once, at cold start.
-    pub fn new(config: &HttpGatewayConfig) -> Result<Self, reqwest::Error> {
-        let client =
-            reqwest::Client::builder().connect_timeout(config.connect_timeout).timeout(config.total_timeout).build()?;
+    pub fn new(config: &HttpGatewayConfig) -> Result<Self, BuildError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.total_timeout)
+            .build()
+            .map_err(|e| BuildError(e.to_string()))?;
         Ok(Self { client, charges_url: format!("{}/v1/charges", config.base_url.trim_end_matches('/')) })
     }
 }
+
+/// The HTTP client could not be built (TLS initialisation).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the provider's HTTP client: {0}")]
+pub struct BuildError(String);
 
 #[derive(serde::Serialize)]
 struct ChargeBody<'a> {

@@ -68,6 +68,30 @@ impl Backoff {
     }
 }
 
+/// The random source of the jitter: from the OS by default, seeded where a test must know the
+/// waits in advance.
+#[derive(Debug)]
+pub struct Jitter(std::sync::Mutex<rand::rngs::StdRng>);
+
+impl Jitter {
+    /// Seeded from the operating system.
+    pub fn from_os() -> Self {
+        use rand::SeedableRng;
+        Self(std::sync::Mutex::new(rand::rngs::StdRng::from_rng(&mut rand::rng())))
+    }
+
+    /// A reproducible sequence.
+    pub fn seeded(seed: u64) -> Self {
+        use rand::SeedableRng;
+        Self(std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)))
+    }
+
+    /// The wait after the `receive_count`-th failed delivery.
+    pub fn delay(&self, backoff: &Backoff, receive_count: u32) -> Duration {
+        backoff.delay(receive_count, &mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -92,6 +92,11 @@ impl<V: VisibilityControl> BatchRunner<V> {
         Self { config: BatchConfig { concurrency: config.concurrency.max(1), ..config }, visibility }
     }
 
+    /// The visibility adapter (tests read what it recorded).
+    pub fn visibility(&self) -> &V {
+        &self.visibility
+    }
+
     /// Runs `records` with `handler`, given the invocation's deadline (epoch ms).
     pub async fn run<H: RecordHandler>(
         &self,

@@ -4,6 +4,6 @@ pub mod backoff;
 pub mod batch;
 pub mod visibility;
 
-pub use backoff::Backoff;
+pub use backoff::{Backoff, Jitter};
 pub use batch::{BatchConfig, BatchReport, BatchRunner, RecordHandler, RecordOutcome, RecordResult};
 pub use visibility::{SqsVisibility, VisibilityControl};

@@ -51,3 +51,5 @@ fn uuid_like() -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("{:x}{:x}", nanos, COUNTER.fetch_add(1, Ordering::Relaxed))
 }
+
+pub mod pipeline;

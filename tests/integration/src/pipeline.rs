@@ -1,0 +1,157 @@
+//! Helpers for tests that run the processor against LocalStack and the provider simulator: a
+//! processor wired to a stack, a driver that plays the event source mapping, and payment
+//! messages.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::types::{Message, QueueAttributeName};
+use localenv::event_source;
+use localenv::stack::Stack;
+use payments_core::clock::SystemClock;
+use payments_core::config::Env;
+use payments_core::failures::dynamodb::DynamoDbFailureStore;
+use payments_core::idempotency::dynamodb::DynamoDbStore;
+use payments_core::idempotency::{IdempotencyKey, Scope};
+use payments_core::observability::MetricsSink;
+use payments_core::payment::{PaymentGateway, PaymentMessage};
+use payments_core::sqs::{BatchRunner, Jitter, SqsVisibility};
+use processor::{BatchSummary, Processor, ProcessorConfig};
+use provider_simulator::LedgerSnapshot;
+
+/// The processor as the tests run it: real DynamoDB and SQS, any gateway.
+pub type TestProcessor<G> = Processor<DynamoDbStore, DynamoDbFailureStore, G, SqsVisibility>;
+
+/// Processor settings for tests: a short provider timeout (0.8 s), retries within 1–2 s.
+pub fn test_config(stack: &Stack, provider_url: &str, overrides: &[(&str, &str)]) -> ProcessorConfig {
+    let mut vars: HashMap<String, String> = [
+        ("IDEMPOTENCY_TABLE", stack.idempotency_table()),
+        ("FAILURES_TABLE", stack.failures_table()),
+        ("PROVIDER_BASE_URL", provider_url),
+        ("PROVIDER_TIMEOUT_MS", "800"),
+        ("PROVIDER_CONNECT_TIMEOUT_MS", "300"),
+        ("LEASE_MARGIN_MS", "200"),
+        ("IDEMPOTENCY_MAX_LEASE_SECONDS", "60"),
+        ("BACKOFF_BASE_MS", "1000"),
+        ("BACKOFF_CAP_SECONDS", "2"),
+        ("METRICS_NAMESPACE", "PaymentsPipelineTest"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    vars.extend(overrides.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    ProcessorConfig::from_env(&Env::from_lookup(move |name| vars.get(name).cloned())).expect("valid test configuration")
+}
+
+/// A processor over `stack` with `gateway` and a seeded jitter.
+pub fn processor<G: PaymentGateway>(
+    config: &ProcessorConfig,
+    sdk: &aws_config::SdkConfig,
+    gateway: G,
+    seed: u64,
+) -> TestProcessor<G> {
+    let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+    Processor {
+        idempotency: payments_core::idempotency::Idempotency::new(
+            DynamoDbStore::new(dynamodb.clone(), &config.idempotency_table),
+            config.idempotency,
+        ),
+        failures: DynamoDbFailureStore::new(dynamodb, &config.failures_table),
+        gateway,
+        runner: BatchRunner::new(config.batch, SqsVisibility::new(aws_sdk_sqs::Client::new(sdk))),
+        backoff: config.backoff,
+        jitter: Jitter::seeded(seed),
+        metrics: MetricsSink::new(&config.metrics_namespace, "processor"),
+        clock: Arc::new(SystemClock),
+    }
+}
+
+/// One round of the event source mapping: receive up to 10 messages (long-polling up to
+/// `wait_s`), run them through the processor with `deadline_in` left, delete the successes.
+pub async fn drive_once<G: PaymentGateway>(
+    processor: &TestProcessor<G>,
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    queue_arn: &str,
+    wait_s: i32,
+    deadline_in: Duration,
+) -> (Vec<Message>, BatchSummary) {
+    let received = event_source::receive(sqs, queue_url, 10, wait_s).await.expect("receive");
+    if received.is_empty() {
+        return (received, BatchSummary::default());
+    }
+    let records: Vec<_> = received.iter().map(|m| event_source::lambda_record(m, queue_arn)).collect();
+    let deadline_ms = payments_core::clock::epoch_ms(std::time::SystemTime::now()) + deadline_in.as_millis() as i64;
+    let summary = processor.process_batch(&records, deadline_ms, "test").await;
+    event_source::settle(sqs, queue_url, &received, &summary.response).await.expect("settle");
+    (received, summary)
+}
+
+/// Drives until the queue holds nothing (visible or in flight), or `timeout` passes; returns
+/// every summary.
+pub async fn drive_until_empty<G: PaymentGateway>(
+    processor: &TestProcessor<G>,
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    queue_arn: &str,
+    timeout: Duration,
+) -> Vec<BatchSummary> {
+    let started = Instant::now();
+    let mut summaries = Vec::new();
+    while started.elapsed() < timeout {
+        let (received, summary) = drive_once(processor, sqs, queue_url, queue_arn, 1, Duration::from_secs(10)).await;
+        if !received.is_empty() {
+            summaries.push(summary);
+        } else if queue_depth(sqs, queue_url).await == 0 {
+            return summaries;
+        }
+    }
+    panic!("queue {queue_url} not empty after {timeout:?}");
+}
+
+/// Messages visible plus in flight.
+pub async fn queue_depth(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> u64 {
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .expect("GetQueueAttributes");
+    out.attributes().map(|a| a.values().filter_map(|v| v.parse::<u64>().ok()).sum()).unwrap_or(0)
+}
+
+/// A valid payment message.
+pub fn payment(scope: &Scope, key: &str, amount: u64, metadata: serde_json::Value) -> PaymentMessage {
+    let body = serde_json::json!({
+        "schema_version": 1,
+        "idempotency_key": key,
+        "scope": scope,
+        "payment": {
+            "amount": amount, "currency": "EUR", "payment_method": "pm_card_visa",
+            "merchant_reference": format!("order-{key}"), "metadata": metadata
+        },
+        "created_at": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        "correlation_id": format!("corr-{key}")
+    });
+    PaymentMessage::parse(&body.to_string()).expect("valid payment message")
+}
+
+/// Sends raw bodies to a queue.
+pub async fn send(sqs: &aws_sdk_sqs::Client, queue_url: &str, bodies: &[String]) {
+    for body in bodies {
+        sqs.send_message().queue_url(queue_url).message_body(body).send().await.expect("SendMessage");
+    }
+}
+
+/// The simulator's ledger.
+pub async fn ledger(base_url: &str) -> LedgerSnapshot {
+    reqwest::get(format!("{base_url}/ledger")).await.expect("ledger").json().await.expect("ledger JSON")
+}
+
+/// The provider key the processor uses for (scope, key).
+pub fn provider_key(scope: &Scope, key: &str) -> String {
+    payments_core::payment::provider_idempotency_key(scope, &IdempotencyKey::new(key).expect("valid key"))
+}
