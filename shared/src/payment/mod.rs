@@ -5,12 +5,14 @@ pub mod envelope;
 pub mod gateway;
 pub mod http_gateway;
 pub mod money;
+pub mod queue;
 pub mod request;
 pub mod status;
 
 pub use envelope::{EnvelopeError, KeyHint, PaymentMessage};
 pub use gateway::{Charge, ChargeRequest, GatewayError, PaymentGateway, RetryableKind};
 pub use money::{Currency, MinorUnits};
+pub use queue::{EnqueueError, PaymentQueue};
 pub use request::{MerchantReference, Metadata, PaymentMethodToken, PaymentRequest};
 pub use status::{
     ChargeResult, PaymentStatus, PaymentView, derive_view, intake_key, process_key, provider_idempotency_key,

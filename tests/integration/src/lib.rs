@@ -52,4 +52,5 @@ fn uuid_like() -> String {
     format!("{:x}{:x}", nanos, COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
+pub mod http;
 pub mod pipeline;

@@ -155,3 +155,27 @@ pub async fn ledger(base_url: &str) -> LedgerSnapshot {
 pub fn provider_key(scope: &Scope, key: &str) -> String {
     payments_core::payment::provider_idempotency_key(scope, &IdempotencyKey::new(key).expect("valid key"))
 }
+
+/// The intake as the tests run it: real DynamoDB and SQS over `stack`, the local scope header
+/// allowed, and overrides of any setting.
+pub fn intake(
+    stack: &Stack,
+    sdk: &aws_config::SdkConfig,
+    overrides: &[(&str, &str)],
+) -> intake::Intake<DynamoDbStore, DynamoDbFailureStore, payments_core::payment::queue::SqsPaymentQueue> {
+    let mut vars: HashMap<String, String> = [
+        ("IDEMPOTENCY_TABLE", stack.idempotency_table()),
+        ("FAILURES_TABLE", stack.failures_table()),
+        ("PAYMENTS_QUEUE_URL", stack.queue_url()),
+        ("MAX_AMOUNT_MINOR", "1000000"),
+        ("ALLOW_SCOPE_HEADER", "true"),
+        ("METRICS_NAMESPACE", "PaymentsPipelineTest"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    vars.extend(overrides.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    let config = intake::IntakeConfig::from_env(&Env::from_lookup(move |name| vars.get(name).cloned()))
+        .expect("valid intake configuration");
+    intake::build(config, sdk)
+}

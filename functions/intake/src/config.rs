@@ -1,0 +1,61 @@
+//! The intake's configuration, validated at cold start.
+
+use std::time::Duration;
+
+use payments_core::config::{ConfigError, Env};
+use payments_core::idempotency::IdempotencyConfig;
+use payments_core::payment::MinorUnits;
+
+/// Everything the intake reads from its environment.
+#[derive(Debug, Clone)]
+pub struct IntakeConfig {
+    /// Table of idempotency records (`IDEMPOTENCY_TABLE`).
+    pub idempotency_table: String,
+    /// Table of failure records (`FAILURES_TABLE`), read for DEAD_LETTERED.
+    pub failures_table: String,
+    /// The payments queue (`PAYMENTS_QUEUE_URL`).
+    pub queue_url: String,
+    /// Largest accepted amount in minor units (`MAX_AMOUNT_MINOR`).
+    pub max_amount_minor: u64,
+    /// Whether the `X-Local-Scope` header may name the caller (`ALLOW_SCOPE_HEADER`): for local
+    /// runs only, where no authorizer exists. Off in production.
+    pub allow_scope_header: bool,
+    /// JWT claim naming the caller when a JWT authorizer is used (`SCOPE_CLAIM`, default `sub`).
+    pub scope_claim: String,
+    /// How long an acceptance may take before a retry may take it over (`INTAKE_LEASE_MS`).
+    pub lease: Duration,
+    /// Record retention and lease cap.
+    pub idempotency: IdempotencyConfig,
+    /// Metrics namespace (`METRICS_NAMESPACE`).
+    pub metrics_namespace: String,
+}
+
+impl IntakeConfig {
+    /// Reads and validates.
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        let max_amount_minor: u64 = env.parse_or("MAX_AMOUNT_MINOR", 100_000_000)?;
+        if max_amount_minor == 0 || max_amount_minor > MinorUnits::MAX {
+            return Err(ConfigError::Rule(format!("MAX_AMOUNT_MINOR must be 1..={}", MinorUnits::MAX)));
+        }
+        let lease = env.millis_or("INTAKE_LEASE_MS", 10_000)?;
+        if lease < Duration::from_secs(1) {
+            return Err(ConfigError::Rule(
+                "INTAKE_LEASE_MS must be at least 1000: it must outlast one SendMessage".into(),
+            ));
+        }
+        Ok(Self {
+            idempotency_table: env.required("IDEMPOTENCY_TABLE")?,
+            failures_table: env.required("FAILURES_TABLE")?,
+            queue_url: env.required("PAYMENTS_QUEUE_URL")?,
+            max_amount_minor,
+            allow_scope_header: env.flag_or("ALLOW_SCOPE_HEADER", false)?,
+            scope_claim: env.string_or("SCOPE_CLAIM", "sub"),
+            lease,
+            idempotency: IdempotencyConfig {
+                retention: Duration::from_secs(env.parse_or::<u64>("IDEMPOTENCY_RETENTION_DAYS", 7)? * 24 * 3600),
+                max_lease: lease,
+            },
+            metrics_namespace: env.string_or("METRICS_NAMESPACE", "PaymentsPipeline"),
+        })
+    }
+}

@@ -1,0 +1,306 @@
+//! `POST /payments` and `GET /payments/{key}`.
+
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
+use lambda_http::http::{Method, StatusCode};
+use lambda_http::request::RequestContext;
+use lambda_http::{Body, Request, RequestExt, Response};
+use payments_core::clock::rfc3339_ms;
+use payments_core::failures::FailureStore;
+use payments_core::idempotency::{
+    ClaimOutcome, Idempotency, IdempotencyKey, IdempotencyStore, PayloadHash, Scope, Settlement,
+};
+use payments_core::observability::{Metrics, MetricsSink};
+use payments_core::payment::envelope::{SCHEMA_VERSION, parse_strict};
+use payments_core::payment::{
+    PaymentMessage, PaymentQueue, PaymentRequest, PaymentStatus, PaymentView, derive_view, intake_key, process_key,
+};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use serde_json::{Value, json};
+
+use crate::config::IntakeConfig;
+use crate::problem::Problem;
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The local-run header naming the caller, honoured only when `ALLOW_SCOPE_HEADER=true`.
+pub const SCOPE_HEADER: &str = "x-local-scope";
+
+/// Characters left as they are in a key inside a URL path (RFC 3986 unreserved).
+const KEY_IN_PATH: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
+/// Everything the intake builds once per cold start.
+pub struct Intake<S, F, Q> {
+    /// Idempotency records of operation `intake` (and reads of `process`).
+    pub idempotency: Idempotency<S>,
+    /// Failure records, read for DEAD_LETTERED.
+    pub failures: F,
+    /// Where accepted payments go.
+    pub queue: Q,
+    /// Limits and scope rules.
+    pub config: IntakeConfig,
+    /// Metrics.
+    pub metrics: MetricsSink,
+}
+
+impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
+    /// The Lambda handler. Never fails and never panics outward: every error is a problem
+    /// response, unexpected ones a 500 whose correlation id is in the logs.
+    pub async fn handle(&self, request: Request) -> Result<Response<Body>, lambda_http::Error> {
+        let correlation_id = correlation_id(&request);
+        let path = request.uri().path().to_owned();
+        let metrics = self.metrics.invocation();
+        metrics.property("CorrelationId", correlation_id.as_str());
+        let outcome = AssertUnwindSafe(self.route(&request, &correlation_id, &metrics)).catch_unwind().await;
+        let response = match outcome {
+            Ok(Ok(response)) => response,
+            Ok(Err(problem)) => {
+                if problem.status().is_server_error() {
+                    tracing::error!(correlation_id, problem = problem.slug(), "request failed");
+                }
+                metrics.count("Rejected", 1);
+                metrics.count_with("Rejection", 1, &[("Reason", problem.slug())]);
+                problem.response(&path, &correlation_id)
+            }
+            Err(_) => {
+                tracing::error!(correlation_id, "handler panicked");
+                metrics.count("Rejected", 1);
+                metrics.count_with("Rejection", 1, &[("Reason", "panic")]);
+                Problem::Internal.response(&path, &correlation_id)
+            }
+        };
+        tracing::info!(
+            correlation_id,
+            method = %request.method(),
+            path,
+            status = response.status().as_u16(),
+            idempotency_key = request.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or(""),
+            "request handled"
+        );
+        metrics.flush();
+        Ok(response)
+    }
+
+    async fn route(
+        &self,
+        request: &Request,
+        correlation_id: &str,
+        metrics: &Metrics,
+    ) -> Result<Response<Body>, Problem> {
+        let path = request.uri().path();
+        match (request.method(), path) {
+            (&Method::POST, "/payments") => self.submit(request, correlation_id, metrics).await,
+            (_, "/payments") => Err(Problem::MethodNotAllowed("POST")),
+            (&Method::GET, p) if p.starts_with("/payments/") => self.status(request, &p["/payments/".len()..]).await,
+            (_, p) if p.starts_with("/payments/") => Err(Problem::MethodNotAllowed("GET")),
+            _ => Err(Problem::NotFound(format!("no route for {path}"))),
+        }
+    }
+
+    /// `POST /payments`: claim → enqueue → complete with the response; a replay returns it.
+    async fn submit(
+        &self,
+        request: &Request,
+        correlation_id: &str,
+        metrics: &Metrics,
+    ) -> Result<Response<Body>, Problem> {
+        let scope = self.caller_scope(request)?;
+        let key = match request.headers().get("idempotency-key") {
+            None => return Err(Problem::MissingIdempotencyKey),
+            Some(value) => value
+                .to_str()
+                .map_err(|_| Problem::InvalidIdempotencyKey("must be printable ASCII".into()))
+                .and_then(|v| IdempotencyKey::new(v).map_err(|e| Problem::InvalidIdempotencyKey(e.to_string())))?,
+        };
+        if let Some(content_type) = request.headers().get("content-type").and_then(|v| v.to_str().ok())
+            && !content_type.trim_start().to_ascii_lowercase().starts_with("application/json")
+        {
+            return Err(Problem::UnsupportedMediaType);
+        }
+        let body: &[u8] = request.body().as_ref();
+        if body.len() > MAX_BODY_BYTES {
+            return Err(Problem::BodyTooLarge { limit: MAX_BODY_BYTES });
+        }
+        let text = std::str::from_utf8(body)
+            .map_err(|_| Problem::InvalidBody { field: ".".into(), detail: "body is not UTF-8".into() })?;
+        let payment: PaymentRequest = parse_strict(text).map_err(|e| match e {
+            payments_core::payment::EnvelopeError::Invalid { path, reason } => {
+                Problem::InvalidBody { field: path, detail: reason }
+            }
+            other => Problem::InvalidBody { field: ".".into(), detail: other.to_string() },
+        })?;
+        if payment.amount.get() > self.config.max_amount_minor {
+            return Err(Problem::InvalidBody {
+                field: "amount".into(),
+                detail: format!("must be at most {} minor units", self.config.max_amount_minor),
+            });
+        }
+        let hash =
+            PayloadHash::of(&payment).map_err(|e| Problem::InvalidBody { field: ".".into(), detail: e.to_string() })?;
+
+        let now = self.idempotency.now_ms();
+        let lease_ms = i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX);
+        let deadline = request
+            .lambda_context_ref()
+            .and_then(|c| i64::try_from(c.deadline).ok())
+            .filter(|d| *d > now)
+            .unwrap_or(i64::MAX);
+        let record_key = intake_key(&scope, &key);
+        let lease = match self.idempotency.claim(&record_key, &hash, deadline.min(now + lease_ms)).await {
+            Ok(ClaimOutcome::Claimed(lease)) => lease,
+            Ok(ClaimOutcome::AlreadyCompleted { result }) => {
+                metrics.count("Replayed", 1);
+                return self.replay(&scope, &key, &result).await;
+            }
+            Ok(ClaimOutcome::InProgressElsewhere { lease_until_ms }) => {
+                let retry_after_s = u64::try_from((lease_until_ms - now).max(1000)).unwrap_or(1000).div_ceil(1000);
+                return Err(Problem::RequestInProgress { retry_after_s });
+            }
+            Ok(ClaimOutcome::PayloadMismatch) => return Err(Problem::IdempotencyKeyReused),
+            Ok(ClaimOutcome::AlreadyFailed(failure)) => {
+                // The intake never stores failures; a FAILED intake record is corrupt data.
+                tracing::error!(correlation_id, code = failure.code, "intake record is FAILED");
+                return Err(Problem::Internal);
+            }
+            Err(e) if e.is_retryable() => return Err(Problem::ServiceUnavailable { retry_after_s: 1 }),
+            Err(e) => {
+                tracing::error!(correlation_id, error = %e, "idempotency store error");
+                return Err(Problem::Internal);
+            }
+        };
+
+        let accepted_at = rfc3339_ms(now);
+        let message = PaymentMessage {
+            schema_version: SCHEMA_VERSION,
+            idempotency_key: key.clone(),
+            scope: scope.clone(),
+            payment,
+            created_at: accepted_at.clone(),
+            correlation_id: correlation_id.to_owned(),
+        };
+        if let Err(e) = self.queue.enqueue(&message).await {
+            // Nothing was enqueued: give the key back so the client's retry proceeds at once.
+            if let Err(release) = self.idempotency.release(&lease, &e.detail).await {
+                tracing::warn!(correlation_id, error = %release, "release failed; the lease frees the key when it ends");
+            }
+            tracing::error!(correlation_id, error = %e, "enqueue failed");
+            return Err(Problem::ServiceUnavailable { retry_after_s: 1 });
+        }
+        let body = json!({
+            "idempotency_key": key.as_str(),
+            "status": PaymentStatus::Received,
+            "accepted_at": accepted_at,
+            "status_url": status_path(&key),
+        });
+        match self.idempotency.complete(&lease, &body).await {
+            Ok(Settlement::Recorded) => {}
+            // Enqueued but not recorded: the lease runs out and a client retry enqueues again,
+            // which the processor deduplicates. Visible to operators as a stuck intake record.
+            Ok(Settlement::NotOwner { .. }) => {
+                tracing::warn!(correlation_id, "intake record taken over before completion")
+            }
+            Err(e) => tracing::warn!(correlation_id, error = %e, "enqueued, but the intake record was not completed"),
+        }
+        metrics.count("Accepted", 1);
+        Ok(accepted(&key, &body, false))
+    }
+
+    /// The stored 202 again, marked as a replay, with the payment's current status.
+    async fn replay(&self, scope: &Scope, key: &IdempotencyKey, stored: &str) -> Result<Response<Body>, Problem> {
+        let mut body: Value = serde_json::from_str(stored).map_err(|_| Problem::Internal)?;
+        if let Some(view) = self.view(scope, key).await? {
+            body["status"] = serde_json::to_value(view.status).unwrap_or(Value::Null);
+        }
+        Ok(accepted(key, &body, true))
+    }
+
+    /// `GET /payments/{key}`: the caller's payment, or 404 (also for another caller's key).
+    async fn status(&self, request: &Request, encoded_key: &str) -> Result<Response<Body>, Problem> {
+        let scope = self.caller_scope(request)?;
+        let decoded = percent_decode_str(encoded_key).decode_utf8().map_err(|_| {
+            Problem::InvalidIdempotencyKey("the key in the path is not valid percent-encoded UTF-8".into())
+        })?;
+        let key = IdempotencyKey::new(&decoded).map_err(|e| Problem::InvalidIdempotencyKey(e.to_string()))?;
+        let view =
+            self.view(&scope, &key).await?.ok_or_else(|| Problem::NotFound("no payment with this key".into()))?;
+        let body = serde_json::to_string(&view).map_err(|_| Problem::Internal)?;
+        Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/json")
+            .body(Body::Text(body))
+            .expect("static response parts are valid"))
+    }
+
+    async fn view(&self, scope: &Scope, key: &IdempotencyKey) -> Result<Option<PaymentView>, Problem> {
+        let unavailable = |e: &dyn std::fmt::Display| {
+            tracing::warn!(error = %e, "status read failed");
+            Problem::ServiceUnavailable { retry_after_s: 1 }
+        };
+        let (intake_record, process_record) = (intake_key(scope, key), process_key(scope, key));
+        let (intake, process, failures) = tokio::join!(
+            self.idempotency.get(&intake_record),
+            self.idempotency.get(&process_record),
+            self.failures.for_payment(scope, key),
+        );
+        let intake = intake.map_err(|e| unavailable(&e))?;
+        let process = process.map_err(|e| unavailable(&e))?;
+        let failures = failures.map_err(|e| unavailable(&e))?;
+        Ok(derive_view(key, intake.as_ref(), process.as_ref(), &failures))
+    }
+
+    /// The caller's scope: from the authorizer (Lambda authorizer `scope`, else the configured
+    /// JWT claim, else the IAM account), or in local runs from [`SCOPE_HEADER`].
+    fn caller_scope(&self, request: &Request) -> Result<Scope, Problem> {
+        let from_authorizer = request.request_context_ref().and_then(|context| {
+            let RequestContext::ApiGatewayV2(context) = context else { return None };
+            let authorizer = context.authorizer.as_ref()?;
+            authorizer
+                .fields
+                .get("scope")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .or_else(|| authorizer.jwt.as_ref().and_then(|jwt| jwt.claims.get(&self.config.scope_claim).cloned()))
+                .or_else(|| authorizer.iam.as_ref().and_then(|iam| iam.account_id.clone()))
+        });
+        let from_header = || {
+            self.config
+                .allow_scope_header
+                .then(|| request.headers().get(SCOPE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned))
+                .flatten()
+        };
+        let raw = from_authorizer.or_else(from_header).ok_or(Problem::Unauthenticated)?;
+        Scope::new(&raw).map_err(|e| {
+            tracing::warn!(error = %e, "caller identity is not a valid scope");
+            Problem::Unauthenticated
+        })
+    }
+}
+
+fn status_path(key: &IdempotencyKey) -> String {
+    format!("/payments/{}", utf8_percent_encode(key.as_str(), KEY_IN_PATH))
+}
+
+fn accepted(key: &IdempotencyKey, body: &Value, replayed: bool) -> Response<Body> {
+    let mut builder = Response::builder()
+        .status(StatusCode::ACCEPTED)
+        .header("content-type", "application/json")
+        .header("location", status_path(key));
+    if replayed {
+        builder = builder.header("idempotent-replayed", "true");
+    }
+    builder.body(Body::Text(body.to_string())).expect("static response parts are valid")
+}
+
+fn correlation_id(request: &Request) -> String {
+    request
+        .request_context_ref()
+        .and_then(|context| match context {
+            RequestContext::ApiGatewayV2(c) => c.request_id.clone(),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        })
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
