@@ -237,7 +237,6 @@ where
             scope: hint.as_ref().map(|h| h.scope.clone()),
             idempotency_key: hint.as_ref().map(|h| h.idempotency_key.clone()),
             body: body.to_owned(),
-            body_base64: false,
             receive_count,
             first_attempt_at_ms: None,
             last_attempt_at_ms: Some(now),

@@ -5,7 +5,6 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::record::{
     FailureKind, FailureRecord, FailureState, FailureStore, FailureStoreError, Recorded, payment_partition,
@@ -47,7 +46,6 @@ fn to_item(record: &FailureRecord) -> Item {
         item.insert("idempotency_key".into(), s(key.as_str()));
     }
     item.insert("body".into(), s(&record.body));
-    item.insert("body_base64".into(), AttributeValue::Bool(record.body_base64));
     item.insert("receive_count".into(), n(i64::from(record.receive_count)));
     if let Some(at) = record.first_attempt_at_ms {
         item.insert("first_attempt_at".into(), n(at));
@@ -98,7 +96,6 @@ fn from_item(item: &Item) -> Result<FailureRecord, FailureStoreError> {
         scope: text("scope").and_then(|v| Scope::new(&v).ok()),
         idempotency_key: text("idempotency_key").and_then(|v| IdempotencyKey::new(&v).ok()),
         body: text("body").ok_or_else(|| malformed("no body"))?,
-        body_base64: item.get("body_base64").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
         receive_count: number("receive_count").and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
         first_attempt_at_ms: number("first_attempt_at"),
         last_attempt_at_ms: number("last_attempt_at"),

@@ -4,6 +4,7 @@
 pub mod dynamodb;
 pub mod memory;
 pub mod record;
+pub mod redrive;
 
 pub use record::{
     FailureKind, FailureRecord, FailureState, FailureStore, FailureStoreError, Recorded, payment_partition,

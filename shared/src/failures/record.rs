@@ -57,10 +57,10 @@ pub struct FailureRecord {
     pub scope: Option<Scope>,
     /// The idempotency key, when the body named one.
     pub idempotency_key: Option<IdempotencyKey>,
-    /// The original body: UTF-8 as is, otherwise base64 (see `body_base64`).
+    /// The original body, byte for byte. SQS message bodies are Unicode text by definition (the
+    /// API refuses anything else), so no body needs a binary encoding here; a body that is not
+    /// JSON, or not a payment, is kept raw as it arrived.
     pub body: String,
-    /// Whether `body` is base64 of non-UTF-8 bytes.
-    pub body_base64: bool,
     /// ApproximateReceiveCount when recorded.
     pub receive_count: u32,
     /// First processing attempt (epoch ms), from the idempotency record when there is one.

@@ -152,7 +152,6 @@ mod tests {
             scope: None,
             idempotency_key: None,
             body: "{}".into(),
-            body_base64: false,
             receive_count: 5,
             first_attempt_at_ms: None,
             last_attempt_at_ms: None,

@@ -179,3 +179,33 @@ pub fn intake(
         .expect("valid intake configuration");
     intake::build(config, sdk)
 }
+
+/// The DLQ consumer as the tests run it, over `stack`.
+pub fn dlq_consumer(stack: &Stack, sdk: &aws_config::SdkConfig) -> dlq_consumer::AwsDlqConsumer {
+    let vars: HashMap<String, String> = [
+        ("IDEMPOTENCY_TABLE", stack.idempotency_table()),
+        ("FAILURES_TABLE", stack.failures_table()),
+        ("SOURCE_QUEUE_URL", stack.queue_url()),
+        ("METRICS_NAMESPACE", "PaymentsPipelineTest"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    let config = dlq_consumer::DlqConsumerConfig::from_env(&Env::from_lookup(move |name| vars.get(name).cloned()))
+        .expect("valid config");
+    dlq_consumer::build(&config, sdk)
+}
+
+/// The operator's redrive tool over `stack`.
+pub fn redriver(
+    stack: &Stack,
+    sdk: &aws_config::SdkConfig,
+) -> payments_core::failures::redrive::Redriver<DynamoDbFailureStore> {
+    payments_core::failures::redrive::Redriver {
+        failures: DynamoDbFailureStore::new(aws_sdk_dynamodb::Client::new(sdk), stack.failures_table()),
+        sqs: aws_sdk_sqs::Client::new(sdk),
+        queue_url: stack.queue_url().to_owned(),
+        queue_arn: stack.queue_arn().to_owned(),
+        dlq_arn: stack.dlq_arn().to_owned(),
+    }
+}

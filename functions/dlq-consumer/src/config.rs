@@ -1,0 +1,48 @@
+//! The DLQ consumer's configuration, validated at cold start.
+
+use std::time::Duration;
+
+use payments_core::config::{ConfigError, Env};
+use payments_core::idempotency::IdempotencyConfig;
+use payments_core::sqs::{Backoff, BatchConfig};
+
+/// Everything the DLQ consumer reads from its environment.
+#[derive(Debug, Clone)]
+pub struct DlqConsumerConfig {
+    /// Table of idempotency records, read for the last error (`IDEMPOTENCY_TABLE`).
+    pub idempotency_table: String,
+    /// Table of failure records (`FAILURES_TABLE`).
+    pub failures_table: String,
+    /// The queue dead messages come from, when the message does not say
+    /// (`SOURCE_QUEUE_URL`).
+    pub source_queue: String,
+    /// Retry waits when the failure store is unavailable.
+    pub backoff: Backoff,
+    /// Concurrency.
+    pub batch: BatchConfig,
+    /// Metrics namespace (`METRICS_NAMESPACE`).
+    pub metrics_namespace: String,
+}
+
+impl DlqConsumerConfig {
+    /// Reads and validates.
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            idempotency_table: env.required("IDEMPOTENCY_TABLE")?,
+            failures_table: env.required("FAILURES_TABLE")?,
+            source_queue: env.string_or("SOURCE_QUEUE_URL", "unknown"),
+            backoff: Backoff::new(env.millis_or("BACKOFF_BASE_MS", 5_000)?, env.secs_or("BACKOFF_CAP_SECONDS", 300)?)
+                .map_err(|e| ConfigError::Rule(e.to_string()))?,
+            batch: BatchConfig {
+                concurrency: env.parse_or("BATCH_CONCURRENCY", 10)?,
+                start_margin: Duration::from_secs(2),
+            },
+            metrics_namespace: env.string_or("METRICS_NAMESPACE", "PaymentsPipeline"),
+        })
+    }
+
+    /// The idempotency settings (only reads are made; retention is irrelevant here).
+    pub fn idempotency(&self) -> IdempotencyConfig {
+        IdempotencyConfig::default()
+    }
+}

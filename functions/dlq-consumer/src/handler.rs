@@ -1,0 +1,180 @@
+//! For every dead message: a failure record (conditional on the message id, so a redelivered
+//! dead message writes one), a structured log event and EMF metrics. A dead copy of a payment
+//! that is already settled is recorded as resolved, so the payment keeps its final status.
+
+use std::sync::Arc;
+
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use lambda_runtime::LambdaEvent;
+use payments_core::clock::{Clock, rfc3339_ms};
+use payments_core::failures::{FailureKind, FailureRecord, FailureState, FailureStore, Recorded, payment_partition};
+use payments_core::idempotency::{Idempotency, IdempotencyRecord, IdempotencyStore, RecordStatus};
+use payments_core::observability::{Metrics, MetricsSink, Unit};
+use payments_core::payment::{KeyHint, process_key};
+use payments_core::sqs::{Backoff, BatchRunner, Jitter, RecordHandler, RecordOutcome, VisibilityControl};
+
+/// Everything the DLQ consumer builds once per cold start.
+pub struct DlqConsumer<S, F, V> {
+    /// Idempotency records, read for the last error and attempt times.
+    pub idempotency: Idempotency<S>,
+    /// Where failure records go.
+    pub failures: F,
+    /// Runs the batch.
+    pub runner: BatchRunner<V>,
+    /// Waits when the failure store is unavailable.
+    pub backoff: Backoff,
+    /// Randomness of those waits.
+    pub jitter: Jitter,
+    /// Metrics.
+    pub metrics: MetricsSink,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// The source queue when a message does not name it.
+    pub source_queue: String,
+}
+
+/// What the consumer did with one dead message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetterOutcome {
+    /// A new open failure record: the payment now shows DEAD_LETTERED.
+    Recorded {
+        /// The failure class.
+        class: String,
+    },
+    /// The payment was settled already (a stray copy): recorded as resolved.
+    AlreadySettled,
+    /// This message was recorded before (redelivery): nothing written.
+    Duplicate,
+}
+
+impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl> DlqConsumer<S, F, V> {
+    /// The Lambda handler.
+    pub async fn handle(&self, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+        let deadline_ms = i64::try_from(event.context.deadline).unwrap_or(i64::MAX);
+        Ok(self.process_batch(&event.payload.records, deadline_ms, &event.context.request_id).await)
+    }
+
+    /// Records every message of the batch; flushes metrics.
+    pub async fn process_batch(&self, records: &[SqsMessage], deadline_ms: i64, request_id: &str) -> SqsBatchResponse {
+        let metrics = self.metrics.invocation();
+        metrics.property("RequestId", request_id);
+        let report = self
+            .runner
+            .run(records, deadline_ms, self.clock.as_ref(), &Invocation { consumer: self, metrics: &metrics })
+            .await;
+        metrics.flush();
+        report.response
+    }
+
+    /// Records one dead message.
+    pub async fn record(&self, message: &SqsMessage, metrics: &Metrics) -> Result<DeadLetterOutcome, String> {
+        let body = message.body.clone().unwrap_or_default();
+        let message_id = message.message_id.clone().unwrap_or_default();
+        let hint = KeyHint::find(&body);
+        let process = match &hint {
+            Some(h) => {
+                self.idempotency.get(&process_key(&h.scope, &h.idempotency_key)).await.map_err(|e| e.to_string())?
+            }
+            None => None,
+        };
+        let settled = process.as_ref().filter(|r| matches!(r.status, RecordStatus::Completed | RecordStatus::Failed));
+        let class = failure_class(hint.is_some(), process.as_ref());
+        let now = self.clock.now_ms();
+        let record = FailureRecord {
+            partition: hint
+                .as_ref()
+                .map_or_else(|| format!("unparsed#{message_id}"), |h| payment_partition(&h.scope, &h.idempotency_key)),
+            message_id: message_id.clone(),
+            scope: hint.as_ref().map(|h| h.scope.clone()),
+            idempotency_key: hint.as_ref().map(|h| h.idempotency_key.clone()),
+            body,
+            receive_count: attribute(message, "ApproximateReceiveCount").and_then(|c| c.parse().ok()).unwrap_or(0),
+            first_attempt_at_ms: process.as_ref().map(|r| r.created_at_ms),
+            last_attempt_at_ms: process.as_ref().map(|r| r.updated_at_ms),
+            last_error: process.as_ref().and_then(|r| r.last_error.clone()),
+            failure_class: class.clone(),
+            source_queue: attribute(message, "DeadLetterQueueSourceArn").unwrap_or(&self.source_queue).to_owned(),
+            recorded_at_ms: now,
+            kind: FailureKind::DeadLetter,
+            state: match settled {
+                Some(r) => FailureState::Resolved {
+                    at_ms: now,
+                    note: format!("payment already settled ({})", r.status.as_str()),
+                },
+                None => FailureState::Open,
+            },
+        };
+        let written = self.failures.record(&record).await.map_err(|e| e.to_string())?;
+        let outcome = match (written, settled) {
+            (Recorded::AlreadyRecorded, _) => DeadLetterOutcome::Duplicate,
+            (Recorded::New, Some(_)) => DeadLetterOutcome::AlreadySettled,
+            (Recorded::New, None) => DeadLetterOutcome::Recorded { class: class.clone() },
+        };
+        let sent_ms = attribute(message, "SentTimestamp").and_then(|t| t.parse::<i64>().ok());
+        let age_s = sent_ms.map(|sent| (now - sent).max(0) as f64 / 1000.0);
+        match &outcome {
+            DeadLetterOutcome::Recorded { class } => {
+                metrics.count("DeadLettered", 1);
+                metrics.count_with("DeadLettered", 1, &[("FailureClass", class)]);
+                if let Some(age) = age_s {
+                    metrics.observe("AgeAtDeadLetter", Unit::Seconds, age);
+                }
+            }
+            DeadLetterOutcome::AlreadySettled => metrics.count("DeadLetteredSettled", 1),
+            DeadLetterOutcome::Duplicate => metrics.count("DeadLetterDuplicate", 1),
+        }
+        tracing::warn!(
+            event = "payment_dead_lettered",
+            message_id,
+            scope = record.scope.as_ref().map(|s| s.as_str()).unwrap_or(""),
+            idempotency_key = record.idempotency_key.as_ref().map(|k| k.as_str()).unwrap_or(""),
+            failure_class = class,
+            last_error = record.last_error.as_deref().unwrap_or(""),
+            receive_count = record.receive_count,
+            first_attempt_at = record.first_attempt_at_ms.map(rfc3339_ms).unwrap_or_default(),
+            last_attempt_at = record.last_attempt_at_ms.map(rfc3339_ms).unwrap_or_default(),
+            source_queue = record.source_queue,
+            outcome = ?outcome,
+            "dead-lettered payment message recorded"
+        );
+        Ok(outcome)
+    }
+}
+
+/// The low-cardinality class of a dead message: the processor's last error reason when it has
+/// one, otherwise what is known of the message.
+fn failure_class(has_key: bool, process: Option<&IdempotencyRecord>) -> String {
+    match (has_key, process) {
+        (false, _) => "unparseable".into(),
+        (true, None) => "never_processed".into(),
+        (true, Some(r)) => r.last_error.clone().filter(|e| is_low_cardinality(e)).unwrap_or_else(|| "unknown".into()),
+    }
+}
+
+/// Reasons the processor stores are short snake_case codes; anything else is not a dimension.
+fn is_low_cardinality(reason: &str) -> bool {
+    reason.len() <= 64 && reason.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn attribute<'a>(message: &'a SqsMessage, name: &str) -> Option<&'a str> {
+    message.attributes.get(name).map(String::as_str)
+}
+
+struct Invocation<'a, S, F, V> {
+    consumer: &'a DlqConsumer<S, F, V>,
+    metrics: &'a Metrics,
+}
+
+impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl> RecordHandler for Invocation<'_, S, F, V> {
+    async fn handle(&self, message: &SqsMessage) -> RecordOutcome {
+        match self.consumer.record(message, self.metrics).await {
+            Ok(_) => RecordOutcome::Done,
+            Err(e) => {
+                let count = attribute(message, "ApproximateReceiveCount").and_then(|c| c.parse().ok()).unwrap_or(1);
+                tracing::error!(error = e, "could not record a dead message; it will be retried");
+                self.metrics.count("DeadLetterRecordFailed", 1);
+                RecordOutcome::RetryAfter { after: self.consumer.jitter.delay(&self.consumer.backoff, count) }
+            }
+        }
+    }
+}
