@@ -56,6 +56,21 @@ pub fn rfc3339_ms(epoch_ms: i64) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
+/// Epoch milliseconds before which no real invocation deadline can lie (2001-09-09).
+const EARLIEST_EPOCH_DEADLINE_MS: u64 = 1_000_000_000_000;
+
+/// The invocation's deadline as epoch milliseconds. Lambda sends an epoch deadline; the local
+/// runtime emulator (`cargo lambda watch` 1.9) sends the remaining time instead (600000). A value
+/// too small to be an epoch time is therefore read as remaining milliseconds, so that local runs
+/// get a real deadline instead of one in 1970.
+pub fn invocation_deadline_ms(context_deadline: u64, now_ms: i64) -> i64 {
+    if context_deadline < EARLIEST_EPOCH_DEADLINE_MS {
+        now_ms.saturating_add(i64::try_from(context_deadline).unwrap_or(i64::MAX))
+    } else {
+        i64::try_from(context_deadline).unwrap_or(i64::MAX)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,6 +81,12 @@ mod tests {
         assert_eq!(clock.now_ms(), 1_000);
         clock.advance_ms(250);
         assert_eq!(clock.now_ms(), 1_250);
+    }
+
+    #[test]
+    fn deadlines_are_epoch_times_or_remaining_time_from_an_emulator() {
+        assert_eq!(invocation_deadline_ms(1_800_000_000_000, 5), 1_800_000_000_000);
+        assert_eq!(invocation_deadline_ms(600_000, 1_800_000_000_000), 1_800_000_600_000);
     }
 
     #[test]

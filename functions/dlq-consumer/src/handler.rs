@@ -50,7 +50,7 @@ pub enum DeadLetterOutcome {
 impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl> DlqConsumer<S, F, V> {
     /// The Lambda handler.
     pub async fn handle(&self, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-        let deadline_ms = i64::try_from(event.context.deadline).unwrap_or(i64::MAX);
+        let deadline_ms = payments_core::clock::invocation_deadline_ms(event.context.deadline, self.clock.now_ms());
         Ok(self.process_batch(&event.payload.records, deadline_ms, &event.context.request_id).await)
     }
 

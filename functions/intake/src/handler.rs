@@ -144,8 +144,7 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
         let lease_ms = i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX);
         let deadline = request
             .lambda_context_ref()
-            .and_then(|c| i64::try_from(c.deadline).ok())
-            .filter(|d| *d > now)
+            .map(|c| payments_core::clock::invocation_deadline_ms(c.deadline, now))
             .unwrap_or(i64::MAX);
         let record_key = intake_key(&scope, &key);
         let lease = match self.idempotency.claim(&record_key, &hash, deadline.min(now + lease_ms)).await {

@@ -71,3 +71,85 @@ pub async fn settle(
     }
     Ok(deleted)
 }
+
+/// Where a poller reads and which function it drives.
+#[derive(Debug, Clone)]
+pub struct PollerConfig {
+    /// The queue.
+    pub queue_url: String,
+    /// Its ARN (put in every record, as Lambda does).
+    pub queue_arn: String,
+    /// The function's Invoke API URL.
+    pub invoke_url: String,
+    /// Messages per batch (1–10).
+    pub batch_size: i32,
+    /// How long an invocation may take before the poller gives up on it (the messages then
+    /// come back after their visibility timeout, as in AWS).
+    pub invoke_timeout: std::time::Duration,
+}
+
+/// What a poller has done so far.
+#[derive(Debug, Default)]
+pub struct PollerStats {
+    /// Invocations made.
+    pub batches: std::sync::atomic::AtomicU64,
+    /// Messages handed to the function.
+    pub messages: std::sync::atomic::AtomicU64,
+    /// Messages deleted after success.
+    pub deleted: std::sync::atomic::AtomicU64,
+    /// Messages reported failed (left to their visibility timeout).
+    pub failed: std::sync::atomic::AtomicU64,
+    /// Invocations that errored or timed out (whole batch left to its visibility timeout).
+    pub invoke_errors: std::sync::atomic::AtomicU64,
+    /// Whether an invocation is running now.
+    pub in_flight: std::sync::atomic::AtomicBool,
+}
+
+/// Polls until `stop` is set: receive, invoke the function with a real SQS event, delete what
+/// succeeded. One batch at a time, like an event source mapping at concurrency 1.
+pub fn spawn_poller(
+    sqs: aws_sdk_sqs::Client,
+    config: PollerConfig,
+    stats: std::sync::Arc<PollerStats>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        while !stop.load(Relaxed) {
+            let received = match receive(&sqs, &config.queue_url, config.batch_size, 1).await {
+                Ok(received) => received,
+                Err(e) => {
+                    tracing::warn!(error = e, "receive failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            if received.is_empty() {
+                continue;
+            }
+            let mut event = aws_lambda_events::sqs::SqsEvent::default();
+            event.records = received.iter().map(|m| lambda_record(m, &config.queue_arn)).collect();
+            stats.batches.fetch_add(1, Relaxed);
+            stats.messages.fetch_add(received.len() as u64, Relaxed);
+            stats.in_flight.store(true, Relaxed);
+            let answer = http.post(&config.invoke_url).json(&event).timeout(config.invoke_timeout).send().await;
+            let response = match answer {
+                Ok(r) if r.status().is_success() => r.json::<SqsBatchResponse>().await.ok(),
+                _ => None,
+            };
+            stats.in_flight.store(false, Relaxed);
+            let Some(response) = response else {
+                stats.invoke_errors.fetch_add(1, Relaxed);
+                continue;
+            };
+            match settle(&sqs, &config.queue_url, &received, &response).await {
+                Ok(deleted) => {
+                    stats.deleted.fetch_add(deleted as u64, Relaxed);
+                    stats.failed.fetch_add((received.len() - deleted) as u64, Relaxed);
+                }
+                Err(e) => tracing::warn!(error = e, "delete failed; the messages come back"),
+            }
+        }
+    })
+}

@@ -3,10 +3,14 @@
 //! stand-in for the SQS event source mapping that drives functions running under
 //! `cargo lambda watch` ([`event_source`]).
 
+pub mod emf_log;
 pub mod event_source;
+pub mod functions;
 pub mod localstack;
 pub mod metering;
+pub mod pipeline;
 pub mod stack;
+pub mod workload;
 
 use std::path::PathBuf;
 

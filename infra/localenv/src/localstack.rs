@@ -75,3 +75,37 @@ fn start_if_needed() -> Result<(), LocalStackError> {
         })
     }
 }
+
+/// A LocalStack this process started (stopped on [`OwnedLocalStack::stop`]), or `None` inside
+/// when one was already running and is left alone.
+pub struct OwnedLocalStack {
+    started_here: bool,
+}
+
+impl OwnedLocalStack {
+    /// Uses a running LocalStack, or starts one and remembers to stop it.
+    pub fn acquire() -> Result<Self, LocalStackError> {
+        let healthy = Command::new("curl")
+            .args(["-fsS", "--max-time", "2", &format!("{}/_localstack/health", endpoint())])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        ensure().map_err(|e| LocalStackError::Script { status: "ensure".into(), stderr: e.to_string() })?;
+        Ok(Self { started_here: !healthy })
+    }
+
+    /// Whether this process started it.
+    pub fn started_here(&self) -> bool {
+        self.started_here
+    }
+
+    /// Stops LocalStack if this process started it.
+    pub fn stop(self) {
+        if self.started_here {
+            let _ = Command::new(repo_root().join("infra/localstack/localstack.sh"))
+                .arg("stop")
+                .env("LOCALSTACK_PORT", port().to_string())
+                .status();
+        }
+    }
+}

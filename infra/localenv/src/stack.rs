@@ -154,6 +154,20 @@ pub async fn deploy(
     Err(StackError::Api(format!("stack {name} did not finish within 120 s")))
 }
 
+/// The outputs of an existing stack (in LocalStack or in AWS, whichever the SDK points at).
+pub async fn describe(config: &aws_config::SdkConfig, name: &str) -> Result<Stack, StackError> {
+    let cfn = aws_sdk_cloudformation::Client::new(config);
+    let described =
+        cfn.describe_stacks().stack_name(name).send().await.map_err(|e| StackError::Api(format!("{e:?}")))?;
+    let stack = described.stacks().first().ok_or_else(|| StackError::Api(format!("no stack {name}")))?;
+    let outputs = stack
+        .outputs()
+        .iter()
+        .filter_map(|o| Some((o.output_key()?.to_owned(), o.output_value()?.to_owned())))
+        .collect();
+    Ok(Stack { name: name.to_owned(), outputs })
+}
+
 /// A fresh stack name for one test or run: `{prefix}-{8 hex}` (queue names stay under 80 chars).
 pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])

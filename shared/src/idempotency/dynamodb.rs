@@ -60,6 +60,41 @@ impl DynamoDbStore {
         &self.table
     }
 
+    /// IN_PROGRESS records of `operation` whose lease ended before `lease_ended_before_ms`: for
+    /// the intake, payments accepted but possibly never enqueued (a crash between claim and
+    /// SendMessage). An operator's query: it scans the table.
+    pub async fn stale_in_progress(
+        &self,
+        operation: &str,
+        lease_ended_before_ms: i64,
+    ) -> Result<Vec<IdempotencyRecord>, StoreError> {
+        let mut found = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .set_exclusive_start_key(start.take())
+                .filter_expression("begins_with(pk, :prefix) AND #status = :in_progress AND lease_until_ms < :before")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":prefix", s(format!("{operation}#")))
+                .expression_attribute_values(":in_progress", s(RecordStatus::InProgress.as_str()))
+                .expression_attribute_values(":before", n(lease_ended_before_ms))
+                .send()
+                .await
+                .map_err(|e| store_error(&e))?;
+            for item in out.items() {
+                let pk = item.get("pk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+                found.push(record_from_item(&pk, item)?);
+            }
+            match out.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(found),
+            }
+        }
+    }
+
     async fn try_claim(
         &self,
         request: &ClaimRequest,

@@ -284,14 +284,37 @@ mod tests {
         assert!(handler.seen.lock().unwrap().is_empty(), "the handler must not run");
     }
 
-    #[tokio::test(start_paused = true)]
+    /// Counts how many handlers run at once.
+    #[derive(Default)]
+    struct ConcurrencyProbe {
+        running: std::sync::atomic::AtomicUsize,
+        peak: std::sync::atomic::AtomicUsize,
+    }
+
+    impl RecordHandler for ConcurrencyProbe {
+        async fn handle(&self, _: &SqsMessage) -> RecordOutcome {
+            use std::sync::atomic::Ordering::SeqCst;
+            let now = self.running.fetch_add(1, SeqCst) + 1;
+            self.peak.fetch_max(now, SeqCst);
+            // Yield a few times so that every record the runner admits gets to start.
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            self.running.fetch_sub(1, SeqCst);
+            RecordOutcome::Done
+        }
+    }
+
+    #[tokio::test]
     async fn records_run_concurrently_up_to_the_bound() {
-        let records: Vec<_> = (0..10).map(|i| message(&i.to_string(), "slow", None)).collect();
-        let started = tokio::time::Instant::now();
-        let report = runner(5).run(&records, i64::MAX, &ManualClock::at(0), &ScriptedHandler::default()).await;
+        let records: Vec<_> = (0..12).map(|i| message(&i.to_string(), "ok", None)).collect();
+        let probe = ConcurrencyProbe::default();
+        let report = runner(5).run(&records, i64::MAX, &ManualClock::at(0), &probe).await;
         assert!(report.response.batch_item_failures.is_empty());
-        // 10 records of 50 ms, 5 at a time: two waves.
-        assert_eq!(started.elapsed(), Duration::from_millis(100));
+        assert_eq!(probe.peak.load(std::sync::atomic::Ordering::SeqCst), 5);
+        let one_at_a_time = ConcurrencyProbe::default();
+        runner(1).run(&records, i64::MAX, &ManualClock::at(0), &one_at_a_time).await;
+        assert_eq!(one_at_a_time.peak.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

@@ -1,0 +1,611 @@
+//! The main job: the whole pipeline on this machine, end to end, under faults. LocalStack with
+//! the template's resources, the three functions under the runtime emulator, pollers standing in
+//! for the event source mappings, the provider simulator; then a workload through the intake over
+//! HTTP, progress while the system settles, and a reconciliation that fails the run if any
+//! payment was charged twice or lost.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use payments_core::failures::dynamodb::DynamoDbFailureStore;
+use payments_core::failures::{FailureState, FailureStore};
+use payments_core::idempotency::{IdempotencyKey, Scope};
+use payments_core::payment::provider_idempotency_key;
+use provider_simulator::{LedgerSnapshot, SimConfig, Simulator};
+
+use crate::cache_dir;
+use crate::emf_log::MetricTotals;
+use crate::event_source::{PollerConfig, PollerStats, spawn_poller};
+use crate::functions::{Emulator, FunctionProcess};
+use crate::localstack::OwnedLocalStack;
+use crate::stack::{Stack, deploy, unique_name};
+use crate::workload::{Plan, Submission, WorkloadSpec, plan, submit};
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// The workload.
+    pub workload: WorkloadSpec,
+    /// Provider faults by rate (per-payment scripts come from the workload).
+    pub simulator: SimConfig,
+    /// Deliveries before a message is dead-lettered.
+    pub max_receive_count: u32,
+    /// Port of the runtime emulator.
+    pub port: u16,
+    /// Give up if not settled within this.
+    pub settle_timeout: Duration,
+    /// SIGKILL the processor in the middle of a batch, then start it again.
+    pub kill_processor: bool,
+    /// Print progress lines.
+    pub progress: bool,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self {
+            workload: WorkloadSpec::default(),
+            simulator: SimConfig {
+                seed: 7,
+                rates: provider_simulator::FaultRates {
+                    internal_error: 0.03,
+                    unavailable: 0.03,
+                    rate_limited: 0.02,
+                    connection_reset: 0.02,
+                    commit_then_timeout: 0.02,
+                    latency: 0.05,
+                },
+                latency_ms: 300,
+                commit_delay_ms: 2_500,
+            },
+            max_receive_count: 5,
+            port: 9400,
+            settle_timeout: Duration::from_secs(240),
+            kill_processor: false,
+            progress: true,
+        }
+    }
+}
+
+/// Why the pipeline could not run (as opposed to ran and found a violation).
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// LocalStack.
+    #[error(transparent)]
+    LocalStack(#[from] crate::localstack::LocalStackError),
+    /// The template.
+    #[error(transparent)]
+    Stack(#[from] crate::stack::StackError),
+    /// The functions.
+    #[error(transparent)]
+    Functions(#[from] crate::functions::FunctionsError),
+    /// The simulator.
+    #[error("provider simulator: {0}")]
+    Simulator(std::io::Error),
+    /// It did not settle in time.
+    #[error("not settled after {0:?}: {1}")]
+    NotSettled(Duration, String),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Reconciliation {
+    /// Distinct payments the intake accepted.
+    pub accepted: usize,
+    /// Final statuses, by name.
+    pub statuses: BTreeMap<String, usize>,
+    /// Intake answers by HTTP status.
+    pub http: BTreeMap<u16, u64>,
+    /// Intake replays (client retries answered from the stored response).
+    pub replays: u64,
+    /// Processor duplicates suppressed (redeliveries and copies that did nothing).
+    pub duplicates_suppressed: u64,
+    /// Processor retries (retryable failures).
+    pub retries: u64,
+    /// Retry reasons.
+    pub retry_reasons: BTreeMap<String, f64>,
+    /// Poison messages recorded.
+    pub poison: u64,
+    /// Charges in the provider's ledger.
+    pub provider_charges: usize,
+    /// Charge requests the provider received.
+    pub provider_requests: u64,
+    /// Faults the provider injected, by kind.
+    pub provider_faults: BTreeMap<String, u64>,
+    /// Open failure records.
+    pub open_failure_records: usize,
+    /// Metric totals the reconciliation compared.
+    pub metrics: BTreeMap<String, f64>,
+    /// p50 / p99 processing latency (ms), from the processor's EMF.
+    pub latency_p50_p99: (Option<f64>, Option<f64>),
+    /// Whether the processor was killed mid-batch.
+    pub killed: bool,
+    /// Processor invocations that never answered (the killed one): their messages came back
+    /// after the visibility timeout.
+    pub interrupted_invocations: u64,
+    /// Wall time from first request to settled.
+    pub settle_time: Duration,
+    /// Broken invariants: empty on a good run.
+    pub violations: Vec<String>,
+}
+
+impl Reconciliation {
+    /// The table printed at the end of a run.
+    pub fn table(&self) -> String {
+        let status = |s: &str| self.statuses.get(s).copied().unwrap_or(0);
+        let mut rows = vec![
+            ("accepted payments".to_owned(), self.accepted.to_string()),
+            ("  succeeded".to_owned(), status("SUCCEEDED").to_string()),
+            ("  failed (declined)".to_owned(), status("FAILED").to_string()),
+            ("  dead-lettered".to_owned(), status("DEAD_LETTERED").to_string()),
+            (
+                "  not settled".to_owned(),
+                (self.accepted - status("SUCCEEDED") - status("FAILED") - status("DEAD_LETTERED")).to_string(),
+            ),
+            (
+                "intake answers".to_owned(),
+                self.http.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(" "),
+            ),
+            ("duplicates suppressed (intake replays)".to_owned(), self.replays.to_string()),
+            ("duplicates suppressed (processor)".to_owned(), self.duplicates_suppressed.to_string()),
+            ("retries".to_owned(), self.retries.to_string()),
+            ("poison messages recorded".to_owned(), self.poison.to_string()),
+            ("provider charge requests".to_owned(), self.provider_requests.to_string()),
+            (
+                "provider faults injected".to_owned(),
+                self.provider_faults.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(" "),
+            ),
+            ("provider charges".to_owned(), self.provider_charges.to_string()),
+            ("open failure records".to_owned(), self.open_failure_records.to_string()),
+            (
+                "processing latency p50 / p99 (ms)".to_owned(),
+                format!(
+                    "{:.1} / {:.1}",
+                    self.latency_p50_p99.0.unwrap_or(f64::NAN),
+                    self.latency_p50_p99.1.unwrap_or(f64::NAN)
+                ),
+            ),
+            ("processor killed mid-batch".to_owned(), if self.killed { "yes" } else { "no" }.to_owned()),
+            ("invocations interrupted".to_owned(), self.interrupted_invocations.to_string()),
+            ("settled in".to_owned(), format!("{:.1} s", self.settle_time.as_secs_f64())),
+        ];
+        rows.push((
+            "failure reasons (retried and permanent)".to_owned(),
+            self.retry_reasons.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(" "),
+        ));
+        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        let mut out = String::from("| what | count |\n|---|---|\n");
+        for (k, v) in rows {
+            out.push_str(&format!("| {k:width$} | {v} |\n"));
+        }
+        if self.violations.is_empty() {
+            out.push_str("\nInvariants hold: no payment charged twice, none lost, metrics agree with the ledger.\n");
+        } else {
+            out.push_str("\nVIOLATIONS:\n");
+            for v in &self.violations {
+                out.push_str(&format!("  - {v}\n"));
+            }
+        }
+        out
+    }
+}
+
+/// What is running during a pipeline run; `shutdown` stops all of it.
+pub struct Running {
+    /// The deployed stack.
+    pub stack: Stack,
+    /// The provider simulator.
+    pub simulator: Simulator,
+    /// The runtime emulator.
+    pub emulator: Emulator,
+    /// The function processes, by name.
+    pub functions: HashMap<String, FunctionProcess>,
+    /// Payments-queue poller statistics.
+    pub payments_poller: Arc<PollerStats>,
+    /// DLQ poller statistics.
+    pub dlq_poller: Arc<PollerStats>,
+    /// EMF totals from every function's logs.
+    pub metrics: MetricTotals,
+    /// Where the logs go.
+    pub log_dir: PathBuf,
+    sdk: aws_config::SdkConfig,
+    localstack: OwnedLocalStack,
+    stop: Arc<AtomicBool>,
+    pollers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// The intake's `/payments` URL.
+    pub fn intake_url(&self) -> String {
+        self.emulator.http_url("intake", "/payments")
+    }
+
+    /// Stops pollers, functions, emulator, simulator, and LocalStack if it was started here.
+    pub async fn shutdown(self) {
+        self.stop.store(true, Relaxed);
+        for poller in self.pollers {
+            let _ = poller.await;
+        }
+        for function in self.functions.values() {
+            function.kill().await;
+        }
+        self.emulator.stop().await;
+        drop(self.simulator);
+        self.localstack.stop();
+    }
+}
+
+/// Brings everything up: LocalStack (started if needed), the stack, the simulator, the
+/// functions and the pollers.
+pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> {
+    let localstack = OwnedLocalStack::acquire()?;
+    let sdk = payments_core::aws::load_config().await;
+    let name = unique_name("pipeline");
+    let receive = options.max_receive_count.to_string();
+    let stack = deploy(&sdk, &name, &[("MaxReceiveCount", &receive), ("ProcessorTimeoutSeconds", "10")]).await?;
+    let simulator = Simulator::start(options.simulator.clone()).await.map_err(PipelineError::Simulator)?;
+    let log_dir = cache_dir().join("pipeline").join(&name);
+    std::fs::create_dir_all(&log_dir).map_err(|e| PipelineError::Other(format!("log dir: {e}")))?;
+
+    crate::functions::build().await?;
+    let emulator = Emulator::start(options.port, &log_dir.join("emulator.log")).await?;
+    let metrics = MetricTotals::default();
+    let mut common: HashMap<String, String> = [
+        ("IDEMPOTENCY_TABLE", stack.idempotency_table()),
+        ("FAILURES_TABLE", stack.failures_table()),
+        ("METRICS_NAMESPACE", "PaymentsPipeline"),
+        ("RUST_LOG", "info"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    for var in ["AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"] {
+        if let Ok(value) = std::env::var(var) {
+            common.insert(var.to_owned(), value);
+        }
+    }
+    let with = |extra: &[(&str, String)]| {
+        let mut env = common.clone();
+        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        env
+    };
+    let specific = [
+        (
+            "intake",
+            with(&[("PAYMENTS_QUEUE_URL", stack.queue_url().to_owned()), ("ALLOW_SCOPE_HEADER", "true".into())]),
+        ),
+        (
+            "processor",
+            with(&[
+                ("PROVIDER_BASE_URL", simulator.base_url()),
+                ("PROVIDER_TIMEOUT_MS", "1500".into()),
+                ("PROVIDER_CONNECT_TIMEOUT_MS", "500".into()),
+                ("LEASE_MARGIN_MS", "500".into()),
+                ("IDEMPOTENCY_MAX_LEASE_SECONDS", "15".into()),
+                ("BACKOFF_BASE_MS", "500".into()),
+                ("BACKOFF_CAP_SECONDS", "4".into()),
+            ]),
+        ),
+        ("dlq-consumer", with(&[("SOURCE_QUEUE_URL", stack.queue_url().to_owned())])),
+    ];
+    let mut functions = HashMap::new();
+    for (name, env) in specific {
+        let process =
+            FunctionProcess::start(name, env, options.port, log_dir.join(format!("{name}.log")), metrics.clone())
+                .await?;
+        functions.insert(name.to_owned(), process);
+    }
+
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (payments_poller, dlq_poller) = (Arc::new(PollerStats::default()), Arc::new(PollerStats::default()));
+    let pollers = vec![
+        spawn_poller(
+            sqs.clone(),
+            PollerConfig {
+                queue_url: stack.queue_url().into(),
+                queue_arn: stack.queue_arn().into(),
+                invoke_url: emulator.invoke_url("processor"),
+                batch_size: 10,
+                invoke_timeout: Duration::from_secs(10),
+            },
+            payments_poller.clone(),
+            stop.clone(),
+        ),
+        spawn_poller(
+            sqs,
+            PollerConfig {
+                queue_url: stack.dlq_url().into(),
+                queue_arn: stack.dlq_arn().into(),
+                invoke_url: emulator.invoke_url("dlq-consumer"),
+                batch_size: 10,
+                invoke_timeout: Duration::from_secs(10),
+            },
+            dlq_poller.clone(),
+            stop.clone(),
+        ),
+    ];
+    Ok(Running {
+        stack,
+        simulator,
+        emulator,
+        functions,
+        payments_poller,
+        dlq_poller,
+        metrics,
+        log_dir,
+        sdk,
+        localstack,
+        stop,
+        pollers,
+    })
+}
+
+/// Runs the main job: start, submit, settle, reconcile, stop. Returns the reconciliation; the
+/// caller decides what a violation means (the CLI exits non-zero).
+pub async fn run(options: &PipelineOptions) -> Result<Reconciliation, PipelineError> {
+    let running = start(options).await?;
+    let result = drive(&running, options).await;
+    running.shutdown().await;
+    result
+}
+
+async fn drive(running: &Running, options: &PipelineOptions) -> Result<Reconciliation, PipelineError> {
+    let plan = plan(&options.workload, options.max_receive_count);
+    let started = Instant::now();
+    say(options, &format!("submitting {} payments through {}", plan.payments.len(), running.intake_url()));
+    let sqs = aws_sdk_sqs::Client::new(&running.sdk);
+    for body in &plan.poison {
+        sqs.send_message()
+            .queue_url(running.stack.queue_url())
+            .message_body(body)
+            .send()
+            .await
+            .map_err(|e| PipelineError::Other(format!("sending poison: {e:?}")))?;
+    }
+    let killer = options.kill_processor.then(|| {
+        let poller = running.payments_poller.clone();
+        async move {
+            // Wait for a batch that is still running 300 ms after it started (one waiting on the
+            // provider: commit-then-timeout holds a call for 1.5 s), then kill mid-batch.
+            let batches = |p: &PollerStats| p.batches.load(Relaxed);
+            loop {
+                while !poller.in_flight.load(Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                let batch = batches(&poller);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if poller.in_flight.load(Relaxed) && batches(&poller) == batch {
+                    return;
+                }
+            }
+        }
+    });
+    let intake_url = running.intake_url();
+    let submission_future = submit(&plan, &intake_url, 8);
+    let submission = match killer {
+        Some(kill_moment) => {
+            let (submission, ()) = tokio::join!(submission_future, async {
+                kill_moment.await;
+                let processor = &running.functions["processor"];
+                processor.kill().await;
+                say(options, "processor SIGKILLed mid-batch; restarting it");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if let Err(e) = processor.restart().await {
+                    say(options, &format!("restart failed: {e}"));
+                }
+            });
+            submission
+        }
+        None => submission_future.await,
+    };
+    say(options, &format!("intake answered {:?}; waiting for the system to settle", submission.statuses));
+    let statuses = settle(running, options, &submission, started).await?;
+    let settle_time = started.elapsed();
+    // Let the last EMF lines reach the logs.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    reconcile(running, options, &plan, &submission, statuses, settle_time).await
+}
+
+fn say(options: &PipelineOptions, line: &str) {
+    if options.progress {
+        eprintln!("[pipeline] {line}");
+    }
+}
+
+/// Polls until both queues are empty and every accepted payment is in a terminal state.
+async fn settle(
+    running: &Running,
+    options: &PipelineOptions,
+    submission: &Submission,
+    started: Instant,
+) -> Result<BTreeMap<(String, String), String>, PipelineError> {
+    let client = reqwest::Client::new();
+    let sqs = aws_sdk_sqs::Client::new(&running.sdk);
+    let mut statuses: BTreeMap<(String, String), String> = BTreeMap::new();
+    loop {
+        for (scope, key) in submission.accepted.keys() {
+            let known = statuses.get(&(scope.clone(), key.clone()));
+            if matches!(known.map(String::as_str), Some("SUCCEEDED" | "FAILED")) {
+                continue;
+            }
+            let url = running.emulator.http_url("intake", &format!("/payments/{key}"));
+            if let Ok(response) = client.get(url).header("X-Local-Scope", scope).send().await
+                && let Ok(view) = response.json::<serde_json::Value>().await
+                && let Some(status) = view["status"].as_str()
+            {
+                statuses.insert((scope.clone(), key.clone()), status.to_owned());
+            }
+        }
+        let depth =
+            queue_depth(&sqs, running.stack.queue_url()).await + queue_depth(&sqs, running.stack.dlq_url()).await;
+        let terminal =
+            statuses.values().filter(|s| matches!(s.as_str(), "SUCCEEDED" | "FAILED" | "DEAD_LETTERED")).count();
+        say(
+            options,
+            &format!(
+                "t+{:>5.1}s  terminal {terminal}/{}  queued {depth}  batches {}  retried {}  charges {}",
+                started.elapsed().as_secs_f64(),
+                submission.accepted.len(),
+                running.payments_poller.batches.load(Relaxed),
+                running.payments_poller.failed.load(Relaxed),
+                running.simulator_charges().await,
+            ),
+        );
+        if depth == 0 && terminal == submission.accepted.len() {
+            return Ok(statuses);
+        }
+        if started.elapsed() > options.settle_timeout {
+            return Err(PipelineError::NotSettled(
+                options.settle_timeout,
+                format!("{terminal}/{} terminal, {depth} queued", submission.accepted.len()),
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+impl Running {
+    async fn ledger(&self) -> Result<LedgerSnapshot, PipelineError> {
+        let response = reqwest::get(format!("{}/ledger", self.simulator.base_url()))
+            .await
+            .map_err(|e| PipelineError::Other(e.to_string()))?;
+        response.json().await.map_err(|e| PipelineError::Other(e.to_string()))
+    }
+
+    async fn simulator_charges(&self) -> usize {
+        self.ledger().await.map(|l| l.charges.len()).unwrap_or(0)
+    }
+}
+
+async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
+    let Ok(out) = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+    else {
+        return u64::MAX;
+    };
+    out.attributes().map(|a| a.values().filter_map(|v| v.parse::<u64>().ok()).sum()).unwrap_or(0)
+}
+
+/// Checks the invariants and gathers the numbers.
+async fn reconcile(
+    running: &Running,
+    options: &PipelineOptions,
+    plan: &Plan,
+    submission: &Submission,
+    statuses: BTreeMap<(String, String), String>,
+    settle_time: Duration,
+) -> Result<Reconciliation, PipelineError> {
+    let ledger = running.ledger().await?;
+    let failures =
+        DynamoDbFailureStore::new(aws_sdk_dynamodb::Client::new(&running.sdk), running.stack.failures_table());
+    let records = failures.list(false).await.map_err(|e| PipelineError::Other(e.to_string()))?;
+    let m = &running.metrics;
+    let mut r = Reconciliation {
+        accepted: submission.accepted.len(),
+        http: submission.statuses.clone(),
+        replays: submission.replays,
+        duplicates_suppressed: m.sum("processor", "DuplicateSuppressed") as u64,
+        retries: m.sum("processor", "Retried") as u64,
+        retry_reasons: m.by_dimension("processor", "Failure"),
+        poison: m.sum("processor", "Poison") as u64,
+        provider_charges: ledger.charges.len(),
+        provider_requests: ledger.requests,
+        provider_faults: ledger.faults.clone(),
+        open_failure_records: records.iter().filter(|f| f.state == FailureState::Open).count(),
+        latency_p50_p99: (
+            m.percentile("processor", "ProcessingLatency", 50.0),
+            m.percentile("processor", "ProcessingLatency", 99.0),
+        ),
+        killed: options.kill_processor,
+        interrupted_invocations: running.payments_poller.invoke_errors.load(Relaxed),
+        settle_time,
+        ..Reconciliation::default()
+    };
+    for status in statuses.values() {
+        *r.statuses.entry(status.clone()).or_default() += 1;
+    }
+    for name in ["Processed", "FailedPermanently", "DuplicateSuppressed", "Retried", "Poison"] {
+        r.metrics.insert(format!("processor.{name}"), m.sum("processor", name));
+    }
+    r.metrics.insert("dlq-consumer.DeadLettered".into(), m.sum("dlq-consumer", "DeadLettered"));
+    r.metrics.insert("intake.Accepted".into(), m.sum("intake", "Accepted"));
+
+    // At most one charge per provider key.
+    let mut per_key: BTreeMap<&str, usize> = BTreeMap::new();
+    for charge in &ledger.charges {
+        *per_key.entry(charge.idempotency_key.as_str()).or_default() += 1;
+    }
+    for (key, n) in &per_key {
+        if *n > 1 {
+            r.violations.push(format!("provider key {key} charged {n} times"));
+        }
+    }
+    // Every accepted payment reaches exactly one terminal state; SUCCEEDED ones have exactly one
+    // charge of their amount; no other payment has a charge; DEAD_LETTERED ones have a record.
+    for ((scope, key), amount) in &submission.accepted {
+        let status = statuses.get(&(scope.clone(), key.clone())).map(String::as_str).unwrap_or("UNKNOWN");
+        let (Ok(s), Ok(k)) = (Scope::new(scope), IdempotencyKey::new(key)) else { continue };
+        let provider_key = provider_idempotency_key(&s, &k);
+        let charges: Vec<_> = ledger.charges.iter().filter(|c| c.idempotency_key == provider_key).collect();
+        match status {
+            "SUCCEEDED" => {
+                if charges.len() != 1 || charges[0].amount != *amount {
+                    r.violations.push(format!("{scope}/{key} SUCCEEDED with {} charges", charges.len()));
+                }
+            }
+            "FAILED" | "DEAD_LETTERED" => {
+                if !charges.is_empty() {
+                    r.violations.push(format!("{scope}/{key} is {status} but was charged"));
+                }
+                if status == "DEAD_LETTERED"
+                    && !records.iter().any(|f| {
+                        f.state == FailureState::Open
+                            && f.idempotency_key.as_ref() == Some(&k)
+                            && f.scope.as_ref() == Some(&s)
+                    })
+                {
+                    r.violations.push(format!("{scope}/{key} DEAD_LETTERED without a failure record"));
+                }
+            }
+            other => r.violations.push(format!("{scope}/{key} lost: ended {other}")),
+        }
+    }
+    // Metrics agree with the ledger and the statuses. A SIGKILLed instance loses the metrics of
+    // the batch it was running (EMF is flushed per invocation), so that run allows a shortfall of
+    // at most one batch.
+    let succeeded = r.statuses.get("SUCCEEDED").copied().unwrap_or(0) as f64;
+    let processed = m.sum("processor", "Processed");
+    let slack = if options.kill_processor { 10.0 } else { 0.0 };
+    if processed > succeeded || succeeded - processed > slack {
+        r.violations.push(format!("metric Processed = {processed}, but {succeeded} payments SUCCEEDED"));
+    }
+    if ledger.charges.len() as f64 != succeeded {
+        r.violations.push(format!("{} charges in the ledger for {succeeded} SUCCEEDED payments", ledger.charges.len()));
+    }
+    let dead = r.statuses.get("DEAD_LETTERED").copied().unwrap_or(0) as f64;
+    if r.metrics["dlq-consumer.DeadLettered"] != dead {
+        r.violations.push(format!(
+            "metric DeadLettered = {}, but {dead} payments DEAD_LETTERED",
+            r.metrics["dlq-consumer.DeadLettered"]
+        ));
+    }
+    if r.metrics["intake.Accepted"] != r.accepted as f64 {
+        r.violations
+            .push(format!("metric Accepted = {}, but {} payments accepted", r.metrics["intake.Accepted"], r.accepted));
+    }
+    if r.poison < plan.poison.len() as u64 && !options.kill_processor {
+        r.violations.push(format!("{} poison messages sent, {} recorded", plan.poison.len(), r.poison));
+    }
+    Ok(r)
+}

@@ -1,0 +1,233 @@
+//! The workload the main job submits through the intake over HTTP: payments (some declined,
+//! some scripted to exhaust their retries), client retries, concurrent duplicates, key reuse
+//! with a different payload, and poison messages sent straight to the queue. Deterministic for a
+//! seed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde_json::{Value, json};
+
+/// What to submit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkloadSpec {
+    /// Distinct payments.
+    pub payments: usize,
+    /// Share declined by the provider (FAILED).
+    pub decline_rate: f64,
+    /// Share re-submitted by the client after its 202 (replays).
+    pub client_retry_rate: f64,
+    /// Payments submitted three times at once (202 or 409 each).
+    pub concurrent_duplicates: usize,
+    /// Payments re-submitted with another amount (422).
+    pub key_reuses: usize,
+    /// Payments scripted to fail every attempt (DEAD_LETTERED).
+    pub dead_letters: usize,
+    /// Payments scripted with commit-then-timeout on their first attempt.
+    pub commit_timeouts: usize,
+    /// Raw invalid messages sent straight to the queue.
+    pub poison: usize,
+    /// Seed of every random choice.
+    pub seed: u64,
+}
+
+impl Default for WorkloadSpec {
+    fn default() -> Self {
+        Self {
+            payments: 150,
+            decline_rate: 0.06,
+            client_retry_rate: 0.2,
+            concurrent_duplicates: 10,
+            key_reuses: 5,
+            dead_letters: 3,
+            commit_timeouts: 5,
+            poison: 3,
+            seed: 42,
+        }
+    }
+}
+
+/// One planned payment.
+#[derive(Debug, Clone)]
+pub struct PlannedPayment {
+    /// Caller.
+    pub scope: String,
+    /// Client key.
+    pub key: String,
+    /// The JSON body.
+    pub body: Value,
+}
+
+impl PlannedPayment {
+    /// Amount in minor units.
+    pub fn amount(&self) -> u64 {
+        self.body["amount"].as_u64().unwrap_or(0)
+    }
+}
+
+/// The whole plan.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Every distinct payment.
+    pub payments: Vec<PlannedPayment>,
+    /// Indexes re-submitted after their 202.
+    pub client_retries: Vec<usize>,
+    /// Indexes submitted three times concurrently.
+    pub concurrent: Vec<usize>,
+    /// Indexes re-submitted with another amount.
+    pub reused: Vec<usize>,
+    /// Raw poison bodies.
+    pub poison: Vec<String>,
+}
+
+/// Builds the plan for `spec`. `max_receive_count` sizes the dead-letter scripts.
+pub fn plan(spec: &WorkloadSpec, max_receive_count: u32) -> Plan {
+    let mut rng = StdRng::seed_from_u64(spec.seed);
+    let run = format!("{:08x}", rng.random::<u32>());
+    let scopes = ["merchant-north", "merchant-south"];
+    let currencies = ["EUR", "USD", "GBP", "JPY"];
+    let payments: Vec<PlannedPayment> = (0..spec.payments)
+        .map(|i| {
+            let mut metadata = serde_json::Map::new();
+            let method = if i < spec.dead_letters {
+                let script = vec!["503"; max_receive_count as usize + 1].join(",");
+                metadata.insert("simulate".into(), Value::from(script));
+                "pm_card_visa"
+            } else if i < spec.dead_letters + spec.commit_timeouts {
+                metadata.insert("simulate".into(), Value::from("commit_then_timeout"));
+                "pm_card_visa"
+            } else if rng.random_bool(spec.decline_rate) {
+                "pm_card_insufficient_funds"
+            } else {
+                "pm_card_visa"
+            };
+            metadata.insert("run".into(), Value::from(run.clone()));
+            PlannedPayment {
+                scope: scopes[i % scopes.len()].to_owned(),
+                key: format!("pay-{run}-{i:05}"),
+                body: json!({
+                    "amount": rng.random_range(100..250_000u64),
+                    "currency": currencies[rng.random_range(0..currencies.len())],
+                    "payment_method": method,
+                    "merchant_reference": format!("order-{i:05}"),
+                    "metadata": metadata,
+                }),
+            }
+        })
+        .collect();
+    let mut pick = |count: usize, from: usize| -> Vec<usize> {
+        let mut chosen: Vec<usize> = (from..payments.len()).collect();
+        for i in 0..chosen.len() {
+            let j = rng.random_range(i..chosen.len());
+            chosen.swap(i, j);
+        }
+        chosen.truncate(count);
+        chosen
+    };
+    let first_regular = spec.dead_letters + spec.commit_timeouts;
+    let retries = ((payments.len() - first_regular.min(payments.len())) as f64 * spec.client_retry_rate) as usize;
+    Plan {
+        client_retries: pick(retries, first_regular),
+        concurrent: pick(spec.concurrent_duplicates, first_regular),
+        reused: pick(spec.key_reuses, first_regular),
+        poison: (0..spec.poison)
+            .map(|i| match i % 3 {
+                0 => "this is not JSON".to_owned(),
+                1 => json!({"schema_version": 1, "idempotency_key": format!("poison-{run}-{i}"), "scope": "merchant-north",
+                            "payment": {"amount": -5}, "created_at": "2026-01-01T00:00:00Z", "correlation_id": "p"})
+                    .to_string(),
+                _ => json!({"schema_version": 99, "note": "a message from the future"}).to_string(),
+            })
+            .collect(),
+        payments,
+    }
+}
+
+/// What the intake answered.
+#[derive(Debug, Clone, Default)]
+pub struct Submission {
+    /// Accepted payments (202 at least once), by (scope, key): their amount.
+    pub accepted: BTreeMap<(String, String), u64>,
+    /// Responses by HTTP status.
+    pub statuses: BTreeMap<u16, u64>,
+    /// 202s marked as replays.
+    pub replays: u64,
+    /// Requests that failed to get any answer.
+    pub transport_errors: u64,
+}
+
+/// Submits the plan through the intake at `intake_url` (`…/payments`), `parallelism` at a time.
+pub async fn submit(plan: &Plan, intake_url: &str, parallelism: usize) -> Submission {
+    use futures::StreamExt;
+    let client = reqwest::Client::new();
+    let result = Arc::new(tokio::sync::Mutex::new(Submission::default()));
+    let post = |payment: PlannedPayment, body: Value| {
+        let (client, result, url) = (client.clone(), result.clone(), intake_url.to_owned());
+        async move {
+            let response = client
+                .post(&url)
+                .header("Idempotency-Key", &payment.key)
+                .header("X-Local-Scope", &payment.scope)
+                .json(&body)
+                .send()
+                .await;
+            let mut result = result.lock().await;
+            match response {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    *result.statuses.entry(status).or_default() += 1;
+                    if response.headers().contains_key("idempotent-replayed") {
+                        result.replays += 1;
+                    }
+                    if status == 202 {
+                        result.accepted.insert((payment.scope.clone(), payment.key.clone()), payment.amount());
+                    }
+                }
+                Err(_) => result.transport_errors += 1,
+            }
+        }
+    };
+    // First submissions, with the concurrent duplicates fired three at a time.
+    let mut requests = Vec::new();
+    for (i, payment) in plan.payments.iter().enumerate() {
+        let copies = if plan.concurrent.contains(&i) { 3 } else { 1 };
+        for _ in 0..copies {
+            requests.push(post(payment.clone(), payment.body.clone()));
+        }
+    }
+    futures::stream::iter(requests).buffer_unordered(parallelism.max(1)).collect::<Vec<()>>().await;
+    // Client retries of accepted payments, and key reuse with a different amount.
+    let mut later = Vec::new();
+    for &i in &plan.client_retries {
+        later.push(post(plan.payments[i].clone(), plan.payments[i].body.clone()));
+    }
+    for &i in &plan.reused {
+        let mut body = plan.payments[i].body.clone();
+        body["amount"] = Value::from(plan.payments[i].amount() + 1);
+        later.push(post(plan.payments[i].clone(), body));
+    }
+    futures::stream::iter(later).buffer_unordered(parallelism.max(1)).collect::<Vec<()>>().await;
+    Arc::try_unwrap(result).map(|m| m.into_inner()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_are_deterministic_and_distinct_in_their_keys() {
+        let spec = WorkloadSpec::default();
+        let (a, b) = (plan(&spec, 5), plan(&spec, 5));
+        assert_eq!(
+            a.payments.iter().map(|p| &p.body).collect::<Vec<_>>(),
+            b.payments.iter().map(|p| &p.body).collect::<Vec<_>>()
+        );
+        let keys: std::collections::BTreeSet<_> = a.payments.iter().map(|p| &p.key).collect();
+        assert_eq!(keys.len(), spec.payments);
+        assert_eq!(a.payments[0].body["metadata"]["simulate"], "503,503,503,503,503,503");
+        assert!(a.reused.iter().all(|i| *i >= spec.dead_letters + spec.commit_timeouts));
+        assert_eq!(a.poison.len(), 3);
+    }
+}

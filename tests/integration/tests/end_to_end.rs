@@ -1,0 +1,53 @@
+//! The main job as a test: the whole pipeline locally (LocalStack, the three functions under the
+//! runtime emulator, pollers as event source mappings, the provider simulator with faults), a
+//! smaller workload through the intake over HTTP, and the reconciliation's invariants.
+
+use localenv::pipeline::{PipelineOptions, Reconciliation, run};
+use localenv::workload::WorkloadSpec;
+
+fn options(port: u16, seed: u64, kill_processor: bool) -> PipelineOptions {
+    let mut options = PipelineOptions {
+        workload: WorkloadSpec {
+            payments: 40,
+            concurrent_duplicates: 4,
+            key_reuses: 3,
+            seed,
+            ..WorkloadSpec::default()
+        },
+        port,
+        kill_processor,
+        progress: false,
+        ..PipelineOptions::default()
+    };
+    options.simulator.seed = seed;
+    options
+}
+
+fn check(r: &Reconciliation) {
+    println!("{}", r.table());
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    let terminal: usize =
+        ["SUCCEEDED", "FAILED", "DEAD_LETTERED"].iter().map(|s| r.statuses.get(*s).copied().unwrap_or(0)).sum();
+    assert_eq!(terminal, r.accepted, "every accepted payment reaches exactly one terminal state");
+    assert_eq!(r.accepted, 40);
+    assert_eq!(r.statuses.get("DEAD_LETTERED"), Some(&3), "the scripted dead letters");
+    assert_eq!(r.provider_charges, r.statuses["SUCCEEDED"], "one charge per SUCCEEDED payment");
+    assert!(r.http.get(&422).is_some_and(|n| *n == 3), "key reuse refused: {:?}", r.http);
+    assert!(r.replays > 0 && r.retries > 0, "the workload exercised replays and retries");
+    assert_eq!(r.poison, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pipeline_settles_under_faults_with_every_invariant() {
+    let r = run(&options(9410, 11, false)).await.expect("pipeline ran");
+    check(&r);
+    assert!(!r.provider_faults.is_empty(), "faults were injected");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_processor_killed_mid_batch_and_restarted_loses_and_duplicates_nothing() {
+    let r = run(&options(9420, 12, true)).await.expect("pipeline ran");
+    assert!(r.killed);
+    assert!(r.interrupted_invocations >= 1, "the kill must interrupt a running batch");
+    check(&r);
+}
