@@ -9,7 +9,8 @@ use lambda_runtime::LambdaEvent;
 use payments_core::clock::Clock;
 use payments_core::failures::{FailureKind, FailureRecord, FailureState, FailureStore, payment_partition};
 use payments_core::idempotency::{
-    ClaimOutcome, Idempotency, IdempotencyStore, Lease, PayloadHash, Settlement, StoredFailure,
+    ClaimOutcome, Idempotency, IdempotencyRecord, IdempotencyStore, Lease, PayloadHash, RecordStatus, Settlement,
+    StoredFailure,
 };
 use payments_core::observability::{Metrics, MetricsSink, Unit};
 use payments_core::payment::{
@@ -160,11 +161,8 @@ where
                 let stored = serde_json::to_value(&result).expect("a charge result serialises");
                 match self.idempotency.complete(&lease, &stored).await {
                     Ok(Settlement::Recorded) => Handled::Charged { charge_id: charge.id },
-                    Ok(Settlement::NotOwner { .. }) => {
-                        // Our lease lapsed and another worker took over; the provider's key makes
-                        // its call return this same charge, and it records it.
-                        tracing::warn!(charge_id = %charge.id, "charged, but the record was taken over; the new owner records it");
-                        Handled::Duplicate
+                    Ok(Settlement::NotOwner { current }) => {
+                        self.lost_lease(current.as_deref(), &charge.id, receive_count)
                     }
                     Err(e) => self.retry("completion_not_recorded", &e.to_string(), receive_count, None),
                 }
@@ -181,9 +179,27 @@ where
             Err(permanent) => {
                 let failure = StoredFailure { code: permanent.reason(), reason: permanent.to_string() };
                 match self.idempotency.fail_permanently(&lease, failure).await {
-                    Ok(_) => Handled::FailedPermanently { code: permanent.reason() },
+                    Ok(Settlement::Recorded) => Handled::FailedPermanently { code: permanent.reason() },
+                    Ok(Settlement::NotOwner { current }) => {
+                        self.lost_lease(current.as_deref(), &permanent.reason(), receive_count)
+                    }
                     Err(e) => self.retry("failure_not_recorded", &e.to_string(), receive_count, None),
                 }
+            }
+        }
+    }
+
+    /// Our lease lapsed and another worker took the record over before we could settle it. If
+    /// that worker settled it, this copy is a duplicate. Otherwise the outcome we hold is not
+    /// recorded anywhere yet: keep the message and retry (the provider's key makes the retry
+    /// return this same outcome), rather than trust the new owner to finish — it may fail
+    /// retryably and dead-letter, as the model checker showed.
+    fn lost_lease(&self, current: Option<&IdempotencyRecord>, outcome: &str, receive_count: u32) -> Handled {
+        match current {
+            Some(record) if record.status != RecordStatus::InProgress => Handled::Duplicate,
+            _ => {
+                tracing::warn!(outcome, "lease lost before settling; retrying so the outcome gets recorded");
+                self.retry("lease_lost", outcome, receive_count, None)
             }
         }
     }

@@ -171,3 +171,59 @@ async fn a_key_reused_with_another_payment_is_poison_and_the_first_stays_intact(
         ("idempotency_key_reused", clock.now_ms())
     );
 }
+
+/// While the charge is in flight, another worker takes the record over (our lease lapsed) and
+/// settles it with `settle_as_other`: release, or complete.
+struct TakenOverMeanwhile {
+    store: InMemoryStore,
+    clock: ManualClock,
+    complete_it: bool,
+}
+
+impl PaymentGateway for TakenOverMeanwhile {
+    async fn charge(&self, request: &ChargeRequest) -> Result<Charge, GatewayError> {
+        let other =
+            Idempotency::with_clock(self.store.clone(), IdempotencyConfig::default(), Arc::new(self.clock.clone()));
+        self.clock.advance_ms(16 * 60 * 1000);
+        let key = process_key(&Scope::new("acme").unwrap(), &IdempotencyKey::new("k").unwrap());
+        let hash = PayloadHash::of(&PaymentMessage::parse(&body("k", 10)).unwrap().payment).unwrap();
+        let ClaimOutcome::Claimed(lease) = other.claim(&key, &hash, i64::MAX).await.unwrap() else {
+            panic!("take-over expected")
+        };
+        if self.complete_it {
+            other.complete(&lease, &serde_json::json!({"charge_id": "ch_1"})).await.unwrap();
+        } else {
+            other.release(&lease, "provider_503").await.unwrap();
+        }
+        Ok(Charge { id: "ch_1".into(), amount: request.amount.get(), currency: "EUR".into() })
+    }
+}
+
+#[tokio::test]
+async fn a_lost_lease_with_an_unsettled_record_keeps_the_message_for_a_retry() {
+    for (complete_it, expected) in [(false, "lease_lost"), (true, "")] {
+        let clock = ManualClock::at(NOW);
+        let store = InMemoryStore::new();
+        let p = Processor {
+            idempotency: Idempotency::with_clock(store.clone(), IdempotencyConfig::default(), Arc::new(clock.clone())),
+            failures: InMemoryFailureStore::default(),
+            gateway: TakenOverMeanwhile { store, clock: clock.clone(), complete_it },
+            runner: BatchRunner::new(
+                BatchConfig { concurrency: 1, start_margin: Duration::from_secs(1) },
+                RecordingVisibility::default(),
+            ),
+            backoff: Backoff::new(Duration::from_secs(2), Duration::from_secs(60)).unwrap(),
+            jitter: Jitter::seeded(1),
+            metrics: MetricsSink::new("Test", "processor"),
+            clock: Arc::new(clock.clone()),
+        };
+        let handled = p.process_batch(&[record("m1", &body("k", 10), 1)], i64::MAX, "req").await.handled;
+        match (&handled[0].1, complete_it) {
+            // Released by the other worker: our charge is recorded nowhere, so the message stays.
+            (Handled::Retry { reason, .. }, false) => assert_eq!(reason, expected),
+            // Completed by the other worker: this copy is a duplicate.
+            (Handled::Duplicate, true) => {}
+            (other, _) => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -63,7 +63,7 @@ impl OwnerToken {
 }
 
 /// A permanent failure as stored: a stable machine-readable code and a reason for humans.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct StoredFailure {
     /// Stable code, e.g. `card_declined`, `invalid_message`.
     pub code: String,
@@ -72,7 +72,7 @@ pub struct StoredFailure {
 }
 
 /// One idempotency record, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IdempotencyRecord {
     /// The DynamoDB partition key (`{operation}#{scope}#{key}`).
     pub partition_key: String,
