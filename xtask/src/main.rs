@@ -1,6 +1,7 @@
 //! `cargo xtask …`: the local pipeline (the main job), the operators' failure tools, and the
 //! benchmark. See `cargo xtask --help`.
 
+mod bench;
 mod ops;
 mod pipeline;
 
@@ -24,6 +25,8 @@ enum Command {
     /// Operators' tools over a deployed stack: failure records, redrive, stuck intakes.
     #[command(subcommand)]
     Ops(ops::OpsCommand),
+    /// The processor's cost per message against Powertools for AWS Lambda (Python).
+    Bench(bench::BenchArgs),
 }
 
 #[tokio::main]
@@ -33,6 +36,7 @@ async fn main() -> std::process::ExitCode {
         Command::Demo(args) => pipeline::demo(args).await,
         Command::Up(args) => pipeline::up(args).await,
         Command::Ops(command) => ops::run(command).await,
+        Command::Bench(args) => bench::bench(args).await,
     };
     match result {
         Ok(code) => code,

@@ -24,7 +24,16 @@ pub type AwsProcessor = Processor<DynamoDbStore, DynamoDbFailureStore, HttpGatew
 
 /// Builds the deployed processor from its configuration and the AWS SDK configuration.
 pub fn build(config: &ProcessorConfig, sdk: &aws_config::SdkConfig) -> Result<AwsProcessor, BuildError> {
-    let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+    build_with_clients(config, aws_sdk_dynamodb::Client::new(sdk), aws_sdk_sqs::Client::new(sdk))
+}
+
+/// The same, over clients the caller configured (interceptors, endpoints): the benchmark counts
+/// DynamoDB requests this way.
+pub fn build_with_clients(
+    config: &ProcessorConfig,
+    dynamodb: aws_sdk_dynamodb::Client,
+    sqs: aws_sdk_sqs::Client,
+) -> Result<AwsProcessor, BuildError> {
     Ok(Processor {
         idempotency: Idempotency::new(
             DynamoDbStore::new(dynamodb.clone(), &config.idempotency_table),
@@ -32,7 +41,7 @@ pub fn build(config: &ProcessorConfig, sdk: &aws_config::SdkConfig) -> Result<Aw
         ),
         failures: DynamoDbFailureStore::new(dynamodb, &config.failures_table),
         gateway: HttpGateway::new(&config.provider)?,
-        runner: BatchRunner::new(config.batch, SqsVisibility::new(aws_sdk_sqs::Client::new(sdk))),
+        runner: BatchRunner::new(config.batch, SqsVisibility::new(sqs)),
         backoff: config.backoff,
         jitter: Jitter::from_os(),
         metrics: MetricsSink::new(&config.metrics_namespace, "processor"),

@@ -1,0 +1,104 @@
+//! The Rust side of the benchmark, run as its own process so that its CPU time and peak RSS are
+//! its own: this project's processor handler, in-process, with real AWS clients.
+//!
+//!     bench_processor --messages FILE   run every batch through the handler; print JSON statistics
+//!     bench_processor --floor N         N × (claim, provider call, completion) in sequence; print JSON
+//!
+//! Configuration comes from the environment, as the function's does (see the README).
+
+use std::time::Instant;
+
+use aws_lambda_events::sqs::SqsMessage;
+use localenv::metering::RequestCounter;
+use payments_core::clock::{Clock, SystemClock};
+use payments_core::config::Env;
+use payments_core::idempotency::{ClaimOutcome, IdempotencyKey, PayloadHash, Scope};
+use payments_core::payment::{ChargeRequest, PaymentGateway, PaymentMessage, process_key, provider_idempotency_key};
+use processor::{ProcessorConfig, build_with_clients};
+use serde_json::json;
+
+fn cpu_and_rss() -> (f64, i64) {
+    // SAFETY: getrusage writes into the zeroed struct we own.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (seconds(usage.ru_utime) + seconds(usage.ru_stime), usage.ru_maxrss)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let config = ProcessorConfig::from_env(&Env::process())?;
+    let sdk = payments_core::aws::load_config().await;
+    let counter = RequestCounter::new();
+    let dynamodb = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&sdk).interceptor(counter.clone()).build(),
+    );
+    let processor = build_with_clients(&config, dynamodb, aws_sdk_sqs::Client::new(&sdk))?;
+    match args.get(1).map(String::as_str) {
+        Some("--messages") => {
+            let batches: Vec<Vec<SqsMessage>> = serde_json::from_str(&std::fs::read_to_string(&args[2])?)?;
+            let (cpu_before, _) = cpu_and_rss();
+            let mut batch_ms = Vec::with_capacity(batches.len());
+            let mut failures = 0;
+            for batch in &batches {
+                let started = Instant::now();
+                let deadline = SystemClock.now_ms() + 60_000;
+                let summary = processor.process_batch(batch, deadline, "bench").await;
+                batch_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+                failures += summary.response.batch_item_failures.len();
+            }
+            let (cpu_after, rss) = cpu_and_rss();
+            let out = json!({
+                "batch_ms": batch_ms,
+                "messages": batches.iter().map(Vec::len).sum::<usize>(),
+                "failures": failures,
+                "dynamodb_requests": counter.by_operation(),
+                "cpu_s": cpu_after - cpu_before,
+                "peak_rss_kib": rss,
+            });
+            println!("{out}");
+        }
+        Some("--floor") => {
+            let n: usize = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(50);
+            let scope = Scope::new("bench-floor")?;
+            let mut floor_ms = Vec::with_capacity(n);
+            for i in 0..n {
+                let key = IdempotencyKey::new(&format!("floor-{}-{i}", std::process::id()))?;
+                let message = PaymentMessage::parse(
+                    &json!({"schema_version": 1, "idempotency_key": key, "scope": scope,
+                        "payment": {"amount": 100, "currency": "EUR", "payment_method": "pm_card_visa", "merchant_reference": "floor"},
+                        "created_at": "2026-11-27T00:00:00Z", "correlation_id": "floor"})
+                    .to_string(),
+                )?;
+                let started = Instant::now();
+                let record = process_key(&scope, &key);
+                let hash = PayloadHash::of(&message.payment)?;
+                let ClaimOutcome::Claimed(lease) =
+                    processor.idempotency.claim(&record, &hash, SystemClock.now_ms() + 60_000).await?
+                else {
+                    return Err("floor: claim refused".into());
+                };
+                let charge = processor
+                    .gateway
+                    .charge(&ChargeRequest {
+                        idempotency_key: provider_idempotency_key(&scope, &key),
+                        amount: message.payment.amount,
+                        currency: message.payment.currency,
+                        payment_method: message.payment.payment_method.clone(),
+                        merchant_reference: message.payment.merchant_reference.clone(),
+                        metadata: message.payment.metadata.clone(),
+                    })
+                    .await?;
+                processor.idempotency.complete(&lease, &json!({"charge_id": charge.id})).await?;
+                floor_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+            println!("{}", json!({ "floor_ms": floor_ms }));
+        }
+        _ => return Err("usage: bench_processor --messages FILE | --floor N".into()),
+    }
+    Ok(())
+}
