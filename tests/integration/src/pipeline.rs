@@ -23,9 +23,16 @@ use provider_simulator::LedgerSnapshot;
 /// The processor as the tests run it: real DynamoDB and SQS, any gateway.
 pub type TestProcessor<G> = Processor<DynamoDbStore, DynamoDbFailureStore, G, SqsVisibility>;
 
+/// An environment of `base` variables with `overrides` on top, as configuration reads it.
+fn env_of(base: &[(&str, &str)], overrides: &[(&str, &str)]) -> Env<impl Fn(&str) -> Option<String>> {
+    let vars: HashMap<String, String> =
+        base.iter().chain(overrides).map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    Env::from_lookup(move |name| vars.get(name).cloned())
+}
+
 /// Processor settings for tests: a short provider timeout (0.8 s), retries within 1–2 s.
 pub fn test_config(stack: &Stack, provider_url: &str, overrides: &[(&str, &str)]) -> ProcessorConfig {
-    let mut vars: HashMap<String, String> = [
+    let base = [
         ("IDEMPOTENCY_TABLE", stack.idempotency_table()),
         ("FAILURES_TABLE", stack.failures_table()),
         ("PROVIDER_BASE_URL", provider_url),
@@ -36,12 +43,8 @@ pub fn test_config(stack: &Stack, provider_url: &str, overrides: &[(&str, &str)]
         ("BACKOFF_BASE_MS", "1000"),
         ("BACKOFF_CAP_SECONDS", "2"),
         ("METRICS_NAMESPACE", "PaymentsPipelineTest"),
-    ]
-    .iter()
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect();
-    vars.extend(overrides.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    ProcessorConfig::from_env(&Env::from_lookup(move |name| vars.get(name).cloned())).expect("valid test configuration")
+    ];
+    ProcessorConfig::from_env(&env_of(&base, overrides)).expect("valid test configuration")
 }
 
 /// A processor over `stack` with `gateway` and a seeded jitter.
@@ -163,36 +166,27 @@ pub fn intake(
     sdk: &aws_config::SdkConfig,
     overrides: &[(&str, &str)],
 ) -> intake::Intake<DynamoDbStore, DynamoDbFailureStore, payments_core::payment::queue::SqsPaymentQueue> {
-    let mut vars: HashMap<String, String> = [
+    let base = [
         ("IDEMPOTENCY_TABLE", stack.idempotency_table()),
         ("FAILURES_TABLE", stack.failures_table()),
         ("PAYMENTS_QUEUE_URL", stack.queue_url()),
         ("MAX_AMOUNT_MINOR", "1000000"),
         ("ALLOW_SCOPE_HEADER", "true"),
         ("METRICS_NAMESPACE", "PaymentsPipelineTest"),
-    ]
-    .iter()
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect();
-    vars.extend(overrides.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    let config = intake::IntakeConfig::from_env(&Env::from_lookup(move |name| vars.get(name).cloned()))
-        .expect("valid intake configuration");
+    ];
+    let config = intake::IntakeConfig::from_env(&env_of(&base, overrides)).expect("valid intake configuration");
     intake::build(config, sdk)
 }
 
 /// The DLQ consumer as the tests run it, over `stack`.
 pub fn dlq_consumer(stack: &Stack, sdk: &aws_config::SdkConfig) -> dlq_consumer::AwsDlqConsumer {
-    let vars: HashMap<String, String> = [
+    let base = [
         ("IDEMPOTENCY_TABLE", stack.idempotency_table()),
         ("FAILURES_TABLE", stack.failures_table()),
         ("SOURCE_QUEUE_URL", stack.queue_url()),
         ("METRICS_NAMESPACE", "PaymentsPipelineTest"),
-    ]
-    .iter()
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect();
-    let config = dlq_consumer::DlqConsumerConfig::from_env(&Env::from_lookup(move |name| vars.get(name).cloned()))
-        .expect("valid config");
+    ];
+    let config = dlq_consumer::DlqConsumerConfig::from_env(&env_of(&base, &[])).expect("valid config");
     dlq_consumer::build(&config, sdk)
 }
 

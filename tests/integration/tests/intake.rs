@@ -167,6 +167,30 @@ async fn a_key_still_being_accepted_gets_409_with_retry_after() {
     assert!((1..=8).contains(&retry_after), "{retry_after}");
 }
 
+/// Claims the intake record as a request that then dies (no completion), with `lease_ms` of
+/// lease; returns the claim's time.
+async fn claim_as_a_dying_request<S, F, Q>(
+    api: &intake::Intake<S, F, Q>,
+    scope: &payments_core::idempotency::Scope,
+    key: &IdempotencyKey,
+    payment: &PaymentRequest,
+    lease_ms: i64,
+) -> i64
+where
+    S: payments_core::idempotency::IdempotencyStore,
+    F: payments_core::failures::FailureStore,
+    Q: PaymentQueue,
+{
+    let now = api.idempotency.now_ms();
+    let claim = api
+        .idempotency
+        .claim(&intake_key(scope, key), &PayloadHash::of(payment).unwrap(), now + lease_ms)
+        .await
+        .unwrap();
+    assert!(matches!(claim, ClaimOutcome::Claimed(_)));
+    now
+}
+
 #[tokio::test]
 async fn a_request_that_died_before_enqueueing_is_enqueued_by_the_client_retry() {
     let sdk = aws().await;
@@ -176,13 +200,7 @@ async fn a_request_that_died_before_enqueueing_is_enqueued_by_the_client_retry()
     let payment: PaymentRequest = serde_json::from_value(payment_body(7)).unwrap();
     let key = IdempotencyKey::new("crash-1").unwrap();
     // The first request claimed and then died: no message, no completion.
-    let now = api.idempotency.now_ms();
-    let claim = api
-        .idempotency
-        .claim(&intake_key(&scope, &key), &PayloadHash::of(&payment).unwrap(), now + 1_000)
-        .await
-        .unwrap();
-    assert!(matches!(claim, ClaimOutcome::Claimed(_)));
+    claim_as_a_dying_request(&api, &scope, &key, &payment, 1_000).await;
     assert_eq!(parts(&api.handle(post_payment(scope.as_str(), "crash-1", &payment_body(7))).await.unwrap()).0, 409);
 
     tokio::time::sleep(Duration::from_millis(1_100)).await;
@@ -205,13 +223,7 @@ async fn a_request_that_died_after_enqueueing_is_enqueued_again_and_charged_once
     let payment: PaymentRequest = serde_json::from_value(payment_body(8)).unwrap();
     let key = IdempotencyKey::new("crash-2").unwrap();
     // The first request claimed and enqueued, then died before completing its record.
-    let now = api.idempotency.now_ms();
-    let claim = api
-        .idempotency
-        .claim(&intake_key(&scope, &key), &PayloadHash::of(&payment).unwrap(), now + 1_000)
-        .await
-        .unwrap();
-    assert!(matches!(claim, ClaimOutcome::Claimed(_)));
+    let now = claim_as_a_dying_request(&api, &scope, &key, &payment, 1_000).await;
     let message = PaymentMessage {
         schema_version: 1,
         idempotency_key: key.clone(),
