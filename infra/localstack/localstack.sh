@@ -172,6 +172,10 @@ cmd_start() {
     export SERVICES=sqs,dynamodb,cloudwatch,logs,cloudformation,iam,sts,s3,kms
     export EAGER_SERVICE_LOADING=1
     export DYNAMODB_IN_MEMORY=1
+    # LocalStack's SAM transform sets AWS_DEFAULT_REGION around each stack creation and unsets it
+    # afterwards when it was unset before; two stacks created at once then race, and one fails
+    # with "AWS Region cannot be found". A region in the environment keeps it set throughout.
+    export AWS_DEFAULT_REGION="${AWS_REGION:-us-east-1}"
     cd "$root"
     exec setsid "$venv/bin/python" -m localstack.runtime.main </dev/null >"$logfile" 2>&1
   ) &

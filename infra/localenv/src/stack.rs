@@ -131,22 +131,18 @@ pub async fn deploy(
             }
             Some(other) => {
                 let events = cfn.describe_stack_events().stack_name(name).send().await.ok();
-                let reason = events
-                    .map(|e| {
-                        e.stack_events()
-                            .iter()
-                            .filter(|ev| ev.resource_status().is_some_and(|s| s.as_str().contains("FAILED")))
-                            .map(|ev| {
-                                format!(
-                                    "{}: {}",
-                                    ev.logical_resource_id().unwrap_or("?"),
-                                    ev.resource_status_reason().unwrap_or("")
-                                )
-                            })
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    })
-                    .unwrap_or_default();
+                let failed_resources = events.iter().flat_map(|e| e.stack_events()).filter_map(|ev| {
+                    let failed = ev.resource_status().is_some_and(|s| s.as_str().contains("FAILED"));
+                    let reason = ev.resource_status_reason().filter(|r| !r.is_empty())?;
+                    failed.then(|| format!("{}: {reason}", ev.logical_resource_id().unwrap_or("?")))
+                });
+                let reason = stack
+                    .stack_status_reason()
+                    .map(str::to_owned)
+                    .into_iter()
+                    .chain(failed_resources)
+                    .collect::<Vec<_>>()
+                    .join("; ");
                 return Err(StackError::Failed { name: name.to_owned(), status: other.as_str().to_owned(), reason });
             }
         }
