@@ -3,7 +3,7 @@
 //! report failed, and leave failed ones to their visibility timeout.
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsMessage};
-use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
+use aws_sdk_sqs::types::{Message, MessageSystemAttributeName, QueueAttributeName};
 
 /// Receives up to `max` messages (all system attributes, long-polling `wait_s` seconds).
 pub async fn receive(
@@ -22,6 +22,19 @@ pub async fn receive(
         .await
         .map_err(|e| format!("ReceiveMessage: {e:?}"))?;
     Ok(out.messages().to_vec())
+}
+
+/// Messages in the queue, visible plus in flight: zero once everything sent has been settled.
+pub async fn queue_depth(client: &aws_sdk_sqs::Client, queue_url: &str) -> Result<u64, String> {
+    let out = client
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .map_err(|e| format!("GetQueueAttributes: {e:?}"))?;
+    Ok(out.attributes().map(|a| a.values().filter_map(|v| v.parse::<u64>().ok()).sum()).unwrap_or(0))
 }
 
 /// The record Lambda would pass for `message` received from `queue_arn`.

@@ -18,7 +18,7 @@ use provider_simulator::{LedgerSnapshot, SimConfig, Simulator};
 
 use crate::cache_dir;
 use crate::emf_log::MetricTotals;
-use crate::event_source::{PollerConfig, PollerStats, spawn_poller};
+use crate::event_source::{PollerConfig, PollerStats, queue_depth, spawn_poller};
 use crate::functions::{Emulator, FunctionProcess};
 use crate::localstack::OwnedLocalStack;
 use crate::stack::{Stack, deploy, unique_name};
@@ -442,8 +442,14 @@ async fn settle(
                 statuses.insert((scope.clone(), key.clone()), status.to_owned());
             }
         }
-        let depth =
-            queue_depth(&sqs, running.stack.queue_url()).await + queue_depth(&sqs, running.stack.dlq_url()).await;
+        // A depth that cannot be read counts as not settled yet.
+        let depth = match (
+            queue_depth(&sqs, running.stack.queue_url()).await,
+            queue_depth(&sqs, running.stack.dlq_url()).await,
+        ) {
+            (Ok(queued), Ok(dead)) => queued + dead,
+            _ => u64::MAX,
+        };
         let terminal =
             statuses.values().filter(|s| matches!(s.as_str(), "SUCCEEDED" | "FAILED" | "DEAD_LETTERED")).count();
         say(
@@ -481,20 +487,6 @@ impl Running {
     async fn simulator_charges(&self) -> usize {
         self.ledger().await.map(|l| l.charges.len()).unwrap_or(0)
     }
-}
-
-async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
-    let Ok(out) = sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await
-    else {
-        return u64::MAX;
-    };
-    out.attributes().map(|a| a.values().filter_map(|v| v.parse::<u64>().ok()).sum()).unwrap_or(0)
 }
 
 /// Checks the invariants and gathers the numbers.

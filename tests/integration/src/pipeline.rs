@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::{Message, QueueAttributeName};
+use aws_sdk_sqs::types::Message;
 use localenv::event_source;
 use localenv::stack::Stack;
 use payments_core::clock::SystemClock;
@@ -115,15 +115,7 @@ pub async fn drive_until_empty<G: PaymentGateway>(
 
 /// Messages visible plus in flight.
 pub async fn queue_depth(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> u64 {
-    let out = sqs
-        .get_queue_attributes()
-        .queue_url(queue_url)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await
-        .expect("GetQueueAttributes");
-    out.attributes().map(|a| a.values().filter_map(|v| v.parse::<u64>().ok()).sum()).unwrap_or(0)
+    event_source::queue_depth(sqs, queue_url).await.expect("queue depth")
 }
 
 /// A valid payment message.
