@@ -22,9 +22,8 @@ pub struct IntakeConfig {
     pub allow_scope_header: bool,
     /// JWT claim naming the caller when a JWT authorizer is used (`SCOPE_CLAIM`, default `sub`).
     pub scope_claim: String,
-    /// How long an acceptance may take before a retry may take it over (`INTAKE_LEASE_MS`).
-    pub lease: Duration,
-    /// Record retention and lease cap.
+    /// Record retention (`IDEMPOTENCY_RETENTION_DAYS`) and the lease: how long an acceptance may
+    /// take before a retry may take it over (`INTAKE_LEASE_MS`).
     pub idempotency: IdempotencyConfig,
     /// Metrics namespace (`METRICS_NAMESPACE`).
     pub metrics_namespace: String,
@@ -50,7 +49,6 @@ impl IntakeConfig {
             max_amount_minor,
             allow_scope_header: env.flag_or("ALLOW_SCOPE_HEADER", false)?,
             scope_claim: env.string_or("SCOPE_CLAIM", "sub"),
-            lease,
             idempotency: IdempotencyConfig {
                 retention: Duration::from_secs(env.parse_or::<u64>("IDEMPOTENCY_RETENTION_DAYS", 7)? * 24 * 3600),
                 max_lease: lease,

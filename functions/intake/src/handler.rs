@@ -141,13 +141,13 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
             PayloadHash::of(&payment).map_err(|e| Problem::InvalidBody { field: ".".into(), detail: e.to_string() })?;
 
         let now = self.idempotency.now_ms();
-        let lease_ms = i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX);
+        // The lease ends with the invocation, and at the latest after the configured intake lease.
         let deadline = request
             .lambda_context_ref()
             .map(|c| payments_core::clock::invocation_deadline_ms(c.deadline, now))
             .unwrap_or(i64::MAX);
         let record_key = intake_key(&scope, &key);
-        let lease = match self.idempotency.claim(&record_key, &hash, deadline.min(now + lease_ms)).await {
+        let lease = match self.idempotency.claim(&record_key, &hash, deadline).await {
             Ok(ClaimOutcome::Claimed(lease)) => lease,
             Ok(ClaimOutcome::AlreadyCompleted { result }) => {
                 metrics.count("Replayed", 1);

@@ -7,8 +7,8 @@ use intake::{Intake, IntakeConfig};
 use lambda_http::{Body, Request};
 use payments_core::config::Env;
 use payments_core::failures::memory::InMemoryFailureStore;
+use payments_core::idempotency::Idempotency;
 use payments_core::idempotency::memory::InMemoryStore;
-use payments_core::idempotency::{Idempotency, IdempotencyConfig};
 use payments_core::observability::MetricsSink;
 use payments_core::payment::queue::InMemoryPaymentQueue;
 use payments_core::payment::{EnqueueError, PaymentMessage, PaymentQueue};
@@ -26,11 +26,12 @@ fn config() -> IntakeConfig {
 }
 
 fn intake<Q: PaymentQueue>(queue: Q) -> Intake<InMemoryStore, InMemoryFailureStore, Q> {
+    let config = config();
     Intake {
-        idempotency: Idempotency::new(InMemoryStore::new(), IdempotencyConfig::default()),
+        idempotency: Idempotency::new(InMemoryStore::new(), config.idempotency),
         failures: InMemoryFailureStore::default(),
         queue,
-        config: config(),
+        config,
         metrics: MetricsSink::new("Test", "intake"),
     }
 }
