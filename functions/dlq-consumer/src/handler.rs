@@ -7,11 +7,13 @@ use std::sync::Arc;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_runtime::LambdaEvent;
 use payments_core::clock::{Clock, rfc3339_ms};
-use payments_core::failures::{FailureKind, FailureRecord, FailureState, FailureStore, Recorded, payment_partition};
+use payments_core::failures::{FailureKind, FailureRecord, FailureState, FailureStore, Recorded, failure_partition};
 use payments_core::idempotency::{Idempotency, IdempotencyRecord, IdempotencyStore, RecordStatus};
 use payments_core::observability::{Metrics, MetricsSink, Unit};
 use payments_core::payment::{KeyHint, process_key};
-use payments_core::sqs::{Backoff, BatchRunner, Jitter, RecordHandler, RecordOutcome, VisibilityControl};
+use payments_core::sqs::{
+    Backoff, BatchRunner, Jitter, RecordHandler, RecordOutcome, VisibilityControl, receive_count,
+};
 
 /// Everything the DLQ consumer builds once per cold start.
 pub struct DlqConsumer<S, F, V> {
@@ -81,14 +83,12 @@ impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl> DlqConsumer<S, 
         let class = failure_class(hint.is_some(), process.as_ref());
         let now = self.clock.now_ms();
         let record = FailureRecord {
-            partition: hint
-                .as_ref()
-                .map_or_else(|| format!("unparsed#{message_id}"), |h| payment_partition(&h.scope, &h.idempotency_key)),
+            partition: failure_partition(hint.as_ref(), &message_id),
             message_id: message_id.clone(),
             scope: hint.as_ref().map(|h| h.scope.clone()),
             idempotency_key: hint.as_ref().map(|h| h.idempotency_key.clone()),
             body,
-            receive_count: attribute(message, "ApproximateReceiveCount").and_then(|c| c.parse().ok()).unwrap_or(0),
+            receive_count: receive_count(message).unwrap_or(0),
             first_attempt_at_ms: process.as_ref().map(|r| r.created_at_ms),
             last_attempt_at_ms: process.as_ref().map(|r| r.updated_at_ms),
             last_error: process.as_ref().and_then(|r| r.last_error.clone()),
@@ -170,7 +170,7 @@ impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl> RecordHandler f
         match self.consumer.record(message, self.metrics).await {
             Ok(_) => RecordOutcome::Done,
             Err(e) => {
-                let count = attribute(message, "ApproximateReceiveCount").and_then(|c| c.parse().ok()).unwrap_or(1);
+                let count = receive_count(message).unwrap_or(1);
                 tracing::error!(error = e, "could not record a dead message; it will be retried");
                 self.metrics.count("DeadLetterRecordFailed", 1);
                 RecordOutcome::RetryAfter { after: self.consumer.jitter.delay(&self.consumer.backoff, count) }

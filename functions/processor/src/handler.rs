@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_runtime::LambdaEvent;
-use payments_core::clock::Clock;
-use payments_core::failures::{FailureKind, FailureRecord, FailureState, FailureStore, payment_partition};
+use payments_core::clock::{Clock, epoch_ms};
+use payments_core::failures::{FailureKind, FailureRecord, FailureState, FailureStore, failure_partition};
 use payments_core::idempotency::{
     ClaimOutcome, Idempotency, IdempotencyRecord, IdempotencyStore, Lease, PayloadHash, RecordStatus, Settlement,
     StoredFailure,
@@ -17,7 +17,9 @@ use payments_core::payment::{
     ChargeRequest, ChargeResult, EnvelopeError, GatewayError, KeyHint, PaymentGateway, PaymentMessage, RetryableKind,
     process_key, provider_idempotency_key,
 };
-use payments_core::sqs::{Backoff, BatchRunner, Jitter, RecordHandler, RecordOutcome, RecordResult, VisibilityControl};
+use payments_core::sqs::{
+    Backoff, BatchRunner, Jitter, RecordHandler, RecordOutcome, RecordResult, VisibilityControl, receive_count,
+};
 
 /// Everything the processor builds once per cold start.
 pub struct Processor<S, F, G, V> {
@@ -167,14 +169,14 @@ where
                     Err(e) => self.retry("completion_not_recorded", &e.to_string(), receive_count, None),
                 }
             }
-            Err(GatewayError::Retryable { kind, detail }) => {
-                let reason = GatewayError::Retryable { kind: kind.clone(), detail: detail.clone() }.reason();
+            Err(ref error @ GatewayError::Retryable { ref kind, ref detail }) => {
+                let reason = error.reason();
                 self.settle_release(&lease, &reason).await;
                 let floor = match kind {
-                    RetryableKind::RateLimited { retry_after } => retry_after,
+                    RetryableKind::RateLimited { retry_after } => *retry_after,
                     _ => None,
                 };
-                self.retry(&reason, &detail, receive_count, floor)
+                self.retry(&reason, detail, receive_count, floor)
             }
             Err(permanent) => {
                 let failure = StoredFailure { code: permanent.reason(), reason: permanent.to_string() };
@@ -246,9 +248,7 @@ where
         let message_id = sqs.message_id.clone().unwrap_or_default();
         let now = self.clock.now_ms();
         let record = FailureRecord {
-            partition: hint
-                .as_ref()
-                .map_or_else(|| format!("unparsed#{message_id}"), |h| payment_partition(&h.scope, &h.idempotency_key)),
+            partition: failure_partition(hint.as_ref(), &message_id),
             message_id,
             scope: hint.as_ref().map(|h| h.scope.clone()),
             idempotency_key: hint.as_ref().map(|h| h.idempotency_key.clone()),
@@ -301,8 +301,7 @@ where
 {
     async fn handle(&self, sqs: &SqsMessage) -> RecordOutcome {
         let started = Instant::now();
-        let receive_count: u32 =
-            sqs.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok()).unwrap_or(1);
+        let receive_count = receive_count(sqs).unwrap_or(1);
         let body = sqs.body.as_deref().unwrap_or("");
         let parsed = PaymentMessage::parse(body);
         let handled = match &parsed {
@@ -349,8 +348,8 @@ impl<S, F, G, V> Invocation<'_, S, F, G, V> {
             Handled::Charged { .. } => {
                 m.count("Processed", 1);
                 if let Some(accepted) = message.and_then(|msg| humantime::parse_rfc3339(&msg.created_at).ok()) {
-                    let age = std::time::SystemTime::now().duration_since(accepted).unwrap_or_default();
-                    m.observe("PaymentLatency", Unit::Milliseconds, age.as_secs_f64() * 1000.0);
+                    let age_ms = (self.processor.clock.now_ms() - epoch_ms(accepted)).max(0);
+                    m.observe("PaymentLatency", Unit::Milliseconds, age_ms as f64);
                 }
             }
             Handled::Duplicate => m.count("DuplicateSuppressed", 1),

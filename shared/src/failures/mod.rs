@@ -7,5 +7,6 @@ pub mod record;
 pub mod redrive;
 
 pub use record::{
-    FailureKind, FailureRecord, FailureState, FailureStore, FailureStoreError, Recorded, payment_partition,
+    FailureKind, FailureRecord, FailureState, FailureStore, FailureStoreError, Recorded, failure_partition,
+    payment_partition,
 };

@@ -3,6 +3,7 @@
 use std::future::Future;
 
 use crate::idempotency::{IdempotencyKey, Scope};
+use crate::payment::KeyHint;
 
 /// Why the message ended here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +50,7 @@ pub enum FailureState {
 /// One failure record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailureRecord {
-    /// Partition key: the payment ([`payment_partition`]) or `unparsed#{message id}`.
+    /// Partition key: [`failure_partition`].
     pub partition: String,
     /// Sort key: the SQS message id, so a redelivered dead message writes one record.
     pub message_id: String,
@@ -85,6 +86,12 @@ pub struct FailureRecord {
 /// `#` and `%` escaped (the same rule as idempotency record keys).
 pub fn payment_partition(scope: &Scope, key: &IdempotencyKey) -> String {
     format!("{}#{}", scope.as_str().replace('%', "%25").replace('#', "%23"), key.as_str())
+}
+
+/// The partition of a message's failure record: its payment's, when the body names one (so the
+/// payment's status finds it); otherwise one of the message's own.
+pub fn failure_partition(hint: Option<&KeyHint>, message_id: &str) -> String {
+    hint.map_or_else(|| format!("unparsed#{message_id}"), |h| payment_partition(&h.scope, &h.idempotency_key))
 }
 
 /// What writing a record found.

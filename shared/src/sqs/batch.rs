@@ -188,6 +188,11 @@ impl<V: VisibilityControl> BatchRunner<V> {
     }
 }
 
+/// How many times SQS has delivered `record` (its ApproximateReceiveCount), when it says.
+pub fn receive_count(record: &SqsMessage) -> Option<u32> {
+    record.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok())
+}
+
 /// Record indexes grouped for processing: one group per record on standard queues; on FIFO
 /// queues one group per MessageGroupId, in arrival order.
 fn group(records: &[SqsMessage]) -> Vec<Vec<usize>> {

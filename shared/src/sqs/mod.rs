@@ -5,5 +5,5 @@ pub mod batch;
 pub mod visibility;
 
 pub use backoff::{Backoff, Jitter};
-pub use batch::{BatchConfig, BatchReport, BatchRunner, RecordHandler, RecordOutcome, RecordResult};
+pub use batch::{BatchConfig, BatchReport, BatchRunner, RecordHandler, RecordOutcome, RecordResult, receive_count};
 pub use visibility::{SqsVisibility, VisibilityControl};
