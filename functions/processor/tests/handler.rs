@@ -47,12 +47,17 @@ fn processor(
     gateway: ScriptedGateway,
     clock: &ManualClock,
 ) -> Processor<InMemoryStore, InMemoryFailureStore, ScriptedGateway, RecordingVisibility> {
+    processor_on(InMemoryStore::new(), gateway, clock)
+}
+
+/// A processor over `store`, which the test may share with its gateway.
+fn processor_on<G: PaymentGateway>(
+    store: InMemoryStore,
+    gateway: G,
+    clock: &ManualClock,
+) -> Processor<InMemoryStore, InMemoryFailureStore, G, RecordingVisibility> {
     Processor {
-        idempotency: Idempotency::with_clock(
-            InMemoryStore::new(),
-            IdempotencyConfig::default(),
-            Arc::new(clock.clone()),
-        ),
+        idempotency: Idempotency::with_clock(store, IdempotencyConfig::default(), Arc::new(clock.clone())),
         failures: InMemoryFailureStore::default(),
         gateway,
         runner: BatchRunner::new(
@@ -204,19 +209,7 @@ async fn a_lost_lease_with_an_unsettled_record_keeps_the_message_for_a_retry() {
     for (complete_it, expected) in [(false, "lease_lost"), (true, "")] {
         let clock = ManualClock::at(NOW);
         let store = InMemoryStore::new();
-        let p = Processor {
-            idempotency: Idempotency::with_clock(store.clone(), IdempotencyConfig::default(), Arc::new(clock.clone())),
-            failures: InMemoryFailureStore::default(),
-            gateway: TakenOverMeanwhile { store, clock: clock.clone(), complete_it },
-            runner: BatchRunner::new(
-                BatchConfig { concurrency: 1, start_margin: Duration::from_secs(1) },
-                RecordingVisibility::default(),
-            ),
-            backoff: Backoff::new(Duration::from_secs(2), Duration::from_secs(60)).unwrap(),
-            jitter: Jitter::seeded(1),
-            metrics: MetricsSink::new("Test", "processor"),
-            clock: Arc::new(clock.clone()),
-        };
+        let p = processor_on(store.clone(), TakenOverMeanwhile { store, clock: clock.clone(), complete_it }, &clock);
         let handled = p.process_batch(&[record("m1", &body("k", 10), 1)], i64::MAX, "req").await.handled;
         match (&handled[0].1, complete_it) {
             // Released by the other worker: our charge is recorded nowhere, so the message stays.
