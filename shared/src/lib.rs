@@ -1,5 +1,6 @@
 //! The core library shared by the payment functions.
 //!
+//! - [`breaker`]: a circuit breaker whose state is shared by the fleet through DynamoDB.
 //! - [`idempotency`]: claim / complete / fail / release of idempotency records in DynamoDB,
 //!   conditional on an owner token, with lease and TTL expiry checked in every condition.
 //! - [`failures`]: one record per dead-lettered or poison message, for operators.
@@ -13,6 +14,7 @@
 //! - [`aws`]: SDK configuration and error classification shared by the adapters.
 
 pub mod aws;
+pub mod breaker;
 pub mod clock;
 pub mod config;
 pub mod failures;

@@ -237,6 +237,7 @@ pub async fn bench(args: BenchArgs) -> Result<ExitCode, String> {
         ("IDEMPOTENCY_TABLE".into(), stack.idempotency_table().into()),
         ("FAILURES_TABLE".into(), stack.failures_table().into()),
         ("PROVIDER_BASE_URL".into(), sim_url.clone()),
+        ("DEAD_LETTER_QUEUE_URL".into(), stack.dlq_url().into()),
         ("METRICS_NAMESPACE".into(), "PaymentsBench".into()),
     ];
     for var in ["AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"] {

@@ -12,7 +12,7 @@ use payments_core::idempotency::{Idempotency, IdempotencyRecord, IdempotencyStor
 use payments_core::observability::{Metrics, MetricsSink, Unit};
 use payments_core::payment::{KeyHint, process_key};
 use payments_core::sqs::{
-    Backoff, BatchRunner, Jitter, RecordHandler, RecordOutcome, VisibilityControl, receive_count,
+    Backoff, BatchRunner, Jitter, RecordHandler, RecordOutcome, VisibilityControl, dead_letter, receive_count,
 };
 
 /// Everything the DLQ consumer builds once per cold start.
@@ -71,7 +71,13 @@ impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl> DlqConsumer<S, 
     /// Records one dead message.
     pub async fn record(&self, message: &SqsMessage, metrics: &Metrics) -> Result<DeadLetterOutcome, String> {
         let body = message.body.clone().unwrap_or_default();
-        let message_id = message.message_id.clone().unwrap_or_default();
+        // A message the processor dead-lettered itself names the message it gave up on: that id
+        // keys the record, so a dead-lettering repeated after a crash writes one record.
+        let message_id = message_attribute(message, dead_letter::SOURCE_MESSAGE_ID)
+            .or(message.message_id.as_deref())
+            .unwrap_or_default()
+            .to_owned();
+        let given_up = message_attribute(message, dead_letter::DEAD_LETTER_REASON);
         let hint = KeyHint::find(&body);
         let process = match &hint {
             Some(h) => {
@@ -91,9 +97,12 @@ impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl> DlqConsumer<S, 
             receive_count: receive_count(message).unwrap_or(0),
             first_attempt_at_ms: process.as_ref().map(|r| r.created_at_ms),
             last_attempt_at_ms: process.as_ref().map(|r| r.updated_at_ms),
-            last_error: process.as_ref().and_then(|r| r.last_error.clone()),
+            last_error: last_error(process.as_ref(), given_up),
             failure_class: class.clone(),
-            source_queue: attribute(message, "DeadLetterQueueSourceArn").unwrap_or(&self.source_queue).to_owned(),
+            source_queue: attribute(message, "DeadLetterQueueSourceArn")
+                .or_else(|| message_attribute(message, dead_letter::SOURCE_QUEUE))
+                .unwrap_or(&self.source_queue)
+                .to_owned(),
             recorded_at_ms: now,
             kind: FailureKind::DeadLetter,
             state: match settled {
@@ -156,8 +165,27 @@ fn is_low_cardinality(reason: &str) -> bool {
     reason.len() <= 64 && reason.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
+/// The processor's last error, prefixed by why the processor gave the payment up when it did
+/// (rather than SQS after maxReceiveCount).
+fn last_error(process: Option<&IdempotencyRecord>, given_up: Option<&str>) -> Option<String> {
+    let last = process.and_then(|r| r.last_error.clone());
+    match (given_up, last) {
+        (Some(why), Some(last)) => Some(format!("{why} after {} attempts; last error: {last}", attempts_of(process))),
+        (Some(why), None) => Some(why.to_owned()),
+        (None, last) => last,
+    }
+}
+
+fn attempts_of(process: Option<&IdempotencyRecord>) -> u32 {
+    process.map_or(0, |r| r.attempts)
+}
+
 fn attribute<'a>(message: &'a SqsMessage, name: &str) -> Option<&'a str> {
     message.attributes.get(name).map(String::as_str)
+}
+
+fn message_attribute<'a>(message: &'a SqsMessage, name: &str) -> Option<&'a str> {
+    message.message_attributes.get(name).and_then(|v| v.string_value.as_deref())
 }
 
 struct Invocation<'a, S, F, V> {

@@ -50,7 +50,7 @@ impl IntakeConfig {
             allow_scope_header: env.flag_or("ALLOW_SCOPE_HEADER", false)?,
             scope_claim: env.string_or("SCOPE_CLAIM", "sub"),
             idempotency: IdempotencyConfig {
-                retention: Duration::from_secs(env.parse_or::<u64>("IDEMPOTENCY_RETENTION_DAYS", 7)? * 24 * 3600),
+                retention: Duration::from_secs(env.parse_or::<u64>("IDEMPOTENCY_RETENTION_DAYS", 14)? * 24 * 3600),
                 max_lease: lease,
             },
             metrics_namespace: env.string_or("METRICS_NAMESPACE", "PaymentsPipeline"),

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
+use payments_core::breaker::{BreakerConfig, BreakerPolicy};
 use payments_core::config::{ConfigError, Env};
 use payments_core::idempotency::IdempotencyConfig;
 use payments_core::payment::http_gateway::HttpGatewayConfig;
-use payments_core::sqs::{Backoff, BatchConfig};
+use payments_core::sqs::{Backoff, BatchConfig, RetryBudget};
 
 /// Everything the processor reads from its environment.
 #[derive(Debug, Clone)]
@@ -20,6 +21,12 @@ pub struct ProcessorConfig {
     pub idempotency: IdempotencyConfig,
     /// Retry waits (`BACKOFF_BASE_MS`, `BACKOFF_CAP_SECONDS`).
     pub backoff: Backoff,
+    /// When a payment is given up (`MAX_PROVIDER_ATTEMPTS`, `MAX_PAYMENT_AGE_SECONDS`).
+    pub budget: RetryBudget,
+    /// Where given-up payments go (`DEAD_LETTER_QUEUE_URL`).
+    pub dead_letter_queue_url: String,
+    /// The provider's circuit breaker (`PROVIDER_NAME`, `BREAKER_*`).
+    pub breaker: BreakerConfig,
     /// Concurrency (`BATCH_CONCURRENCY`) and the time a record needs (provider timeout +
     /// `LEASE_MARGIN_MS`).
     pub batch: BatchConfig,
@@ -39,11 +46,16 @@ impl ProcessorConfig {
         };
         let margin = env.millis_or("LEASE_MARGIN_MS", 2_000)?;
         let idempotency = IdempotencyConfig {
-            retention: Duration::from_secs(env.parse_or::<u64>("IDEMPOTENCY_RETENTION_DAYS", 7)? * 24 * 3600),
+            retention: Duration::from_secs(env.parse_or::<u64>("IDEMPOTENCY_RETENTION_DAYS", 14)? * 24 * 3600),
             max_lease: env.secs_or("IDEMPOTENCY_MAX_LEASE_SECONDS", 900)?,
         };
         let backoff = Backoff::new(env.millis_or("BACKOFF_BASE_MS", 2_000)?, env.secs_or("BACKOFF_CAP_SECONDS", 900)?)
             .map_err(|e| ConfigError::Rule(e.to_string()))?;
+        let budget = RetryBudget::new(
+            env.parse_or("MAX_PROVIDER_ATTEMPTS", 5)?,
+            env.secs_or("MAX_PAYMENT_AGE_SECONDS", 6 * 3600)?,
+        )
+        .map_err(|e| ConfigError::Rule(e.to_string()))?;
         let concurrency: usize = env.parse_or("BATCH_CONCURRENCY", 10)?;
         if !(1..=100).contains(&concurrency) {
             return Err(ConfigError::Rule(format!("BATCH_CONCURRENCY must be 1..=100, got {concurrency}")));
@@ -52,6 +64,7 @@ impl ProcessorConfig {
             return Err(ConfigError::Rule("PROVIDER_CONNECT_TIMEOUT_MS must not exceed PROVIDER_TIMEOUT_MS".into()));
         }
         let needed = provider.total_timeout + margin;
+        let breaker = breaker_config(env, needed)?;
         if idempotency.max_lease <= needed {
             return Err(ConfigError::Rule(format!(
                 "IDEMPOTENCY_MAX_LEASE_SECONDS ({:?}) must exceed the provider timeout plus LEASE_MARGIN_MS ({needed:?}): \
@@ -65,10 +78,42 @@ impl ProcessorConfig {
             provider,
             idempotency,
             backoff,
+            budget,
+            dead_letter_queue_url: env.required("DEAD_LETTER_QUEUE_URL")?,
+            breaker,
             batch: BatchConfig { concurrency, start_margin: needed },
             metrics_namespace: env.string_or("METRICS_NAMESPACE", "PaymentsPipeline"),
         })
     }
+}
+
+/// The breaker's settings. Defaults, against the usual references: Resilience4j opens at a 50 %
+/// failure rate over 100 calls and waits 60 s; Polly at 10 % over 30 s with at least 100 calls,
+/// waiting 5 s. Both count every call, which here would cost a DynamoDB write per payment; and a
+/// payment pipeline at low volume would take minutes to reach 100 calls while every payment
+/// burns its retries. So: 5 failures within 30 s with no success between (Polly's classic
+/// consecutive-failure breaker, shared by the fleet), a first wait of 30 s (between the two)
+/// doubling per failed probe up to 5 min, and 3 successful probes to close (Resilience4j lets
+/// 10 through half-open at once; here probes go one at a time, so fewer suffice).
+fn breaker_config<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    probe_lease: Duration,
+) -> Result<BreakerConfig, ConfigError> {
+    let policy = BreakerPolicy {
+        failure_threshold: env.parse_or("BREAKER_FAILURE_THRESHOLD", 5)?,
+        failure_window: env.secs_or("BREAKER_FAILURE_WINDOW_SECONDS", 30)?,
+        open_base: env.secs_or("BREAKER_OPEN_SECONDS", 30)?,
+        open_max: env.secs_or("BREAKER_OPEN_MAX_SECONDS", 300)?,
+        close_after: env.parse_or("BREAKER_CLOSE_AFTER_SUCCESSES", 3)?,
+        probe_lease,
+    };
+    policy.validate().map_err(|e| ConfigError::Rule(e.to_string()))?;
+    Ok(BreakerConfig {
+        name: env.string_or("PROVIDER_NAME", "payment-provider"),
+        policy,
+        cache_for: env.secs_or("BREAKER_CACHE_SECONDS", 5)?,
+        half_open_wait: env.millis_or("BREAKER_HALF_OPEN_WAIT_MS", 2_000)?,
+    })
 }
 
 #[cfg(test)]
@@ -77,11 +122,15 @@ mod tests {
     use std::collections::HashMap;
 
     fn config(pairs: &[(&str, &str)]) -> Result<ProcessorConfig, ConfigError> {
-        let mut map: HashMap<String, String> =
-            [("IDEMPOTENCY_TABLE", "idem"), ("FAILURES_TABLE", "fail"), ("PROVIDER_BASE_URL", "http://127.0.0.1:1")]
-                .iter()
-                .map(|(k, v)| ((*k).into(), (*v).into()))
-                .collect();
+        let mut map: HashMap<String, String> = [
+            ("IDEMPOTENCY_TABLE", "idem"),
+            ("FAILURES_TABLE", "fail"),
+            ("PROVIDER_BASE_URL", "http://127.0.0.1:1"),
+            ("DEAD_LETTER_QUEUE_URL", "http://127.0.0.1:1/000000000000/dlq"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).into(), (*v).into()))
+        .collect();
         map.extend(pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())));
         ProcessorConfig::from_env(&Env::from_lookup(move |n| map.get(n).cloned()))
     }
@@ -91,6 +140,9 @@ mod tests {
         let c = config(&[]).unwrap();
         assert_eq!(c.batch.start_margin, Duration::from_millis(12_000));
         assert_eq!(c.backoff.cap(), Duration::from_secs(900));
+        assert_eq!((c.budget.max_attempts(), c.budget.max_age()), (5, Duration::from_secs(21_600)));
+        assert_eq!(c.breaker.policy.probe_lease, c.batch.start_margin, "a probe may take as long as a record");
+        assert_eq!(c.breaker.policy.open_base, Duration::from_secs(30));
     }
 
     #[test]
@@ -104,6 +156,12 @@ mod tests {
         assert_eq!(config(&[("FAILURES_TABLE", "")]).unwrap_err(), ConfigError::Missing("FAILURES_TABLE"));
         assert!(matches!(config(&[("BACKOFF_CAP_SECONDS", "50000")]), Err(ConfigError::Rule(_))));
         assert!(matches!(config(&[("BATCH_CONCURRENCY", "0")]), Err(ConfigError::Rule(_))));
+        assert!(matches!(config(&[("MAX_PROVIDER_ATTEMPTS", "0")]), Err(ConfigError::Rule(_))));
+        assert!(matches!(config(&[("BREAKER_OPEN_MAX_SECONDS", "1")]), Err(ConfigError::Rule(_))));
+        assert_eq!(
+            config(&[("DEAD_LETTER_QUEUE_URL", "")]).unwrap_err(),
+            ConfigError::Missing("DEAD_LETTER_QUEUE_URL")
+        );
         assert!(matches!(config(&[("PROVIDER_BASE_URL", "localhost")]), Err(ConfigError::Invalid { .. })));
     }
 }

@@ -1,11 +1,13 @@
-//! The processor: for each SQS record, claim the payment's idempotency record, charge with the
-//! scoped key, then complete, fail permanently or release and back off.
+//! The processor: for each SQS record, ask the provider's circuit breaker, claim the payment's
+//! idempotency record, charge with the scoped key, then complete, fail permanently, or release
+//! and back off — or, when the payment's retry budget or age runs out, dead-letter it.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_runtime::LambdaEvent;
+use payments_core::breaker::{Admitted, BreakerStore, CallHealth, CircuitBreaker, Permit, Phase, Transition};
 use payments_core::clock::{Clock, epoch_ms};
 use payments_core::failures::{FailureKind, FailureRecord, FailureState, FailureStore, failure_partition};
 use payments_core::idempotency::{
@@ -14,31 +16,62 @@ use payments_core::idempotency::{
 };
 use payments_core::observability::{Metrics, MetricsSink, Unit};
 use payments_core::payment::{
-    ChargeRequest, ChargeResult, EnvelopeError, GatewayError, KeyHint, PaymentGateway, PaymentMessage, RetryableKind,
-    process_key, provider_idempotency_key,
+    Charge, ChargeRequest, ChargeResult, EnvelopeError, GatewayError, KeyHint, PaymentGateway, PaymentMessage,
+    RetryableKind, process_key, provider_idempotency_key,
 };
 use payments_core::sqs::{
-    Backoff, BatchRunner, Jitter, RecordHandler, RecordOutcome, RecordResult, VisibilityControl, receive_count,
+    Backoff, BatchRunner, DeadLetter, DeadLetterQueue, Jitter, RecordHandler, RecordOutcome, RecordResult, RetryBudget,
+    Verdict, VisibilityControl, receive_count,
 };
 
-/// Everything the processor builds once per cold start.
-pub struct Processor<S, F, G, V> {
-    /// Idempotency records of operation `process`.
-    pub idempotency: Idempotency<S>,
-    /// Where poison messages are recorded.
-    pub failures: F,
+use crate::config::ProcessorConfig;
+
+/// The adapters a processor runs on, named by one type so that the bounds are written once: the
+/// deployed set ([`crate::Aws`]) and the in-memory sets of the tests.
+pub trait Adapters: 'static {
+    /// Idempotency records.
+    type Store: IdempotencyStore;
+    /// Failure records of poison messages.
+    type Failures: FailureStore;
     /// The payment provider.
-    pub gateway: G,
-    /// Runs the batch.
-    pub runner: BatchRunner<V>,
-    /// Waits between retries.
-    pub backoff: Backoff,
-    /// Randomness of those waits.
-    pub jitter: Jitter,
-    /// Metrics namespace and cold-start flag.
-    pub metrics: MetricsSink,
-    /// Time.
-    pub clock: Arc<dyn Clock>,
+    type Gateway: PaymentGateway;
+    /// Hiding messages for their backoff.
+    type Visibility: VisibilityControl;
+    /// The circuit breaker's shared state.
+    type Breaker: BreakerStore;
+    /// Where given-up payments go.
+    type DeadLetters: DeadLetterQueue;
+}
+
+/// The adapter instances a processor is built from.
+pub struct Ports<A: Adapters> {
+    /// Idempotency records of operation `process`.
+    pub store: A::Store,
+    /// Failure records of poison messages.
+    pub failures: A::Failures,
+    /// The payment provider.
+    pub gateway: A::Gateway,
+    /// Visibility changes.
+    pub visibility: A::Visibility,
+    /// The breaker's shared state.
+    pub breaker: A::Breaker,
+    /// The dead-letter queue.
+    pub dead_letters: A::DeadLetters,
+}
+
+/// Everything the processor builds once per cold start.
+pub struct Processor<A: Adapters> {
+    idempotency: Idempotency<A::Store>,
+    failures: A::Failures,
+    gateway: A::Gateway,
+    runner: BatchRunner<A::Visibility>,
+    breaker: CircuitBreaker<A::Breaker>,
+    dead_letters: A::DeadLetters,
+    backoff: Backoff,
+    budget: RetryBudget,
+    jitter: Jitter,
+    metrics: MetricsSink,
+    clock: Arc<dyn Clock>,
 }
 
 /// What became of one record: decides deletion, logs and metrics.
@@ -51,12 +84,27 @@ pub enum Handled {
     },
     /// Already settled by an earlier delivery: nothing done.
     Duplicate,
+    /// Not tried: the provider's circuit is open, or another worker holds the claim. Hidden for
+    /// `after`; spends none of the payment's retry budget.
+    Deferred {
+        /// `circuit_open`, `circuit_half_open` or `in_progress_elsewhere`.
+        reason: String,
+        /// Visibility delay.
+        after: Duration,
+    },
     /// A retryable failure: hidden for `after`, then redelivered.
     Retry {
         /// Low-cardinality reason.
         reason: String,
         /// Visibility delay.
         after: Duration,
+    },
+    /// Retry budget or age exhausted: sent to the dead-letter queue with its context, deleted.
+    DeadLettered {
+        /// `budget_exhausted` or `max_age_exceeded`.
+        reason: String,
+        /// The last failure's reason.
+        last_error: String,
     },
     /// Failed for good (decline, rejection): stored as FAILED, never retried.
     FailedPermanently {
@@ -76,7 +124,7 @@ pub enum Handled {
 impl Handled {
     fn outcome(&self) -> RecordOutcome {
         match self {
-            Self::Retry { after, .. } => RecordOutcome::RetryAfter { after: *after },
+            Self::Retry { after, .. } | Self::Deferred { after, .. } => RecordOutcome::RetryAfter { after: *after },
             _ => RecordOutcome::Done,
         }
     }
@@ -85,20 +133,92 @@ impl Handled {
         match self {
             Self::Charged { .. } => "charged",
             Self::Duplicate => "duplicate",
+            Self::Deferred { .. } => "deferred",
             Self::Retry { .. } => "retry",
+            Self::DeadLettered { .. } => "dead_lettered",
             Self::FailedPermanently { .. } => "failed_permanently",
             Self::Poison { .. } => "poison",
         }
     }
+
+    fn reason(&self) -> &str {
+        match self {
+            Self::Retry { reason, .. } | Self::Deferred { reason, .. } | Self::DeadLettered { reason, .. } => reason,
+            Self::FailedPermanently { code } | Self::Poison { code, .. } => code,
+            Self::Charged { charge_id } => charge_id,
+            Self::Duplicate => "",
+        }
+    }
 }
 
-impl<S, F, G, V> Processor<S, F, G, V>
-where
-    S: IdempotencyStore,
-    F: FailureStore,
-    G: PaymentGateway,
-    V: VisibilityControl,
-{
+/// The SQS side of one record, as the decisions need it.
+struct Delivery<'a> {
+    sqs: &'a SqsMessage,
+    body: &'a str,
+    receive_count: u32,
+    deadline_ms: i64,
+}
+
+impl<A: Adapters> Processor<A> {
+    /// Assembles a processor from its adapters and validated configuration, on the real clock,
+    /// with jitter from the OS unless replaced ([`Self::with_jitter`]).
+    pub fn new(ports: Ports<A>, config: &ProcessorConfig) -> Self {
+        Self::on_clock(ports, config, Arc::new(payments_core::clock::SystemClock))
+    }
+
+    /// The same, on another clock (tests move time by hand).
+    pub fn on_clock(ports: Ports<A>, config: &ProcessorConfig, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            idempotency: Idempotency::with_clock(ports.store, config.idempotency, clock.clone()),
+            failures: ports.failures,
+            gateway: ports.gateway,
+            runner: BatchRunner::new(config.batch, ports.visibility),
+            breaker: CircuitBreaker::new(ports.breaker, config.breaker.clone(), clock.clone()),
+            dead_letters: ports.dead_letters,
+            backoff: config.backoff,
+            budget: config.budget,
+            jitter: Jitter::from_os(),
+            metrics: MetricsSink::new(&config.metrics_namespace, "processor"),
+            clock,
+        }
+    }
+
+    /// The same, with a reproducible jitter (tests).
+    pub fn with_jitter(mut self, jitter: Jitter) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// The idempotency guard (tests and tools read records through it).
+    pub fn idempotency(&self) -> &Idempotency<A::Store> {
+        &self.idempotency
+    }
+
+    /// Where poison messages are recorded.
+    pub fn failures(&self) -> &A::Failures {
+        &self.failures
+    }
+
+    /// The provider adapter.
+    pub fn gateway(&self) -> &A::Gateway {
+        &self.gateway
+    }
+
+    /// The batch runner (its visibility adapter records calls in tests).
+    pub fn runner(&self) -> &BatchRunner<A::Visibility> {
+        &self.runner
+    }
+
+    /// The circuit breaker.
+    pub fn breaker(&self) -> &CircuitBreaker<A::Breaker> {
+        &self.breaker
+    }
+
+    /// The dead-letter adapter.
+    pub fn dead_letters(&self) -> &A::DeadLetters {
+        &self.dead_letters
+    }
+
     /// The Lambda handler: a partial batch response, never an error (failures are per record).
     pub async fn handle(&self, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, lambda_runtime::Error> {
         let deadline_ms = payments_core::clock::invocation_deadline_ms(event.context.deadline, self.clock.now_ms());
@@ -125,69 +245,167 @@ where
     }
 
     /// Executes one valid payment message.
-    async fn execute(&self, message: &PaymentMessage, receive_count: u32, deadline_ms: i64) -> Handled {
+    async fn execute(&self, message: &PaymentMessage, delivery: &Delivery<'_>, metrics: &Metrics) -> Handled {
         let key = process_key(&message.scope, &message.idempotency_key);
         let hash = match PayloadHash::of(&message.payment) {
             Ok(hash) => hash,
             Err(e) => return Handled::Poison { code: "unhashable_payload".into(), detail: e.to_string() },
         };
-        let lease = match self.idempotency.claim(&key, &hash, deadline_ms).await {
+        let permit = match self.breaker.admit().await {
+            Admitted::Go(permit) => permit,
+            Admitted::Wait { until_ms, phase, opened_at_ms } => {
+                metrics.observe("CircuitOpenFor", Unit::Seconds, self.seconds_since(opened_at_ms));
+                return self.defer_for_breaker(message, delivery, until_ms, phase).await;
+            }
+        };
+        let lease = match self.idempotency.claim(&key, &hash, delivery.deadline_ms).await {
             Ok(ClaimOutcome::Claimed(lease)) => lease,
-            Ok(ClaimOutcome::AlreadyCompleted { .. } | ClaimOutcome::AlreadyFailed(_)) => return Handled::Duplicate,
-            Ok(ClaimOutcome::InProgressElsewhere { lease_until_ms }) => {
-                // Another worker holds it: come back when its lease ends, not sooner.
-                let wait_ms = u64::try_from(lease_until_ms.saturating_sub(self.clock.now_ms())).unwrap_or(0);
-                let after = Duration::from_millis(wait_ms).max(Duration::from_secs(1)).min(self.backoff.cap());
-                return Handled::Retry { reason: "in_progress_elsewhere".into(), after: round_up_secs(after) };
+            other => {
+                // No call after all: a probe lease goes back at once.
+                self.breaker.record(&permit, None).await;
+                return self.not_claimed(other, delivery.receive_count);
             }
-            Ok(ClaimOutcome::PayloadMismatch) => {
-                return Handled::Poison {
-                    code: "idempotency_key_reused".into(),
-                    detail: "this idempotency key was used before for a different payment".into(),
-                };
-            }
-            Err(e) => return self.retry("idempotency_store_unavailable", &e.to_string(), receive_count, None),
         };
-        let request = ChargeRequest {
-            idempotency_key: provider_idempotency_key(&message.scope, &message.idempotency_key),
-            amount: message.payment.amount,
-            currency: message.payment.currency,
-            payment_method: message.payment.payment_method.clone(),
-            merchant_reference: message.payment.merchant_reference.clone(),
-            metadata: message.payment.metadata.clone(),
-        };
-        match self.gateway.charge(&request).await {
-            Ok(charge) => {
-                let result =
-                    ChargeResult { charge_id: charge.id.clone(), amount: charge.amount, currency: charge.currency };
-                let stored = serde_json::to_value(&result).expect("a charge result serialises");
-                match self.idempotency.complete(&lease, &stored).await {
-                    Ok(Settlement::Recorded) => Handled::Charged { charge_id: charge.id },
-                    Ok(Settlement::NotOwner { current }) => {
-                        self.lost_lease(current.as_deref(), &charge.id, receive_count)
-                    }
-                    Err(e) => self.retry("completion_not_recorded", &e.to_string(), receive_count, None),
-                }
-            }
+        let request = charge_request(message);
+        let charged = self.gateway.charge(&request).await;
+        if let Some(transition) = self.breaker.record(&permit, provider_health(&charged)).await {
+            count_transition(metrics, transition);
+        }
+        match charged {
+            Ok(charge) => self.complete(&lease, charge, delivery.receive_count).await,
             Err(ref error @ GatewayError::Retryable { ref kind, ref detail }) => {
-                let reason = error.reason();
-                self.settle_release(&lease, &reason).await;
                 let floor = match kind {
                     RetryableKind::RateLimited { retry_after } => *retry_after,
                     _ => None,
                 };
-                self.retry(&reason, detail, receive_count, floor)
+                self.after_retryable(message, delivery, &lease, &permit, &error.reason(), detail, floor).await
             }
             Err(permanent) => {
                 let failure = StoredFailure { code: permanent.reason(), reason: permanent.to_string() };
                 match self.idempotency.fail_permanently(&lease, failure).await {
                     Ok(Settlement::Recorded) => Handled::FailedPermanently { code: permanent.reason() },
                     Ok(Settlement::NotOwner { current }) => {
-                        self.lost_lease(current.as_deref(), &permanent.reason(), receive_count)
+                        self.lost_lease(current.as_deref(), &permanent.reason(), delivery.receive_count)
                     }
-                    Err(e) => self.retry("failure_not_recorded", &e.to_string(), receive_count, None),
+                    Err(e) => self.retry("failure_not_recorded", &e.to_string(), delivery.receive_count, None),
                 }
             }
+        }
+    }
+
+    /// What a refused claim means for this delivery.
+    fn not_claimed(&self, outcome: Result<ClaimOutcome, impl ToString>, receive_count: u32) -> Handled {
+        match outcome {
+            Ok(ClaimOutcome::Claimed(_)) => unreachable!("claimed outcomes are handled by the caller"),
+            Ok(ClaimOutcome::AlreadyCompleted { .. } | ClaimOutcome::AlreadyFailed(_)) => Handled::Duplicate,
+            Ok(ClaimOutcome::InProgressElsewhere { lease_until_ms }) => {
+                // Another worker holds it: come back when its lease ends, not sooner.
+                let wait_ms = u64::try_from(lease_until_ms.saturating_sub(self.clock.now_ms())).unwrap_or(0);
+                let after = Duration::from_millis(wait_ms).max(Duration::from_secs(1)).min(self.backoff.cap());
+                Handled::Deferred { reason: "in_progress_elsewhere".into(), after: round_up_secs(after) }
+            }
+            Ok(ClaimOutcome::PayloadMismatch) => Handled::Poison {
+                code: "idempotency_key_reused".into(),
+                detail: "this idempotency key was used before for a different payment".into(),
+            },
+            Err(e) => self.retry("idempotency_store_unavailable", &e.to_string(), receive_count, None),
+        }
+    }
+
+    async fn complete(&self, lease: &Lease, charge: Charge, receive_count: u32) -> Handled {
+        let result = ChargeResult { charge_id: charge.id.clone(), amount: charge.amount, currency: charge.currency };
+        let stored = serde_json::to_value(&result).expect("a charge result serialises");
+        match self.idempotency.complete(lease, &stored).await {
+            Ok(Settlement::Recorded) => Handled::Charged { charge_id: charge.id },
+            Ok(Settlement::NotOwner { current }) => self.lost_lease(current.as_deref(), &charge.id, receive_count),
+            Err(e) => self.retry("completion_not_recorded", &e.to_string(), receive_count, None),
+        }
+    }
+
+    /// A retryable provider failure: release the claim (giving the attempt back when the breaker
+    /// blames the provider: a failed probe, or a failure into an open circuit), then retry after
+    /// the backoff — or after the breaker's wait, when it is open — unless the budget is spent.
+    #[allow(clippy::too_many_arguments)]
+    async fn after_retryable(
+        &self,
+        message: &PaymentMessage,
+        delivery: &Delivery<'_>,
+        lease: &Lease,
+        permit: &Permit,
+        reason: &str,
+        detail: &str,
+        floor: Option<Duration>,
+    ) -> Handled {
+        let provider_down = matches!(permit, Permit::Probe(_))
+            || self.breaker.cached().is_some_and(|s| s.phase(self.clock.now_ms()) != Phase::Closed);
+        let released = if provider_down {
+            self.idempotency.release_refunded(lease, reason).await
+        } else {
+            self.idempotency.release(lease, reason).await
+        };
+        if let Err(e) = released {
+            // The lease then simply runs out, and the retry takes the record over.
+            tracing::warn!(error = %e, "could not release the claim; it frees itself when the lease ends");
+        }
+        let spent = lease.attempt - u32::from(provider_down);
+        let wait = match self.breaker.cached().filter(|_| provider_down) {
+            Some(state) => self.breaker_wait(state.open_until_ms, state.phase(self.clock.now_ms())),
+            None => {
+                let drawn = self.jitter.delay(&self.backoff, lease.attempt);
+                floor.map_or(drawn, |f| drawn.max(f)).min(self.backoff.cap())
+            }
+        };
+        match self.budget.verdict(spent, self.age_of(message), wait) {
+            Verdict::Retry => {
+                tracing::info!(reason, detail, attempts = spent, retry_in_s = wait.as_secs(), "retryable failure");
+                Handled::Retry { reason: reason.to_owned(), after: wait }
+            }
+            Verdict::GiveUp(why) => self.dead_letter(delivery, why.as_str(), reason).await,
+        }
+    }
+
+    /// The breaker says wait: hide the message until the next probe time plus jitter, spending
+    /// nothing — unless the payment would by then be older than its maximum age.
+    async fn defer_for_breaker(
+        &self,
+        message: &PaymentMessage,
+        delivery: &Delivery<'_>,
+        until_ms: i64,
+        phase: Phase,
+    ) -> Handled {
+        let after = self.breaker_wait(until_ms, phase);
+        let reason = format!("circuit_{}", phase.as_str());
+        match self.budget.verdict(0, self.age_of(message), after) {
+            Verdict::Retry => Handled::Deferred { reason, after },
+            Verdict::GiveUp(why) => self.dead_letter(delivery, why.as_str(), &reason).await,
+        }
+    }
+
+    /// Until `until_ms`, plus a jitter that spreads the crowd coming back for the probe.
+    fn breaker_wait(&self, until_ms: i64, phase: Phase) -> Duration {
+        let spread = match phase {
+            Phase::HalfOpen => self.breaker.config().half_open_wait,
+            Phase::Open | Phase::Closed => self.breaker.config().policy.open_base,
+        };
+        let until = Duration::from_millis(u64::try_from(until_ms.saturating_sub(self.clock.now_ms())).unwrap_or(0));
+        round_up_secs(until + self.jitter.spread(spread)).max(Duration::from_secs(1)).min(self.backoff.cap())
+    }
+
+    /// Sends the message to the dead-letter queue with its context, then it is deleted. If the
+    /// send fails the message stays for a retry (the queue's own redrive is the last net).
+    async fn dead_letter(&self, delivery: &Delivery<'_>, reason: &str, last_error: &str) -> Handled {
+        let letter = DeadLetter {
+            body: delivery.body.to_owned(),
+            source_message_id: delivery.sqs.message_id.clone().unwrap_or_default(),
+            source_queue: delivery.sqs.event_source_arn.clone().unwrap_or_default(),
+            reason: reason.to_owned(),
+        };
+        match self.dead_letters.send(&letter).await {
+            Ok(()) => {
+                tracing::warn!(reason, last_error, "payment given up: sent to the dead-letter queue");
+                Handled::DeadLettered { reason: reason.to_owned(), last_error: last_error.to_owned() }
+            }
+            Err(e) => self.retry("dead_letter_not_sent", &e, delivery.receive_count, None),
         }
     }
 
@@ -206,13 +424,6 @@ where
         }
     }
 
-    async fn settle_release(&self, lease: &Lease, reason: &str) {
-        // If this fails the lease simply runs out; the retry then takes the record over.
-        if let Err(e) = self.idempotency.release(lease, reason).await {
-            tracing::warn!(error = %e, "could not release the claim; it frees itself when the lease ends");
-        }
-    }
-
     fn retry(&self, reason: &str, detail: &str, receive_count: u32, floor: Option<Duration>) -> Handled {
         let drawn = self.jitter.delay(&self.backoff, receive_count);
         let after = floor.map_or(drawn, |f| drawn.max(f)).min(self.backoff.cap());
@@ -220,21 +431,34 @@ where
         Handled::Retry { reason: reason.to_owned(), after }
     }
 
+    fn age_of(&self, message: &PaymentMessage) -> Duration {
+        humantime::parse_rfc3339(&message.created_at)
+            .map(|accepted| Duration::from_millis(u64::try_from(self.clock.now_ms() - epoch_ms(accepted)).unwrap_or(0)))
+            .unwrap_or_default()
+    }
+
+    fn seconds_since(&self, at_ms: i64) -> f64 {
+        (self.clock.now_ms() - at_ms).max(0) as f64 / 1000.0
+    }
+
     /// A message that does not parse: when its key can still be read, fail its payment record
     /// (the status then shows FAILED with the reason). Never retried, unless recording fails.
-    async fn invalid(&self, body: &str, error: &EnvelopeError, receive_count: u32, deadline_ms: i64) -> Handled {
-        if let Some(hint) = KeyHint::find(body) {
+    async fn invalid(&self, error: &EnvelopeError, delivery: &Delivery<'_>) -> Handled {
+        if let Some(hint) = KeyHint::find(delivery.body) {
             let key = process_key(&hint.scope, &hint.idempotency_key);
-            match self.idempotency.claim(&key, &PayloadHash::of_bytes(body.as_bytes()), deadline_ms).await {
+            let hash = PayloadHash::of_bytes(delivery.body.as_bytes());
+            match self.idempotency.claim(&key, &hash, delivery.deadline_ms).await {
                 Ok(ClaimOutcome::Claimed(lease)) => {
                     let failure = StoredFailure { code: error.code().into(), reason: error.to_string() };
                     if let Err(e) = self.idempotency.fail_permanently(&lease, failure).await {
-                        return self.retry("failure_not_recorded", &e.to_string(), receive_count, None);
+                        return self.retry("failure_not_recorded", &e.to_string(), delivery.receive_count, None);
                     }
                 }
                 // A valid payment owns this key, or it is settled: leave its record alone.
                 Ok(_) => {}
-                Err(e) => return self.retry("idempotency_store_unavailable", &e.to_string(), receive_count, None),
+                Err(e) => {
+                    return self.retry("idempotency_store_unavailable", &e.to_string(), delivery.receive_count, None);
+                }
             }
         }
         Handled::Poison { code: error.code().to_owned(), detail: error.to_string() }
@@ -242,32 +466,60 @@ where
 
     /// Writes the failure record of a poison message, for operators; a store failure turns the
     /// outcome into a retry so that nothing is lost.
-    async fn record_poison(&self, sqs: &SqsMessage, body: &str, handled: Handled, receive_count: u32) -> Handled {
+    async fn record_poison(&self, delivery: &Delivery<'_>, handled: Handled) -> Handled {
         let Handled::Poison { code, detail } = &handled else { return handled };
-        let hint = KeyHint::find(body);
-        let message_id = sqs.message_id.clone().unwrap_or_default();
+        let hint = KeyHint::find(delivery.body);
+        let message_id = delivery.sqs.message_id.clone().unwrap_or_default();
         let now = self.clock.now_ms();
         let record = FailureRecord {
             partition: failure_partition(hint.as_ref(), &message_id),
             message_id,
             scope: hint.as_ref().map(|h| h.scope.clone()),
             idempotency_key: hint.as_ref().map(|h| h.idempotency_key.clone()),
-            body: body.to_owned(),
-            receive_count,
+            body: delivery.body.to_owned(),
+            receive_count: delivery.receive_count,
             first_attempt_at_ms: None,
             last_attempt_at_ms: Some(now),
             last_error: Some(detail.clone()),
             failure_class: code.clone(),
-            source_queue: sqs.event_source_arn.clone().unwrap_or_default(),
+            source_queue: delivery.sqs.event_source_arn.clone().unwrap_or_default(),
             recorded_at_ms: now,
             kind: FailureKind::Poison,
             state: FailureState::Open,
         };
         match self.failures.record(&record).await {
             Ok(_) => handled,
-            Err(e) => self.retry("failure_not_recorded", &e.to_string(), receive_count, None),
+            Err(e) => self.retry("failure_not_recorded", &e.to_string(), delivery.receive_count, None),
         }
     }
+}
+
+/// The charge for `message`, under the provider key derived from its scope and key.
+fn charge_request(message: &PaymentMessage) -> ChargeRequest {
+    ChargeRequest {
+        idempotency_key: provider_idempotency_key(&message.scope, &message.idempotency_key),
+        amount: message.payment.amount,
+        currency: message.payment.currency,
+        payment_method: message.payment.payment_method.clone(),
+        merchant_reference: message.payment.merchant_reference.clone(),
+        metadata: message.payment.metadata.clone(),
+    }
+}
+
+/// What a provider answer says about the provider's health: any answer about the payment
+/// (a charge, a decline, a rejection) means it is up; 5xx, 429, timeouts, connection errors and
+/// unreadable answers mean it may be down; a 409 for one key in flight says nothing.
+pub fn provider_health(charged: &Result<Charge, GatewayError>) -> Option<CallHealth> {
+    match charged {
+        Ok(_) | Err(GatewayError::Declined { .. } | GatewayError::Rejected { .. }) => Some(CallHealth::Healthy),
+        Err(GatewayError::Retryable { kind: RetryableKind::InFlight, .. }) => None,
+        Err(GatewayError::Retryable { .. }) => Some(CallHealth::Unhealthy),
+    }
+}
+
+fn count_transition(metrics: &Metrics, transition: Transition) {
+    metrics.count_with("CircuitTransition", 1, &[("To", transition.to.as_str())]);
+    tracing::warn!(from = transition.from.as_str(), to = transition.to.as_str(), "provider circuit changed");
 }
 
 fn round_up_secs(d: Duration) -> Duration {
@@ -285,30 +537,25 @@ pub struct BatchSummary {
 }
 
 /// One invocation's view: the processor, its metrics buffer and its deadline.
-struct Invocation<'a, S, F, G, V> {
-    processor: &'a Processor<S, F, G, V>,
+struct Invocation<'a, A: Adapters> {
+    processor: &'a Processor<A>,
     metrics: &'a Metrics,
     deadline_ms: i64,
     handled: Mutex<Vec<(String, Handled)>>,
 }
 
-impl<S, F, G, V> RecordHandler for Invocation<'_, S, F, G, V>
-where
-    S: IdempotencyStore,
-    F: FailureStore,
-    G: PaymentGateway,
-    V: VisibilityControl,
-{
+impl<A: Adapters> RecordHandler for Invocation<'_, A> {
     async fn handle(&self, sqs: &SqsMessage) -> RecordOutcome {
         let started = Instant::now();
-        let receive_count = receive_count(sqs).unwrap_or(1);
         let body = sqs.body.as_deref().unwrap_or("");
+        let delivery =
+            Delivery { sqs, body, receive_count: receive_count(sqs).unwrap_or(1), deadline_ms: self.deadline_ms };
         let parsed = PaymentMessage::parse(body);
         let handled = match &parsed {
-            Ok(message) => self.processor.execute(message, receive_count, self.deadline_ms).await,
-            Err(error) => self.processor.invalid(body, error, receive_count, self.deadline_ms).await,
+            Ok(message) => self.processor.execute(message, &delivery, self.metrics).await,
+            Err(error) => self.processor.invalid(error, &delivery).await,
         };
-        let handled = self.processor.record_poison(sqs, body, handled, receive_count).await;
+        let handled = self.processor.record_poison(&delivery, handled).await;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.record_metrics(&handled, elapsed_ms, parsed.as_ref().ok());
 
@@ -316,20 +563,14 @@ where
             Ok(m) => (m.idempotency_key.as_str(), m.scope.as_str(), m.correlation_id.as_str()),
             Err(_) => ("", "", ""),
         };
-        let reason = match &handled {
-            Handled::Retry { reason, .. } => reason.as_str(),
-            Handled::FailedPermanently { code } | Handled::Poison { code, .. } => code.as_str(),
-            Handled::Charged { charge_id } => charge_id.as_str(),
-            Handled::Duplicate => "",
-        };
         tracing::info!(
             idempotency_key = key,
             scope,
             correlation_id,
             message_id = sqs.message_id.as_deref().unwrap_or(""),
-            receive_count,
+            receive_count = delivery.receive_count,
             outcome = handled.label(),
-            reason,
+            reason = handled.reason(),
             duration_ms = elapsed_ms,
             "record processed"
         );
@@ -340,7 +581,7 @@ where
     }
 }
 
-impl<S, F, G, V> Invocation<'_, S, F, G, V> {
+impl<A: Adapters> Invocation<'_, A> {
     fn record_metrics(&self, handled: &Handled, elapsed_ms: f64, message: Option<&PaymentMessage>) {
         let m = self.metrics;
         m.observe("ProcessingLatency", Unit::Milliseconds, elapsed_ms);
@@ -353,9 +594,15 @@ impl<S, F, G, V> Invocation<'_, S, F, G, V> {
                 }
             }
             Handled::Duplicate => m.count("DuplicateSuppressed", 1),
+            Handled::Deferred { reason, .. } => m.count_with("Deferred", 1, &[("Reason", reason)]),
             Handled::Retry { reason, .. } => {
                 m.count("Retried", 1);
                 m.count_with("Failure", 1, &[("Reason", reason)]);
+            }
+            Handled::DeadLettered { reason, last_error } => {
+                m.count("GivenUp", 1);
+                m.count_with("GivenUp", 1, &[("Reason", reason)]);
+                m.count_with("Failure", 1, &[("Reason", last_error)]);
             }
             Handled::FailedPermanently { code } => {
                 m.count("FailedPermanently", 1);

@@ -1,36 +1,43 @@
 //! Fast tests of the processor's decisions with the in-memory adapters and a scripted gateway.
 //! (The same behaviours against LocalStack are in tests/integration/tests/processor.rs.)
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_lambda_events::sqs::SqsMessage;
+use payments_core::breaker::memory::InMemoryBreakerStore;
+use payments_core::breaker::{BreakerStore, Circuit};
 use payments_core::clock::{Clock, ManualClock};
+use payments_core::config::Env;
 use payments_core::failures::FailureStore;
 use payments_core::failures::memory::InMemoryFailureStore;
 use payments_core::idempotency::memory::InMemoryStore;
 use payments_core::idempotency::{
     ClaimOutcome, Idempotency, IdempotencyConfig, IdempotencyKey, PayloadHash, RecordStatus, Scope,
 };
-use payments_core::observability::MetricsSink;
 use payments_core::payment::{
     Charge, ChargeRequest, GatewayError, PaymentGateway, PaymentMessage, RetryableKind, process_key,
 };
+use payments_core::sqs::Jitter;
+use payments_core::sqs::dead_letter::RecordingDeadLetterQueue;
 use payments_core::sqs::visibility::RecordingVisibility;
-use payments_core::sqs::{Backoff, BatchConfig, BatchRunner, Jitter};
-use processor::{Handled, Processor};
+use processor::{Adapters, Handled, Ports, Processor, ProcessorConfig};
 
 /// Answers from a script, in order; counts calls.
 #[derive(Default, Clone)]
 struct ScriptedGateway {
     script: Arc<Mutex<VecDeque<Result<Charge, GatewayError>>>>,
     calls: Arc<Mutex<Vec<String>>>,
+    /// Real time each call takes, so that concurrent records overlap.
+    delay: Duration,
 }
 
 impl PaymentGateway for ScriptedGateway {
     async fn charge(&self, request: &ChargeRequest) -> Result<Charge, GatewayError> {
         self.calls.lock().unwrap().push(request.idempotency_key.clone());
+        tokio::time::sleep(self.delay).await;
         self.script.lock().unwrap().pop_front().unwrap_or_else(|| {
             Ok(Charge {
                 id: "ch_default".into(),
@@ -43,32 +50,58 @@ impl PaymentGateway for ScriptedGateway {
 
 const NOW: i64 = 1_900_000_000_000;
 
-fn processor(
-    gateway: ScriptedGateway,
-    clock: &ManualClock,
-) -> Processor<InMemoryStore, InMemoryFailureStore, ScriptedGateway, RecordingVisibility> {
+/// The in-memory adapters, with gateway `G`.
+struct Memory<G>(PhantomData<G>);
+
+impl<G: PaymentGateway + 'static> Adapters for Memory<G> {
+    type Store = InMemoryStore;
+    type Failures = InMemoryFailureStore;
+    type Gateway = G;
+    type Visibility = RecordingVisibility;
+    type Breaker = InMemoryBreakerStore;
+    type DeadLetters = RecordingDeadLetterQueue;
+}
+
+type TestProcessor<G = ScriptedGateway> = Processor<Memory<G>>;
+
+fn config() -> ProcessorConfig {
+    let vars: HashMap<&str, &str> = [
+        ("IDEMPOTENCY_TABLE", "idem"),
+        ("FAILURES_TABLE", "fail"),
+        ("PROVIDER_BASE_URL", "http://127.0.0.1:1"),
+        ("DEAD_LETTER_QUEUE_URL", "http://127.0.0.1:1/000000000000/dlq"),
+        ("PROVIDER_TIMEOUT_MS", "800"),
+        ("PROVIDER_CONNECT_TIMEOUT_MS", "300"),
+        ("LEASE_MARGIN_MS", "200"),
+        ("BACKOFF_BASE_MS", "2000"),
+        ("BACKOFF_CAP_SECONDS", "60"),
+        ("BATCH_CONCURRENCY", "4"),
+        ("METRICS_NAMESPACE", "Test"),
+    ]
+    .into_iter()
+    .collect();
+    ProcessorConfig::from_env(&Env::from_lookup(move |n| vars.get(n).map(|v| (*v).to_owned()))).unwrap()
+}
+
+fn processor(gateway: ScriptedGateway, clock: &ManualClock) -> TestProcessor {
     processor_on(InMemoryStore::new(), gateway, clock)
 }
 
 /// A processor over `store`, which the test may share with its gateway.
-fn processor_on<G: PaymentGateway>(
+fn processor_on<G: PaymentGateway + 'static>(
     store: InMemoryStore,
     gateway: G,
     clock: &ManualClock,
-) -> Processor<InMemoryStore, InMemoryFailureStore, G, RecordingVisibility> {
-    Processor {
-        idempotency: Idempotency::with_clock(store, IdempotencyConfig::default(), Arc::new(clock.clone())),
+) -> TestProcessor<G> {
+    let ports = Ports {
+        store,
         failures: InMemoryFailureStore::default(),
         gateway,
-        runner: BatchRunner::new(
-            BatchConfig { concurrency: 4, start_margin: Duration::from_secs(1) },
-            RecordingVisibility::default(),
-        ),
-        backoff: Backoff::new(Duration::from_secs(2), Duration::from_secs(60)).unwrap(),
-        jitter: Jitter::seeded(1),
-        metrics: MetricsSink::new("Test", "processor"),
-        clock: Arc::new(clock.clone()),
-    }
+        visibility: RecordingVisibility::default(),
+        breaker: InMemoryBreakerStore::default(),
+        dead_letters: RecordingDeadLetterQueue::default(),
+    };
+    Processor::on_clock(ports, &config(), Arc::new(clock.clone())).with_jitter(Jitter::seeded(1))
 }
 
 fn record(id: &str, body: &str, receive_count: u32) -> SqsMessage {
@@ -81,20 +114,28 @@ fn record(id: &str, body: &str, receive_count: u32) -> SqsMessage {
     m
 }
 
+/// A payment accepted a minute before `NOW`.
 fn body(key: &str, amount: u64) -> String {
+    body_accepted(key, amount, NOW - 60_000)
+}
+
+fn body_accepted(key: &str, amount: u64, accepted_ms: i64) -> String {
+    let accepted = humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(accepted_ms as u64));
     serde_json::json!({
         "schema_version": 1, "idempotency_key": key, "scope": "acme",
         "payment": {"amount": amount, "currency": "EUR", "payment_method": "pm_card_visa", "merchant_reference": "o-1"},
-        "created_at": "2026-11-27T10:00:00Z", "correlation_id": "c"
+        "created_at": accepted.to_string(), "correlation_id": "c"
     })
     .to_string()
 }
 
-async fn run(
-    p: &Processor<InMemoryStore, InMemoryFailureStore, ScriptedGateway, RecordingVisibility>,
-    records: &[SqsMessage],
-) -> Vec<Handled> {
-    p.process_batch(records, NOW + 60_000, "req").await.handled.into_iter().map(|(_, h)| h).collect()
+async fn run(p: &TestProcessor, records: &[SqsMessage]) -> Vec<Handled> {
+    p.process_batch(records, p.idempotency().now_ms() + 60_000, "req")
+        .await
+        .handled
+        .into_iter()
+        .map(|(_, h)| h)
+        .collect()
 }
 
 #[tokio::test]
@@ -104,11 +145,11 @@ async fn in_progress_elsewhere_waits_until_that_lease_ends() {
     // Another worker holds the claim until NOW + 7.2 s.
     let key = process_key(&Scope::new("acme").unwrap(), &IdempotencyKey::new("k").unwrap());
     let hash = PayloadHash::of(&PaymentMessage::parse(&body("k", 10)).unwrap().payment).unwrap();
-    assert!(matches!(p.idempotency.claim(&key, &hash, NOW + 7_200).await.unwrap(), ClaimOutcome::Claimed(_)));
+    assert!(matches!(p.idempotency().claim(&key, &hash, NOW + 7_200).await.unwrap(), ClaimOutcome::Claimed(_)));
     let handled = run(&p, &[record("m1", &body("k", 10), 1)]).await;
-    assert_eq!(handled, [Handled::Retry { reason: "in_progress_elsewhere".into(), after: Duration::from_secs(8) }]);
-    assert!(p.gateway.calls.lock().unwrap().is_empty());
-    let hidden: Vec<Duration> = p.runner.visibility().calls().into_iter().map(|(_, _, d)| d).collect();
+    assert_eq!(handled, [Handled::Deferred { reason: "in_progress_elsewhere".into(), after: Duration::from_secs(8) }]);
+    assert!(p.gateway().calls.lock().unwrap().is_empty());
+    let hidden: Vec<Duration> = p.runner().visibility().calls().into_iter().map(|(_, _, d)| d).collect();
     assert_eq!(hidden, [Duration::from_secs(8)]);
 }
 
@@ -128,9 +169,9 @@ async fn a_decline_is_stored_and_never_retried() {
     );
     // The redelivered copy is a duplicate: the provider is not asked again.
     assert_eq!(run(&p, &[record("m2", &body("k", 10), 1)]).await, [Handled::Duplicate]);
-    assert_eq!(p.gateway.calls.lock().unwrap().len(), 1);
+    assert_eq!(p.gateway().calls.lock().unwrap().len(), 1);
     let stored = p
-        .idempotency
+        .idempotency()
         .get(&process_key(&Scope::new("acme").unwrap(), &IdempotencyKey::new("k").unwrap()))
         .await
         .unwrap()
@@ -139,7 +180,7 @@ async fn a_decline_is_stored_and_never_retried() {
 }
 
 #[tokio::test]
-async fn a_retryable_failure_releases_and_backs_off_by_receive_count() {
+async fn a_retryable_failure_releases_and_backs_off_by_provider_attempt_not_by_delivery() {
     let clock = ManualClock::at(NOW);
     let gateway = ScriptedGateway::default();
     gateway.script.lock().unwrap().push_back(Err(GatewayError::Retryable {
@@ -147,15 +188,17 @@ async fn a_retryable_failure_releases_and_backs_off_by_receive_count() {
         detail: "x".into(),
     }));
     let p = processor(gateway, &clock);
+    // The 4th delivery, but the first provider attempt: the wait is the first attempt's.
     let handled = run(&p, &[record("m1", &body("k", 10), 4)]).await;
     let Handled::Retry { reason, after } = &handled[0] else { panic!("{handled:?}") };
     assert_eq!(reason, "provider_503");
-    assert_eq!(*after, Jitter::seeded(1).delay(&p.backoff, 4));
-    assert!(*after <= p.backoff.ceiling(4));
+    let backoff = config().backoff;
+    assert_eq!(*after, Jitter::seeded(1).delay(&backoff, 1));
+    assert!(*after <= backoff.ceiling(1));
     // Released: the next delivery charges at once, with the same provider key.
     clock.advance_ms(1);
     assert!(matches!(run(&p, &[record("m1", &body("k", 10), 5)]).await[0], Handled::Charged { .. }));
-    let calls = p.gateway.calls.lock().unwrap().clone();
+    let calls = p.gateway().calls.lock().unwrap().clone();
     assert_eq!(calls.len(), 2);
     assert_eq!(calls[0], calls[1]);
 }
@@ -168,8 +211,8 @@ async fn a_key_reused_with_another_payment_is_poison_and_the_first_stays_intact(
     assert!(
         matches!(&run(&p, &[record("m2", &body("k", 99), 1)]).await[..], [Handled::Poison { code, .. }] if code == "idempotency_key_reused")
     );
-    assert_eq!(p.gateway.calls.lock().unwrap().len(), 1);
-    let failures = p.failures.list(true).await.unwrap();
+    assert_eq!(p.gateway().calls.lock().unwrap().len(), 1);
+    let failures = p.failures().list(true).await.unwrap();
     assert_eq!(failures.len(), 1);
     assert_eq!(
         (failures[0].failure_class.as_str(), failures[0].recorded_at_ms),
@@ -219,4 +262,138 @@ async fn a_lost_lease_with_an_unsettled_record_keeps_the_message_for_a_retry() {
             (other, _) => panic!("unexpected {other:?}"),
         }
     }
+}
+
+fn unavailable() -> Result<Charge, GatewayError> {
+    Err(GatewayError::Retryable { kind: RetryableKind::ServerError { status: 503 }, detail: "down".into() })
+}
+
+fn scripted(answers: impl IntoIterator<Item = Result<Charge, GatewayError>>) -> ScriptedGateway {
+    let gateway = ScriptedGateway::default();
+    gateway.script.lock().unwrap().extend(answers);
+    gateway
+}
+
+async fn attempts_of(p: &TestProcessor, key: &str) -> u32 {
+    let key = process_key(&Scope::new("acme").unwrap(), &IdempotencyKey::new(key).unwrap());
+    p.idempotency().get(&key).await.unwrap().map_or(0, |r| r.attempts)
+}
+
+#[tokio::test]
+async fn an_outage_opens_the_circuit_and_later_deliveries_wait_without_calling_or_spending() {
+    let clock = ManualClock::at(NOW);
+    let p = processor(scripted((0..5).map(|_| unavailable())), &clock);
+    for i in 0..5 {
+        let handled = run(&p, &[record(&format!("m{i}"), &body(&format!("k{i}"), 10), 1)]).await;
+        assert!(matches!(&handled[0], Handled::Retry { reason, .. } if reason == "provider_503"), "{handled:?}");
+    }
+    assert_eq!(p.breaker().store().read("payment-provider").await.unwrap().circuit, Circuit::Open);
+    // The failure that opened the circuit is the provider's, not the payment's: refunded.
+    assert_eq!((attempts_of(&p, "k0").await, attempts_of(&p, "k4").await), (1, 0));
+    // While open: no provider call, no claim, a wait until the probe time plus jitter (≤ 30 s).
+    for n in 2..12 {
+        let handled = run(&p, &[record("m0", &body("k0", 10), n)]).await;
+        let Handled::Deferred { reason, after } = &handled[0] else { panic!("{handled:?}") };
+        assert_eq!(reason, "circuit_open");
+        assert!((Duration::from_secs(30)..=Duration::from_secs(60)).contains(after), "{after:?}");
+    }
+    assert_eq!(p.gateway().calls.lock().unwrap().len(), 5);
+    assert_eq!(attempts_of(&p, "k0").await, 1, "deferrals spend nothing");
+}
+
+#[tokio::test]
+async fn after_the_wait_one_probe_at_a_time_closes_the_circuit_after_three_successes() {
+    let clock = ManualClock::at(NOW);
+    let gateway = ScriptedGateway { delay: Duration::from_millis(50), ..scripted((0..5).map(|_| unavailable())) };
+    let p = processor(gateway, &clock);
+    for i in 0..5 {
+        run(&p, &[record(&format!("m{i}"), &body(&format!("k{i}"), 10), 1)]).await;
+    }
+    clock.advance_ms(30_000);
+    // A batch of five arrives together: one probes, the others wait for the half-open turn.
+    let batch: Vec<_> = (0..5).map(|i| record(&format!("m{i}"), &body(&format!("k{i}"), 10), 2)).collect();
+    let handled = run(&p, &batch).await;
+    let charged = handled.iter().filter(|h| matches!(h, Handled::Charged { .. })).count();
+    let waiting =
+        handled.iter().filter(|h| matches!(h, Handled::Deferred { reason, .. } if reason == "circuit_half_open"));
+    assert_eq!((charged, waiting.count()), (1, 4), "{handled:?}");
+    for _ in 0..2 {
+        clock.advance_ms(3_000);
+        let handled = run(&p, &batch).await;
+        assert_eq!(handled.iter().filter(|h| matches!(h, Handled::Charged { .. })).count(), 1, "{handled:?}");
+    }
+    assert_eq!(p.breaker().store().read("payment-provider").await.unwrap().circuit, Circuit::Closed);
+    clock.advance_ms(3_000);
+    let handled = run(&p, &batch).await;
+    assert_eq!(handled.iter().filter(|h| matches!(h, Handled::Charged { .. })).count(), 2, "{handled:?}");
+}
+
+#[tokio::test]
+async fn a_payment_that_keeps_failing_while_others_succeed_is_dead_lettered_after_its_budget() {
+    let clock = ManualClock::at(NOW);
+    // Every other call fails for "bad", so the circuit never opens: its failures are its own.
+    let p = processor(ScriptedGateway::default(), &clock);
+    for attempt in 1..=5u32 {
+        p.gateway().script.lock().unwrap().push_back(unavailable());
+        let handled = run(&p, &[record("bad", &body("bad", 10), attempt * 3)]).await;
+        if attempt < 5 {
+            assert!(matches!(&handled[0], Handled::Retry { .. }), "attempt {attempt}: {handled:?}");
+        } else {
+            assert_eq!(
+                handled,
+                [Handled::DeadLettered { reason: "budget_exhausted".into(), last_error: "provider_503".into() }]
+            );
+        }
+        run(&p, &[record(&format!("ok{attempt}"), &body(&format!("ok{attempt}"), 10), 1)]).await;
+        clock.advance_ms(61_000);
+    }
+    let sent = p.dead_letters().sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!((sent[0].source_message_id.as_str(), sent[0].reason.as_str()), ("bad", "budget_exhausted"));
+    assert_eq!(sent[0].body, body("bad", 10), "the original body, for a redrive");
+    assert!(p.runner().visibility().calls().len() == 4, "deleted, not hidden, at the end");
+}
+
+#[tokio::test]
+async fn a_payment_older_than_its_maximum_age_is_dead_lettered_instead_of_waiting_again() {
+    let clock = ManualClock::at(NOW);
+    let p = processor(scripted((0..5).map(|_| unavailable())), &clock);
+    for i in 0..5 {
+        run(&p, &[record(&format!("m{i}"), &body(&format!("k{i}"), 10), 1)]).await;
+    }
+    let old = body_accepted("old", 10, NOW - 6 * 3600 * 1000 + 10_000);
+    let handled = run(&p, &[record("old", &old, 7)]).await;
+    assert_eq!(
+        handled,
+        [Handled::DeadLettered { reason: "max_age_exceeded".into(), last_error: "circuit_open".into() }]
+    );
+    assert_eq!(p.gateway().calls.lock().unwrap().len(), 5);
+}
+
+#[tokio::test]
+async fn a_dead_letter_that_cannot_be_sent_keeps_the_message() {
+    let clock = ManualClock::at(NOW);
+    let p = processor(scripted([unavailable()]), &clock);
+    p.dead_letters().fail(true);
+    let old = body_accepted("old", 10, NOW - 6 * 3600 * 1000 + 1_000);
+    let handled = run(&p, &[record("old", &old, 1)]).await;
+    assert!(matches!(&handled[0], Handled::Retry { reason, .. } if reason == "dead_letter_not_sent"), "{handled:?}");
+}
+
+#[tokio::test]
+async fn a_conflict_for_one_key_says_nothing_of_the_provider_and_rate_limits_honour_retry_after() {
+    let clock = ManualClock::at(NOW);
+    let in_flight = || Err(GatewayError::Retryable { kind: RetryableKind::InFlight, detail: "409".into() });
+    let p = processor(scripted((0..8).map(|_| in_flight())), &clock);
+    for i in 0..8 {
+        run(&p, &[record(&format!("m{i}"), &body(&format!("k{i}"), 10), 1)]).await;
+    }
+    assert_eq!(p.breaker().store().read("payment-provider").await.unwrap().failures, 0);
+    let limited = Err(GatewayError::Retryable {
+        kind: RetryableKind::RateLimited { retry_after: Some(Duration::from_secs(45)) },
+        detail: "429".into(),
+    });
+    p.gateway().script.lock().unwrap().push_back(limited);
+    let handled = run(&p, &[record("r", &body("r", 10), 1)]).await;
+    assert!(matches!(&handled[0], Handled::Retry { after, .. } if *after >= Duration::from_secs(45)), "{handled:?}");
 }

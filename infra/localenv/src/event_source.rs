@@ -2,10 +2,11 @@
 //! batch, hand it to the function as a real SQS event, delete the records the function did not
 //! report failed, and leave failed ones to their visibility timeout.
 
-use aws_lambda_events::sqs::{SqsBatchResponse, SqsMessage};
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsMessage, SqsMessageAttribute};
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName, QueueAttributeName};
 
-/// Receives up to `max` messages (all system attributes, long-polling `wait_s` seconds).
+/// Receives up to `max` messages (all system and message attributes, long-polling `wait_s`
+/// seconds).
 pub async fn receive(
     client: &aws_sdk_sqs::Client,
     queue_url: &str,
@@ -18,6 +19,7 @@ pub async fn receive(
         .max_number_of_messages(max.clamp(1, 10))
         .wait_time_seconds(wait_s)
         .message_system_attribute_names(MessageSystemAttributeName::All)
+        .message_attribute_names("All")
         .send()
         .await
         .map_err(|e| format!("ReceiveMessage: {e:?}"))?;
@@ -47,6 +49,19 @@ pub fn lambda_record(message: &Message, queue_arn: &str) -> SqsMessage {
     record.attributes = message
         .attributes()
         .map(|a| a.iter().map(|(k, v)| (k.as_str().to_owned(), v.clone())).collect())
+        .unwrap_or_default();
+    record.message_attributes = message
+        .message_attributes()
+        .map(|a| {
+            a.iter()
+                .map(|(k, v)| {
+                    let mut attribute = SqsMessageAttribute::default();
+                    attribute.string_value = v.string_value().map(str::to_owned);
+                    attribute.data_type = Some(v.data_type().to_owned());
+                    (k.clone(), attribute)
+                })
+                .collect()
+        })
         .unwrap_or_default();
     record.event_source_arn = Some(queue_arn.to_owned());
     record.event_source = Some("aws:sqs".to_owned());

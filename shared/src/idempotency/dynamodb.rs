@@ -249,11 +249,19 @@ impl IdempotencyStore for DynamoDbStore {
                 .expression_attribute_values(":code", s(&failure.code))
                 .expression_attribute_values(":reason", s(&failure.reason))
                 .expression_attribute_values(":exp", n(expires_at_s)),
-            Settle::Release { reason } => request
+            Settle::Release { reason, refund: false } => request
                 .update_expression(
                     "SET lease_until_ms = :zero, last_error = :reason, updated_at = :now_ms REMOVE #owner",
                 )
                 .expression_attribute_values(":zero", n(0))
+                .expression_attribute_values(":reason", s(reason)),
+            Settle::Release { reason, refund: true } => request
+                .update_expression(
+                    "SET lease_until_ms = :zero, last_error = :reason, updated_at = :now_ms, \
+                     attempts = attempts - :one REMOVE #owner",
+                )
+                .expression_attribute_values(":zero", n(0))
+                .expression_attribute_values(":one", n(1))
                 .expression_attribute_values(":reason", s(reason)),
         };
         match request.send().await {

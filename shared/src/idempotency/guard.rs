@@ -95,7 +95,13 @@ impl<S: IdempotencyStore> Idempotency<S> {
 
     /// Gives the claim up after a retryable failure, so the next delivery can claim at once.
     pub async fn release(&self, lease: &Lease, reason: &str) -> Result<Settlement, StoreError> {
-        self.settle(lease, Settle::Release { reason: reason.to_owned() }).await
+        self.settle(lease, Settle::Release { reason: reason.to_owned(), refund: false }).await
+    }
+
+    /// The same, giving the attempt back: the failure is not the operation's own (a provider
+    /// outage the circuit breaker recognised), so it must not spend the retry budget.
+    pub async fn release_refunded(&self, lease: &Lease, reason: &str) -> Result<Settlement, StoreError> {
+        self.settle(lease, Settle::Release { reason: reason.to_owned(), refund: true }).await
     }
 
     /// Reads the record as stored.

@@ -90,7 +90,9 @@ pub struct IdempotencyRecord {
     pub failure: Option<StoredFailure>,
     /// The reason of the latest retryable failure, kept for operators and the DLQ consumer.
     pub last_error: Option<String>,
-    /// Number of claims so far (first claim = 1).
+    /// Attempts that count against the retry budget: claims so far (first claim = 1), less the
+    /// ones given back by a refunded release (an attempt the circuit breaker blamed on a provider
+    /// outage rather than on this payment).
     pub attempts: u32,
     /// First claim (epoch ms).
     pub created_at_ms: i64,
@@ -231,6 +233,9 @@ pub enum Settle {
     Release {
         /// Why, kept as `last_error`.
         reason: String,
+        /// Give the attempt back (`attempts − 1`): the failure was the provider's outage, not
+        /// this payment's, and must not spend its retry budget.
+        refund: bool,
     },
 }
 
@@ -255,10 +260,13 @@ pub fn settled_record(
             next.last_error = Some(failure.reason.clone());
             next.expires_at_s = expires_at_s;
         }
-        Settle::Release { reason } => {
+        Settle::Release { reason, refund } => {
             next.owner = None;
             next.lease_until_ms = 0;
             next.last_error = Some(reason.clone());
+            if *refund {
+                next.attempts = next.attempts.saturating_sub(1);
+            }
         }
     }
     next
@@ -331,7 +339,7 @@ mod tests {
     #[test]
     fn take_over_keeps_history_and_counts_the_attempt() {
         let first = fresh("h", 1_000);
-        let released = settled_record(&first, &Settle::Release { reason: "503".into() }, 2_000, 0);
+        let released = settled_record(&first, &Settle::Release { reason: "503".into(), refund: false }, 2_000, 0);
         assert!(!may_settle(Some(&released), first.owner.as_ref().unwrap()), "release drops the owner");
         let req = request("h", 3_000);
         let decision = decide_claim(Some(&released), &req.payload_hash, req.now_ms);
@@ -342,6 +350,8 @@ mod tests {
         assert_eq!(second.last_error.as_deref(), Some("503"));
         assert!(may_settle(Some(&second), &req.owner));
         assert!(!may_settle(Some(&second), first.owner.as_ref().unwrap()));
+        let refunded = settled_record(&second, &Settle::Release { reason: "open".into(), refund: true }, 4_000, 0);
+        assert_eq!(refunded.attempts, 1, "a refunded release gives the attempt back");
     }
 
     #[test]

@@ -90,6 +90,14 @@ impl Jitter {
     pub fn delay(&self, backoff: &Backoff, receive_count: u32) -> Duration {
         backoff.delay(receive_count, &mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
     }
+
+    /// A wait drawn uniformly from [0, `max`], in milliseconds: spreads a crowd of messages that
+    /// would otherwise all come back at the same moment (a circuit breaker's probe time).
+    pub fn spread(&self, max: Duration) -> Duration {
+        use rand::RngExt;
+        let max_ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(self.0.lock().unwrap_or_else(|p| p.into_inner()).random_range(0..=max_ms))
+    }
 }
 
 #[cfg(test)]

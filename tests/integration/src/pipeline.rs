@@ -3,25 +3,20 @@
 //! messages.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::Message;
 use localenv::event_source;
 use localenv::stack::Stack;
-use payments_core::clock::SystemClock;
 use payments_core::config::Env;
-use payments_core::failures::dynamodb::DynamoDbFailureStore;
-use payments_core::idempotency::dynamodb::DynamoDbStore;
 use payments_core::idempotency::{IdempotencyKey, Scope};
-use payments_core::observability::MetricsSink;
 use payments_core::payment::{PaymentGateway, PaymentMessage};
-use payments_core::sqs::{BatchRunner, Jitter, SqsVisibility};
-use processor::{BatchSummary, Processor, ProcessorConfig};
+use payments_core::sqs::Jitter;
+use processor::{Aws, BatchSummary, Processor, ProcessorConfig, build_with_clients};
 use provider_simulator::LedgerSnapshot;
 
 /// The processor as the tests run it: real DynamoDB and SQS, any gateway.
-pub type TestProcessor<G> = Processor<DynamoDbStore, DynamoDbFailureStore, G, SqsVisibility>;
+pub type TestProcessor<G> = Processor<Aws<G>>;
 
 /// An environment of `base` variables with `overrides` on top, as configuration reads it.
 fn env_of(base: &[(&str, &str)], overrides: &[(&str, &str)]) -> Env<impl Fn(&str) -> Option<String>> {
@@ -36,6 +31,7 @@ pub fn test_config(stack: &Stack, provider_url: &str, overrides: &[(&str, &str)]
         ("IDEMPOTENCY_TABLE", stack.idempotency_table()),
         ("FAILURES_TABLE", stack.failures_table()),
         ("PROVIDER_BASE_URL", provider_url),
+        ("DEAD_LETTER_QUEUE_URL", stack.dlq_url()),
         ("PROVIDER_TIMEOUT_MS", "800"),
         ("PROVIDER_CONNECT_TIMEOUT_MS", "300"),
         ("LEASE_MARGIN_MS", "200"),
@@ -48,31 +44,19 @@ pub fn test_config(stack: &Stack, provider_url: &str, overrides: &[(&str, &str)]
 }
 
 /// A processor over `stack` with `gateway` and a seeded jitter.
-pub fn processor<G: PaymentGateway>(
+pub fn processor<G: PaymentGateway + 'static>(
     config: &ProcessorConfig,
     sdk: &aws_config::SdkConfig,
     gateway: G,
     seed: u64,
 ) -> TestProcessor<G> {
-    let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
-    Processor {
-        idempotency: payments_core::idempotency::Idempotency::new(
-            DynamoDbStore::new(dynamodb.clone(), &config.idempotency_table),
-            config.idempotency,
-        ),
-        failures: DynamoDbFailureStore::new(dynamodb, &config.failures_table),
-        gateway,
-        runner: BatchRunner::new(config.batch, SqsVisibility::new(aws_sdk_sqs::Client::new(sdk))),
-        backoff: config.backoff,
-        jitter: Jitter::seeded(seed),
-        metrics: MetricsSink::new(&config.metrics_namespace, "processor"),
-        clock: Arc::new(SystemClock),
-    }
+    build_with_clients(config, aws_sdk_dynamodb::Client::new(sdk), aws_sdk_sqs::Client::new(sdk), gateway)
+        .with_jitter(Jitter::seeded(seed))
 }
 
 /// One round of the event source mapping: receive up to 10 messages (long-polling up to
 /// `wait_s`), run them through the processor with `deadline_in` left, delete the successes.
-pub async fn drive_once<G: PaymentGateway>(
+pub async fn drive_once<G: PaymentGateway + 'static>(
     processor: &TestProcessor<G>,
     sqs: &aws_sdk_sqs::Client,
     queue_url: &str,
@@ -93,7 +77,7 @@ pub async fn drive_once<G: PaymentGateway>(
 
 /// Drives until the queue holds nothing (visible or in flight), or `timeout` passes; returns
 /// every summary.
-pub async fn drive_until_empty<G: PaymentGateway>(
+pub async fn drive_until_empty<G: PaymentGateway + 'static>(
     processor: &TestProcessor<G>,
     sqs: &aws_sdk_sqs::Client,
     queue_url: &str,
@@ -157,7 +141,11 @@ pub fn intake(
     stack: &Stack,
     sdk: &aws_config::SdkConfig,
     overrides: &[(&str, &str)],
-) -> intake::Intake<DynamoDbStore, DynamoDbFailureStore, payments_core::payment::queue::SqsPaymentQueue> {
+) -> intake::Intake<
+    payments_core::idempotency::dynamodb::DynamoDbStore,
+    payments_core::failures::dynamodb::DynamoDbFailureStore,
+    payments_core::payment::queue::SqsPaymentQueue,
+> {
     let base = [
         ("IDEMPOTENCY_TABLE", stack.idempotency_table()),
         ("FAILURES_TABLE", stack.failures_table()),
@@ -186,9 +174,12 @@ pub fn dlq_consumer(stack: &Stack, sdk: &aws_config::SdkConfig) -> dlq_consumer:
 pub fn redriver(
     stack: &Stack,
     sdk: &aws_config::SdkConfig,
-) -> payments_core::failures::redrive::Redriver<DynamoDbFailureStore> {
+) -> payments_core::failures::redrive::Redriver<payments_core::failures::dynamodb::DynamoDbFailureStore> {
     payments_core::failures::redrive::Redriver {
-        failures: DynamoDbFailureStore::new(aws_sdk_dynamodb::Client::new(sdk), stack.failures_table()),
+        failures: payments_core::failures::dynamodb::DynamoDbFailureStore::new(
+            aws_sdk_dynamodb::Client::new(sdk),
+            stack.failures_table(),
+        ),
         sqs: aws_sdk_sqs::Client::new(sdk),
         queue_url: stack.queue_url().to_owned(),
         queue_arn: stack.queue_arn().to_owned(),

@@ -96,7 +96,8 @@ async fn commit_then_timeout_followed_by_redelivery_charges_once() {
     let ledger = ledger(&w.sim.base_url()).await;
     assert_eq!(ledger.charges.len(), 1, "the retry must get the first charge back, not make a second");
     assert_eq!(charged, [ledger.charges[0].id.clone()]);
-    let record = p.idempotency.get(&process_key(&scope, &IdempotencyKey::new("k-ct").unwrap())).await.unwrap().unwrap();
+    let record =
+        p.idempotency().get(&process_key(&scope, &IdempotencyKey::new("k-ct").unwrap())).await.unwrap().unwrap();
     assert_eq!(record.status, RecordStatus::Completed);
     assert!(record.result.unwrap().contains(&ledger.charges[0].id));
 }
@@ -154,7 +155,7 @@ async fn after_max_receive_count_the_message_is_in_the_dlq() {
     assert_eq!(dead[0].body(), Some(body.as_str()));
     assert!(ledger(&w.sim.base_url()).await.charges.is_empty());
     let record =
-        p.idempotency.get(&process_key(&scope, &IdempotencyKey::new("k-dlq").unwrap())).await.unwrap().unwrap();
+        p.idempotency().get(&process_key(&scope, &IdempotencyKey::new("k-dlq").unwrap())).await.unwrap().unwrap();
     assert_eq!(
         (record.status, record.attempts, record.last_error.as_deref()),
         (RecordStatus::InProgress, 2, Some("provider_503"))
@@ -179,7 +180,7 @@ async fn a_poison_message_is_recorded_and_deleted() {
 
     // The keyed one shows FAILED under its payment; both have a failure record.
     let record =
-        p.idempotency.get(&process_key(&scope, &IdempotencyKey::new("k-bad").unwrap())).await.unwrap().unwrap();
+        p.idempotency().get(&process_key(&scope, &IdempotencyKey::new("k-bad").unwrap())).await.unwrap().unwrap();
     assert_eq!(record.status, RecordStatus::Failed);
     assert!(record.failure.unwrap().reason.contains("payment.currency"));
     let failures = DynamoDbFailureStore::new(aws_sdk_dynamodb::Client::new(&w.sdk), w.stack.failures_table());

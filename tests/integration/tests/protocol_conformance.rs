@@ -171,7 +171,8 @@ fn settlements_in_dynamodb_follow_may_settle_and_settled_record() {
     let settle = prop_oneof![
         Just(Settle::Complete { result: r#"{"charge_id":"ch_9"}"#.to_owned() }),
         Just(Settle::Fail(StoredFailure { code: "card_declined".into(), reason: "do not honour".into() })),
-        Just(Settle::Release { reason: "provider_timeout".into() }),
+        Just(Settle::Release { reason: "provider_timeout".into(), refund: false }),
+        Just(Settle::Release { reason: "circuit_open".into(), refund: true }),
     ];
     let owner = prop_oneof![Just("owner-a"), Just("owner-b")];
     let mut runner = TestRunner::new(Config { cases: 96, ..Config::default() });

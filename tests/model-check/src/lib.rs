@@ -574,7 +574,7 @@ impl Model for ProtocolModel {
                     Answer::Declined => {
                         Settle::Fail(StoredFailure { code: "declined".into(), reason: "declined".into() })
                     }
-                    Answer::Retryable => Settle::Release { reason: "retryable".into() },
+                    Answer::Retryable => Settle::Release { reason: "retryable".into(), refund: false },
                 };
                 let stored = s.records[k].clone();
                 let recorded = self.allowed(stored.as_ref(), w);

@@ -13,6 +13,7 @@ use localenv::metering::RequestCounter;
 use payments_core::clock::{Clock, SystemClock};
 use payments_core::config::Env;
 use payments_core::idempotency::{ClaimOutcome, IdempotencyKey, PayloadHash, Scope};
+use payments_core::payment::http_gateway::HttpGateway;
 use payments_core::payment::{ChargeRequest, PaymentGateway, PaymentMessage, process_key, provider_idempotency_key};
 use processor::{ProcessorConfig, build_with_clients};
 use serde_json::json;
@@ -37,7 +38,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dynamodb = aws_sdk_dynamodb::Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(&sdk).interceptor(counter.clone()).build(),
     );
-    let processor = build_with_clients(&config, dynamodb, aws_sdk_sqs::Client::new(&sdk))?;
+    let gateway = HttpGateway::new(&config.provider)?;
+    let processor = build_with_clients(&config, dynamodb, aws_sdk_sqs::Client::new(&sdk), gateway);
     match args.get(1).map(String::as_str) {
         Some("--messages") => {
             let batches: Vec<Vec<SqsMessage>> = serde_json::from_str(&std::fs::read_to_string(&args[2])?)?;
@@ -78,12 +80,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let record = process_key(&scope, &key);
                 let hash = PayloadHash::of(&message.payment)?;
                 let ClaimOutcome::Claimed(lease) =
-                    processor.idempotency.claim(&record, &hash, SystemClock.now_ms() + 60_000).await?
+                    processor.idempotency().claim(&record, &hash, SystemClock.now_ms() + 60_000).await?
                 else {
                     return Err("floor: claim refused".into());
                 };
                 let charge = processor
-                    .gateway
+                    .gateway()
                     .charge(&ChargeRequest {
                         idempotency_key: provider_idempotency_key(&scope, &key),
                         amount: message.payment.amount,
@@ -93,7 +95,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         metadata: message.payment.metadata.clone(),
                     })
                     .await?;
-                processor.idempotency.complete(&lease, &json!({"charge_id": charge.id})).await?;
+                processor.idempotency().complete(&lease, &json!({"charge_id": charge.id})).await?;
                 floor_ms.push(started.elapsed().as_secs_f64() * 1000.0);
             }
             println!("{}", json!({ "floor_ms": floor_ms }));
