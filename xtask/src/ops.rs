@@ -3,7 +3,11 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use clap::Subcommand;
+use payments_core::breaker::dynamodb::DynamoDbBreakerStore;
+use payments_core::breaker::{BreakerConfig, BreakerPolicy, BreakerStore, Circuit, CircuitBreaker};
 use payments_core::clock::{Clock, SystemClock, rfc3339_ms};
 use payments_core::failures::dynamodb::DynamoDbFailureStore;
 use payments_core::failures::redrive::Redriver;
@@ -63,6 +67,21 @@ pub enum OpsCommand {
         #[arg(long)]
         note: String,
     },
+    /// The provider's circuit breaker: show it, or force it open (no provider calls, payments
+    /// wait without spending their budget) or closed (calls resume at once).
+    Circuit {
+        #[arg(long, env = "PAYMENTS_STACK")]
+        stack: String,
+        /// `show`, `open` or `close`.
+        #[arg(value_enum, default_value_t = CircuitAction::Show)]
+        action: CircuitAction,
+        /// How long a forced open lasts before the breaker probes again.
+        #[arg(long = "for", default_value = "10m", value_parser = humantime::parse_duration)]
+        for_: Duration,
+        /// The breaker's name (the processor's `PROVIDER_NAME`).
+        #[arg(long, default_value = "payment-provider")]
+        provider: String,
+    },
     /// Payments accepted but possibly never enqueued: intake records still IN_PROGRESS long
     /// after their lease (a crash between claim and SendMessage that no client retry fixed).
     StuckIntake {
@@ -84,7 +103,8 @@ pub async fn run(command: OpsCommand) -> Result<ExitCode, String> {
         | OpsCommand::RedriveOpen { stack, .. }
         | OpsCommand::RedriveDlq { stack, .. }
         | OpsCommand::Resolve { stack, .. }
-        | OpsCommand::StuckIntake { stack, .. } => stack.clone(),
+        | OpsCommand::StuckIntake { stack, .. }
+        | OpsCommand::Circuit { stack, .. } => stack.clone(),
     };
     let stack = localenv::stack::describe(&sdk, &stack_name).await.map_err(|e| e.to_string())?;
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
@@ -165,6 +185,9 @@ pub async fn run(command: OpsCommand) -> Result<ExitCode, String> {
             ops.resolve(&partition, &message_id, &note, now).await.map_err(|e| e.to_string())?;
             println!("resolved");
         }
+        OpsCommand::Circuit { action, for_, provider, .. } => {
+            circuit(dynamodb, stack.idempotency_table(), &provider, action, for_).await?;
+        }
         OpsCommand::StuckIntake { older_than, .. } => {
             let store = DynamoDbStore::new(dynamodb, stack.idempotency_table());
             let cutoff = now - i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
@@ -182,4 +205,48 @@ pub async fn run(command: OpsCommand) -> Result<ExitCode, String> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `ops circuit` does.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CircuitAction {
+    /// Print the breaker's state.
+    Show,
+    /// Force it open for `--for`.
+    Open,
+    /// Force it closed.
+    Close,
+}
+
+async fn circuit(
+    dynamodb: aws_sdk_dynamodb::Client,
+    table: &str,
+    provider: &str,
+    action: CircuitAction,
+    for_: Duration,
+) -> Result<(), String> {
+    let config = BreakerConfig {
+        name: provider.to_owned(),
+        policy: BreakerPolicy::default(),
+        cache_for: Duration::ZERO,
+        half_open_wait: Duration::ZERO,
+    };
+    let breaker = CircuitBreaker::new(DynamoDbBreakerStore::new(dynamodb, table), config, Arc::new(SystemClock));
+    let state = match action {
+        CircuitAction::Show => breaker.store().read(provider).await.map_err(|e| e.to_string())?,
+        CircuitAction::Open => breaker.force(Circuit::Open, for_).await.map_err(|e| e.to_string())?,
+        CircuitAction::Close => breaker.force(Circuit::Closed, Duration::ZERO).await.map_err(|e| e.to_string())?,
+    };
+    let now = SystemClock.now_ms();
+    println!("provider:         {provider}");
+    println!("phase:            {}", state.phase(now).as_str());
+    if state.circuit == Circuit::Open {
+        println!("open since:       {}", rfc3339_ms(state.opened_at_ms));
+        println!("next probe after: {}", rfc3339_ms(state.open_until_ms));
+        println!("opened in a row:  {}", state.opened);
+        println!("probe successes:  {}", state.probe_successes);
+    } else {
+        println!("recent failures:  {}", state.failures);
+    }
+    Ok(())
 }

@@ -3,15 +3,23 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use localenv::pipeline::{PipelineOptions, run, start};
+use localenv::pipeline::{PipelineOptions, Scenario, run, start};
 use localenv::workload::WorkloadSpec;
 
 /// Size and fault mix of a demo run.
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Distinct payments.
-    #[arg(long, default_value_t = 150)]
-    payments: usize,
+    /// What happens to the provider: only the fault rates (`faults`), a total outage for a
+    /// window (`outage`: 503s and timeouts), or a degraded provider for a window (`brownout`:
+    /// slow answers, timeouts and commit-then-timeout).
+    #[arg(long, value_enum, default_value_t = ScenarioArg::Faults)]
+    scenario: ScenarioArg,
+    /// Length of the outage or brownout, seconds.
+    #[arg(long, default_value_t = 120)]
+    incident_s: u64,
+    /// Distinct payments [default: 150, or 200 with an incident].
+    #[arg(long)]
+    payments: Option<usize>,
     /// Seed of the workload and of the provider's fault draws.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -19,11 +27,15 @@ pub struct DemoArgs {
     /// commit-then-timeout/latency as in the default mix (0 disables rate faults).
     #[arg(long, default_value_t = 0.17)]
     fault_rate: f64,
-    /// Payments scripted to fail every attempt (they end DEAD_LETTERED).
-    #[arg(long, default_value_t = 3)]
-    dead_letters: usize,
-    /// Deliveries before dead-lettering.
+    /// Payments scripted to fail every attempt (they end DEAD_LETTERED) [default: 3, or 0 in
+    /// an outage, where any dead letter is a failure of the run].
+    #[arg(long)]
+    dead_letters: Option<usize>,
+    /// Failed provider attempts before the processor gives a payment up.
     #[arg(long, default_value_t = 5)]
+    max_provider_attempts: u32,
+    /// Deliveries before SQS dead-letters a message (the safety net for crashes).
+    #[arg(long, default_value_t = 50)]
     max_receive_count: u32,
     /// SIGKILL the processor mid-batch and restart it.
     #[arg(long)]
@@ -31,9 +43,20 @@ pub struct DemoArgs {
     /// Port of the runtime emulator.
     #[arg(long, default_value_t = 9400)]
     port: u16,
-    /// Give up after this many seconds.
-    #[arg(long, default_value_t = 240)]
-    timeout_s: u64,
+    /// Give up after this many seconds [default: 240, plus the incident's length].
+    #[arg(long)]
+    timeout_s: Option<u64>,
+}
+
+/// The scenarios of `--scenario`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScenarioArg {
+    /// Only the fault rates.
+    Faults,
+    /// The provider down for `--incident-s`.
+    Outage,
+    /// The provider degraded for `--incident-s`.
+    Brownout,
 }
 
 /// Options for `up`.
@@ -46,16 +69,25 @@ pub struct UpArgs {
 
 /// Runs the main job.
 pub async fn demo(args: DemoArgs) -> Result<ExitCode, String> {
+    let window = Duration::from_secs(args.incident_s);
+    let scenario = match args.scenario {
+        ScenarioArg::Faults => Scenario::Faults,
+        ScenarioArg::Outage => Scenario::Outage { window },
+        ScenarioArg::Brownout => Scenario::Brownout { window },
+    };
+    let incident = scenario != Scenario::Faults;
     let mut options = PipelineOptions {
         workload: WorkloadSpec {
-            payments: args.payments,
+            payments: args.payments.unwrap_or(if incident { 200 } else { 150 }),
             seed: args.seed,
-            dead_letters: args.dead_letters,
+            dead_letters: args.dead_letters.unwrap_or(if args.scenario == ScenarioArg::Outage { 0 } else { 3 }),
             ..WorkloadSpec::default()
         },
+        scenario,
+        max_provider_attempts: args.max_provider_attempts,
         max_receive_count: args.max_receive_count,
         port: args.port,
-        settle_timeout: Duration::from_secs(args.timeout_s),
+        settle_timeout: Duration::from_secs(args.timeout_s.unwrap_or(240 + if incident { args.incident_s } else { 0 })),
         kill_processor: args.kill_processor,
         ..PipelineOptions::default()
     };

@@ -19,6 +19,7 @@ use payments_core::payment::{
     Charge, ChargeRequest, ChargeResult, EnvelopeError, GatewayError, KeyHint, PaymentGateway, PaymentMessage,
     RetryableKind, process_key, provider_idempotency_key,
 };
+use payments_core::sqs::backoff::SQS_MAX_VISIBILITY;
 use payments_core::sqs::{
     Backoff, BatchRunner, DeadLetter, DeadLetterQueue, Jitter, RecordHandler, RecordOutcome, RecordResult, RetryBudget,
     Verdict, VisibilityControl, receive_count,
@@ -268,6 +269,9 @@ impl<A: Adapters> Processor<A> {
         };
         let request = charge_request(message);
         let charged = self.gateway.charge(&request).await;
+        if matches!(permit, Permit::Probe(_)) {
+            metrics.count("ProviderProbe", 1);
+        }
         if let Some(transition) = self.breaker.record(&permit, provider_health(&charged)).await {
             count_transition(metrics, transition);
         }
@@ -388,7 +392,7 @@ impl<A: Adapters> Processor<A> {
             Phase::Open | Phase::Closed => self.breaker.config().policy.open_base,
         };
         let until = Duration::from_millis(u64::try_from(until_ms.saturating_sub(self.clock.now_ms())).unwrap_or(0));
-        round_up_secs(until + self.jitter.spread(spread)).max(Duration::from_secs(1)).min(self.backoff.cap())
+        round_up_secs(until + self.jitter.spread(spread)).max(Duration::from_secs(1)).min(SQS_MAX_VISIBILITY)
     }
 
     /// Sends the message to the dead-letter queue with its context, then it is deleted. If the

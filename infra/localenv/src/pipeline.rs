@@ -24,6 +24,64 @@ use crate::localstack::OwnedLocalStack;
 use crate::stack::{Stack, deploy, unique_name};
 use crate::workload::{Plan, Submission, WorkloadSpec, plan, submit};
 
+/// A provider incident over a window of the run, driven through the simulator's runtime
+/// configuration (`PUT /_sim/config`), on top of the run's own fault rates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// Only the run's fault rates.
+    Faults,
+    /// The provider is down for the window: half its answers 503, half no answer in time.
+    Outage {
+        /// How long.
+        window: Duration,
+    },
+    /// The provider is degraded for the window: 30 % slow answers, 15 % timeouts and 15 %
+    /// commit-then-timeout (charged, answer lost).
+    Brownout {
+        /// How long.
+        window: Duration,
+    },
+}
+
+impl Scenario {
+    /// `faults`, `outage` or `brownout`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Faults => "faults",
+            Self::Outage { .. } => "outage",
+            Self::Brownout { .. } => "brownout",
+        }
+    }
+
+    fn window(&self) -> Option<Duration> {
+        match self {
+            Self::Faults => None,
+            Self::Outage { window } | Self::Brownout { window } => Some(*window),
+        }
+    }
+
+    /// The simulator's configuration during the incident.
+    fn incident_config(&self, normal: &SimConfig) -> SimConfig {
+        let rates = match self {
+            Self::Faults => normal.rates,
+            Self::Outage { .. } => {
+                provider_simulator::FaultRates { unavailable: 0.5, timeout: 0.5, ..Default::default() }
+            }
+            Self::Brownout { .. } => provider_simulator::FaultRates {
+                latency: 0.3,
+                timeout: 0.15,
+                commit_then_timeout: 0.15,
+                ..Default::default()
+            },
+        };
+        SimConfig { rates, ..normal.clone() }
+    }
+}
+
+/// Records the local processor runs at once (`BATCH_CONCURRENCY`): the outage scenario's bound
+/// on provider requests during an outage is computed from it.
+pub const PROCESSOR_CONCURRENCY: u64 = 10;
+
 /// How to run.
 #[derive(Debug, Clone)]
 pub struct PipelineOptions {
@@ -31,7 +89,12 @@ pub struct PipelineOptions {
     pub workload: WorkloadSpec,
     /// Provider faults by rate (per-payment scripts come from the workload).
     pub simulator: SimConfig,
-    /// Deliveries before a message is dead-lettered.
+    /// A provider incident during the run, if any.
+    pub scenario: Scenario,
+    /// Failed provider attempts before the processor gives a payment up.
+    pub max_provider_attempts: u32,
+    /// Deliveries before SQS moves a message to the DLQ (the safety net for crashes: well above
+    /// the receives an outage causes, since waiting for the provider spends none of the budget).
     pub max_receive_count: u32,
     /// Port of the runtime emulator.
     pub port: u16,
@@ -56,11 +119,14 @@ impl Default for PipelineOptions {
                     connection_reset: 0.02,
                     commit_then_timeout: 0.02,
                     latency: 0.05,
+                    timeout: 0.0,
                 },
                 latency_ms: 300,
                 commit_delay_ms: 2_500,
             },
-            max_receive_count: 5,
+            scenario: Scenario::Faults,
+            max_provider_attempts: 5,
+            max_receive_count: 50,
             port: 9400,
             settle_timeout: Duration::from_secs(240),
             kill_processor: false,
@@ -130,6 +196,16 @@ pub struct Reconciliation {
     pub interrupted_invocations: u64,
     /// Wall time from first request to settled.
     pub settle_time: Duration,
+    /// Which scenario ran.
+    pub scenario: &'static str,
+    /// What the incident did, when there was one.
+    pub incident: Option<IncidentFigures>,
+    /// Payments the processor gave up (retry budget or age), by reason.
+    pub given_up: BTreeMap<String, f64>,
+    /// Deliveries that never reached the provider (circuit open, claim held elsewhere), by reason.
+    pub deferred: BTreeMap<String, f64>,
+    /// Circuit breaker transitions, by the phase entered.
+    pub circuit_transitions: BTreeMap<String, f64>,
     /// Broken invariants: empty on a good run.
     pub violations: Vec<String>,
 }
@@ -174,10 +250,31 @@ impl Reconciliation {
             ("invocations interrupted".to_owned(), self.interrupted_invocations.to_string()),
             ("settled in".to_owned(), format!("{:.1} s", self.settle_time.as_secs_f64())),
         ];
+        let list = |m: &BTreeMap<String, f64>| m.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(" ");
+        rows.push(("failure reasons (retried and permanent)".to_owned(), list(&self.retry_reasons)));
+        rows.push(("given up by the processor (to the DLQ)".to_owned(), list(&self.given_up)));
+        rows.push(("deferred without a provider call".to_owned(), list(&self.deferred)));
+        rows.push(("circuit breaker transitions".to_owned(), list(&self.circuit_transitions)));
         rows.push((
-            "failure reasons (retried and permanent)".to_owned(),
-            self.retry_reasons.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(" "),
+            "provider requests per payment".to_owned(),
+            format!("{:.2}", self.provider_requests as f64 / self.accepted.max(1) as f64),
         ));
+        rows.push(("scenario".to_owned(), self.scenario.to_owned()));
+        if let Some(incident) = &self.incident {
+            rows.push(("incident window".to_owned(), format!("{} s", incident.window.as_secs())));
+            rows.push((
+                "provider requests during the incident (probes overall)".to_owned(),
+                format!("{} ({})", incident.requests_during, incident.probes),
+            ));
+            rows.push((
+                "provider requests per payment during the incident".to_owned(),
+                format!("{:.2}", incident.requests_during as f64 / self.accepted.max(1) as f64),
+            ));
+            rows.push((
+                "from recovery to settled".to_owned(),
+                format!("{:.1} s", incident.recovery_to_settled.as_secs_f64()),
+            ));
+        }
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         let mut out = String::from("| what | count |\n|---|---|\n");
         for (k, v) in rows {
@@ -193,6 +290,19 @@ impl Reconciliation {
         }
         out
     }
+}
+
+/// What a provider incident came to.
+#[derive(Debug, Clone, Default)]
+pub struct IncidentFigures {
+    /// How long the provider misbehaved.
+    pub window: Duration,
+    /// Charge requests the provider received during the window.
+    pub requests_during: u64,
+    /// Of all requests, the circuit breaker's probes.
+    pub probes: u64,
+    /// From the provider's recovery to an empty queue with every payment settled.
+    pub recovery_to_settled: Duration,
 }
 
 /// What is running during a pipeline run; `shutdown` stops all of it.
@@ -274,6 +384,9 @@ pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> 
         env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
         env
     };
+    // The processor's tuning in local runs: a short provider timeout, retries within seconds, and
+    // a circuit breaker that probes after 5 s (then up to every 20 s), so that an outage of
+    // minutes plays out in minutes.
     let specific = [
         (
             "intake",
@@ -289,6 +402,15 @@ pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> 
                 ("IDEMPOTENCY_MAX_LEASE_SECONDS", "15".into()),
                 ("BACKOFF_BASE_MS", "500".into()),
                 ("BACKOFF_CAP_SECONDS", "4".into()),
+                ("BATCH_CONCURRENCY", PROCESSOR_CONCURRENCY.to_string()),
+                ("DEAD_LETTER_QUEUE_URL", stack.dlq_url().to_owned()),
+                ("MAX_PROVIDER_ATTEMPTS", options.max_provider_attempts.to_string()),
+                ("MAX_PAYMENT_AGE_SECONDS", "1800".into()),
+                ("BREAKER_FAILURE_WINDOW_SECONDS", "10".into()),
+                ("BREAKER_OPEN_SECONDS", "5".into()),
+                ("BREAKER_OPEN_MAX_SECONDS", "20".into()),
+                ("BREAKER_CACHE_SECONDS", "2".into()),
+                ("BREAKER_HALF_OPEN_WAIT_MS", "1000".into()),
             ]),
         ),
         ("dlq-consumer", with(&[("SOURCE_QUEUE_URL", stack.queue_url().to_owned())])),
@@ -356,9 +478,31 @@ pub async fn run(options: &PipelineOptions) -> Result<Reconciliation, PipelineEr
 }
 
 async fn drive(running: &Running, options: &PipelineOptions) -> Result<Reconciliation, PipelineError> {
-    let plan = plan(&options.workload, options.max_receive_count);
+    let plan = plan(&options.workload, options.max_provider_attempts);
     let started = Instant::now();
     say(options, &format!("submitting {} payments through {}", plan.payments.len(), running.intake_url()));
+    send_poison(running, &plan).await?;
+    let incident_over = AtomicBool::new(false);
+    let (incident, settled) = tokio::join!(play_incident(running, options, &incident_over), async {
+        let submission = submit_and_kill(running, options, &plan).await;
+        say(options, &format!("intake answered {:?}; waiting for the system to settle", submission.statuses));
+        let statuses = settle(running, options, &submission, started, &incident_over).await?;
+        Ok::<_, PipelineError>((submission, statuses, Instant::now()))
+    });
+    let (submission, statuses, settled_at) = settled?;
+    let incident = incident?.map(|timeline| IncidentFigures {
+        recovery_to_settled: settled_at.saturating_duration_since(timeline.recovered),
+        ..timeline.figures
+    });
+    // Let the last EMF lines reach the logs.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut r = reconcile(running, options, &plan, &submission, statuses, settled_at - started).await?;
+    judge_incident(&mut r, options, incident);
+    Ok(r)
+}
+
+/// Poison bodies go straight to the queue, as a forged or corrupted message would.
+async fn send_poison(running: &Running, plan: &Plan) -> Result<(), PipelineError> {
     let sqs = aws_sdk_sqs::Client::new(&running.sdk);
     for body in &plan.poison {
         sqs.send_message()
@@ -368,48 +512,103 @@ async fn drive(running: &Running, options: &PipelineOptions) -> Result<Reconcili
             .await
             .map_err(|e| PipelineError::Other(format!("sending poison: {e:?}")))?;
     }
-    let killer = options.kill_processor.then(|| {
-        let poller = running.payments_poller.clone();
-        async move {
-            // Wait for a batch that is still running 300 ms after it started (one waiting on the
-            // provider: commit-then-timeout holds a call for 1.5 s), then kill mid-batch.
-            let batches = |p: &PollerStats| p.batches.load(Relaxed);
-            loop {
-                while !poller.in_flight.load(Relaxed) {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                let batch = batches(&poller);
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                if poller.in_flight.load(Relaxed) && batches(&poller) == batch {
-                    return;
-                }
-            }
+    Ok(())
+}
+
+/// Submits the plan through the intake; with `kill_processor`, SIGKILLs the processor in the
+/// middle of a batch meanwhile and starts it again.
+async fn submit_and_kill(running: &Running, options: &PipelineOptions, plan: &Plan) -> Submission {
+    let intake_url = running.intake_url();
+    let submission = submit(plan, &intake_url, 8);
+    if !options.kill_processor {
+        return submission.await;
+    }
+    let (submission, ()) = tokio::join!(submission, async {
+        mid_batch(&running.payments_poller).await;
+        let processor = &running.functions["processor"];
+        processor.kill().await;
+        say(options, "processor SIGKILLed mid-batch; restarting it");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Err(e) = processor.restart().await {
+            say(options, &format!("restart failed: {e}"));
         }
     });
-    let intake_url = running.intake_url();
-    let submission_future = submit(&plan, &intake_url, 8);
-    let submission = match killer {
-        Some(kill_moment) => {
-            let (submission, ()) = tokio::join!(submission_future, async {
-                kill_moment.await;
-                let processor = &running.functions["processor"];
-                processor.kill().await;
-                say(options, "processor SIGKILLed mid-batch; restarting it");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                if let Err(e) = processor.restart().await {
-                    say(options, &format!("restart failed: {e}"));
-                }
-            });
-            submission
+    submission
+}
+
+/// Returns when a batch is still running 300 ms after it started (one waiting on the provider:
+/// commit-then-timeout holds a call for 1.5 s): the moment to kill mid-batch.
+async fn mid_batch(poller: &PollerStats) {
+    let batches = |p: &PollerStats| p.batches.load(Relaxed);
+    loop {
+        while !poller.in_flight.load(Relaxed) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        None => submission_future.await,
+        let batch = batches(poller);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if poller.in_flight.load(Relaxed) && batches(poller) == batch {
+            return;
+        }
+    }
+}
+
+/// When the incident ended, and what it came to so far.
+struct IncidentTimeline {
+    figures: IncidentFigures,
+    recovered: Instant,
+}
+
+/// The scenario's incident: two seconds into the submission, the simulator is switched to the
+/// incident's configuration for its window, then back. Sets `over` when done (at once when the
+/// scenario has no incident).
+async fn play_incident(
+    running: &Running,
+    options: &PipelineOptions,
+    over: &AtomicBool,
+) -> Result<Option<IncidentTimeline>, PipelineError> {
+    let Some(window) = options.scenario.window() else {
+        over.store(true, Relaxed);
+        return Ok(None);
     };
-    say(options, &format!("intake answered {:?}; waiting for the system to settle", submission.statuses));
-    let statuses = settle(running, options, &submission, started).await?;
-    let settle_time = started.elapsed();
-    // Let the last EMF lines reach the logs.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    reconcile(running, options, &plan, &submission, statuses, settle_time).await
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = running.ledger().await?.requests;
+    running.configure_simulator(&options.scenario.incident_config(&options.simulator)).await?;
+    say(options, &format!("provider {} begins, for {} s", options.scenario.name(), window.as_secs()));
+    tokio::time::sleep(window).await;
+    running.configure_simulator(&options.simulator).await?;
+    let after = running.ledger().await?.requests;
+    say(options, &format!("provider recovered; {} charge requests reached it meanwhile", after - before));
+    over.store(true, Relaxed);
+    let figures = IncidentFigures { window, requests_during: after - before, ..IncidentFigures::default() };
+    Ok(Some(IncidentTimeline { figures, recovered: Instant::now() }))
+}
+
+/// The outage scenario's promises: nothing dead-lettered, no retry storm (provider requests
+/// during the outage ≤ probes + 2 × the processor's concurrency), everything settled within 60 s
+/// of the provider's recovery.
+fn judge_incident(r: &mut Reconciliation, options: &PipelineOptions, incident: Option<IncidentFigures>) {
+    let Some(mut figures) = incident else { return };
+    figures.probes = r.metrics.get("processor.ProviderProbe").copied().unwrap_or(0.0) as u64;
+    if matches!(options.scenario, Scenario::Outage { .. }) {
+        let dead = r.statuses.get("DEAD_LETTERED").copied().unwrap_or(0);
+        if dead > 0 {
+            r.violations.push(format!("{dead} payments dead-lettered by an outage shorter than their maximum age"));
+        }
+        let allowed = figures.probes + 2 * PROCESSOR_CONCURRENCY;
+        if figures.requests_during > allowed {
+            r.violations.push(format!(
+                "{} provider requests during the outage, more than {} probes + 2 × concurrency {}",
+                figures.requests_during, figures.probes, PROCESSOR_CONCURRENCY
+            ));
+        }
+        if figures.recovery_to_settled > Duration::from_secs(60) {
+            r.violations.push(format!(
+                "settled {:.1} s after the provider recovered (more than 60 s)",
+                figures.recovery_to_settled.as_secs_f64()
+            ));
+        }
+    }
+    r.incident = Some(figures);
 }
 
 fn say(options: &PipelineOptions, line: &str) {
@@ -418,12 +617,14 @@ fn say(options: &PipelineOptions, line: &str) {
     }
 }
 
-/// Polls until both queues are empty and every accepted payment is in a terminal state.
+/// Polls until both queues are empty, every accepted payment is in a terminal state, and the
+/// incident (if any) is `over`.
 async fn settle(
     running: &Running,
     options: &PipelineOptions,
     submission: &Submission,
     started: Instant,
+    over: &AtomicBool,
 ) -> Result<BTreeMap<(String, String), String>, PipelineError> {
     let client = reqwest::Client::new();
     let sqs = aws_sdk_sqs::Client::new(&running.sdk);
@@ -463,7 +664,7 @@ async fn settle(
                 running.simulator_charges().await,
             ),
         );
-        if depth == 0 && terminal == submission.accepted.len() {
+        if depth == 0 && terminal == submission.accepted.len() && over.load(Relaxed) {
             return Ok(statuses);
         }
         if started.elapsed() > options.settle_timeout {
@@ -482,6 +683,15 @@ impl Running {
             .await
             .map_err(|e| PipelineError::Other(e.to_string()))?;
         response.json().await.map_err(|e| PipelineError::Other(e.to_string()))
+    }
+
+    async fn configure_simulator(&self, config: &SimConfig) -> Result<(), PipelineError> {
+        let url = format!("{}/_sim/config", self.simulator.base_url());
+        let answer = reqwest::Client::new().put(url).json(config).send().await;
+        match answer {
+            Ok(response) if response.status().is_success() => Ok(()),
+            other => Err(PipelineError::Other(format!("simulator config refused: {other:?}"))),
+        }
     }
 
     async fn simulator_charges(&self) -> usize {
@@ -522,12 +732,18 @@ async fn reconcile(
         killed: options.kill_processor,
         interrupted_invocations: running.payments_poller.invoke_errors.load(Relaxed),
         settle_time,
+        scenario: options.scenario.name(),
+        given_up: m.by_dimension("processor", "GivenUp"),
+        deferred: m.by_dimension("processor", "Deferred"),
+        circuit_transitions: m.by_dimension("processor", "CircuitTransition"),
         ..Reconciliation::default()
     };
     for status in statuses.values() {
         *r.statuses.entry(status.clone()).or_default() += 1;
     }
-    for name in ["Processed", "FailedPermanently", "DuplicateSuppressed", "Retried", "Poison"] {
+    for name in
+        ["Processed", "FailedPermanently", "DuplicateSuppressed", "Retried", "Poison", "ProviderProbe", "GivenUp"]
+    {
         r.metrics.insert(format!("processor.{name}"), m.sum("processor", name));
     }
     r.metrics.insert("dlq-consumer.DeadLettered".into(), m.sum("dlq-consumer", "DeadLettered"));

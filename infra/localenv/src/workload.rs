@@ -23,7 +23,7 @@ pub struct WorkloadSpec {
     pub concurrent_duplicates: usize,
     /// Payments re-submitted with another amount (422).
     pub key_reuses: usize,
-    /// Payments scripted to fail every attempt (DEAD_LETTERED).
+    /// Payments scripted to fail every attempt with a 409 (DEAD_LETTERED by their retry budget).
     pub dead_letters: usize,
     /// Payments scripted with commit-then-timeout on their first attempt.
     pub commit_timeouts: usize,
@@ -82,8 +82,10 @@ pub struct Plan {
     pub poison: Vec<String>,
 }
 
-/// Builds the plan for `spec`. `max_receive_count` sizes the dead-letter scripts.
-pub fn plan(spec: &WorkloadSpec, max_receive_count: u32) -> Plan {
+/// Builds the plan for `spec`. `max_provider_attempts` sizes the dead-letter scripts: a 409 on
+/// every attempt, a failure of that one payment (the provider is up), so its retry budget runs
+/// out while the circuit stays closed.
+pub fn plan(spec: &WorkloadSpec, max_provider_attempts: u32) -> Plan {
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let run = format!("{:08x}", rng.random::<u32>());
     let scopes = ["merchant-north", "merchant-south"];
@@ -92,7 +94,7 @@ pub fn plan(spec: &WorkloadSpec, max_receive_count: u32) -> Plan {
         .map(|i| {
             let mut metadata = serde_json::Map::new();
             let method = if i < spec.dead_letters {
-                let script = vec!["503"; max_receive_count as usize + 1].join(",");
+                let script = vec!["409"; max_provider_attempts as usize + 1].join(",");
                 metadata.insert("simulate".into(), Value::from(script));
                 "pm_card_visa"
             } else if i < spec.dead_letters + spec.commit_timeouts {
@@ -226,7 +228,7 @@ mod tests {
         );
         let keys: std::collections::BTreeSet<_> = a.payments.iter().map(|p| &p.key).collect();
         assert_eq!(keys.len(), spec.payments);
-        assert_eq!(a.payments[0].body["metadata"]["simulate"], "503,503,503,503,503,503");
+        assert_eq!(a.payments[0].body["metadata"]["simulate"], "409,409,409,409,409,409");
         assert!(a.reused.iter().all(|i| *i >= spec.dead_letters + spec.commit_timeouts));
         assert_eq!(a.poison.len(), 3);
     }

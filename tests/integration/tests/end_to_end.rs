@@ -2,7 +2,9 @@
 //! runtime emulator, pollers as event source mappings, the provider simulator with faults), a
 //! smaller workload through the intake over HTTP, and the reconciliation's invariants.
 
-use localenv::pipeline::{PipelineOptions, Reconciliation, run};
+use std::time::Duration;
+
+use localenv::pipeline::{PROCESSOR_CONCURRENCY, PipelineOptions, Reconciliation, Scenario, run};
 use localenv::workload::WorkloadSpec;
 
 fn options(port: u16, seed: u64, kill_processor: bool) -> PipelineOptions {
@@ -50,4 +52,27 @@ async fn a_processor_killed_mid_batch_and_restarted_loses_and_duplicates_nothing
     assert!(r.killed);
     assert!(r.interrupted_invocations >= 1, "the kill must interrupt a running batch");
     check(&r);
+}
+
+/// The outage scenario, reduced to fit CI: the provider answers only 503s and timeouts for
+/// 30 s while payments arrive. Nothing may be dead-lettered, the provider must not be hammered,
+/// and everything settles soon after it recovers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_outage_dead_letters_nothing_and_settles_soon_after_recovery() {
+    let mut o = options(9430, 13, false);
+    o.workload.payments = 60;
+    o.workload.dead_letters = 0;
+    o.scenario = Scenario::Outage { window: Duration::from_secs(30) };
+    o.settle_timeout = Duration::from_secs(240);
+    let r = run(&o).await.expect("pipeline ran");
+    println!("{}", r.table());
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    assert_eq!(r.statuses.get("DEAD_LETTERED"), None);
+    let incident = r.incident.as_ref().expect("the outage happened");
+    assert!(incident.requests_during <= incident.probes + 2 * PROCESSOR_CONCURRENCY, "{incident:?}");
+    assert!(incident.recovery_to_settled <= Duration::from_secs(60), "{incident:?}");
+    assert!(r.circuit_transitions.get("open").is_some_and(|n| *n >= 1.0), "{:?}", r.circuit_transitions);
+    assert!(r.circuit_transitions.get("closed").is_some_and(|n| *n >= 1.0), "closed again after recovery");
+    assert!(r.deferred.get("circuit_open").is_some_and(|n| *n > 0.0), "{:?}", r.deferred);
+    assert_eq!(r.provider_charges, r.statuses["SUCCEEDED"]);
 }

@@ -15,6 +15,13 @@ pub enum Fault {
     /// Answer 429 (with Retry-After: 1) without charging.
     #[serde(rename = "429")]
     RateLimited,
+    /// Answer 409 (a request with this key is in flight) without charging: a failure of one
+    /// payment, not of the provider.
+    #[serde(rename = "409")]
+    Conflict,
+    /// Hold the answer back until the client has given up, without charging (a provider that
+    /// is down behind a load balancer that still accepts connections).
+    Timeout,
     /// Drop the connection without answering, without charging.
     ConnectionReset,
     /// Charge, then hold the answer back until the client has given up.
@@ -24,8 +31,8 @@ pub enum Fault {
 }
 
 impl Fault {
-    /// Parses one name as written in metadata (`500`, `503`, `429`, `connection_reset`,
-    /// `commit_then_timeout`, `latency`).
+    /// Parses one name as written in metadata (`500`, `503`, `429`, `409`, `connection_reset`,
+    /// `timeout`, `commit_then_timeout`, `latency`).
     pub fn parse(name: &str) -> Option<Self> {
         serde_json::from_value(serde_json::Value::String(name.trim().to_owned())).ok()
     }
@@ -48,6 +55,8 @@ pub struct FaultRates {
     pub rate_limited: f64,
     /// Dropped connections.
     pub connection_reset: f64,
+    /// No answer in time, nothing charged.
+    pub timeout: f64,
     /// Charge, then answer too late.
     pub commit_then_timeout: f64,
     /// Extra latency.
@@ -67,12 +76,13 @@ impl FaultRates {
         Ok(())
     }
 
-    fn as_list(&self) -> [(Fault, f64); 6] {
+    fn as_list(&self) -> [(Fault, f64); 7] {
         [
             (Fault::InternalError, self.internal_error),
             (Fault::Unavailable, self.unavailable),
             (Fault::RateLimited, self.rate_limited),
             (Fault::ConnectionReset, self.connection_reset),
+            (Fault::Timeout, self.timeout),
             (Fault::CommitThenTimeout, self.commit_then_timeout),
             (Fault::Latency, self.latency),
         ]
@@ -123,10 +133,12 @@ mod tests {
 
     #[test]
     fn scripts_apply_per_attempt() {
-        let metadata = serde_json::json!({"simulate": "commit_then_timeout, 500"});
+        let metadata = serde_json::json!({"simulate": "commit_then_timeout, 500, 409, timeout"});
         assert_eq!(scripted(&metadata, 0), Some(Fault::CommitThenTimeout));
         assert_eq!(scripted(&metadata, 1), Some(Fault::InternalError));
-        assert_eq!(scripted(&metadata, 2), None);
+        assert_eq!(scripted(&metadata, 2), Some(Fault::Conflict));
+        assert_eq!(scripted(&metadata, 3), Some(Fault::Timeout));
+        assert_eq!(scripted(&metadata, 4), None);
     }
 
     #[test]

@@ -32,6 +32,9 @@ struct Args {
     /// Probability of extra latency per request.
     #[arg(long, default_value_t = 0.0)]
     rate_latency: f64,
+    /// Probability of no answer in time (nothing charged) per request.
+    #[arg(long, default_value_t = 0.0)]
+    rate_timeout: f64,
     /// Extra latency, milliseconds.
     #[arg(long, default_value_t = 200)]
     latency_ms: u64,
@@ -52,6 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             connection_reset: args.rate_reset,
             commit_then_timeout: args.rate_commit_timeout,
             latency: args.rate_latency,
+            timeout: args.rate_timeout,
         },
         latency_ms: args.latency_ms,
         commit_delay_ms: args.commit_delay_ms,

@@ -204,6 +204,13 @@ async fn charge(shared: &Shared, headers: &http::HeaderMap, body: &Bytes) -> Ans
             response.headers_mut().insert("retry-after", http::HeaderValue::from_static("1"));
             return Ok(response);
         }
+        Some(Fault::Conflict) => {
+            return Ok(error(StatusCode::CONFLICT, "idempotency_error", "request_in_flight", "injected 409"));
+        }
+        Some(Fault::Timeout) => {
+            tokio::time::sleep(Duration::from_millis(config.commit_delay_ms)).await;
+            return Ok(error(StatusCode::GATEWAY_TIMEOUT, "api_error", "timeout", "injected timeout"));
+        }
         Some(Fault::ConnectionReset) => return Err(DropConnection),
         Some(Fault::CommitThenTimeout | Fault::Latency) | None => {}
     }
