@@ -105,6 +105,7 @@ fn breaker_config<F: Fn(&str) -> Option<String>>(
         open_base: env.secs_or("BREAKER_OPEN_SECONDS", 30)?,
         open_max: env.secs_or("BREAKER_OPEN_MAX_SECONDS", 300)?,
         close_after: env.parse_or("BREAKER_CLOSE_AFTER_SUCCESSES", 3)?,
+        reopen_after: env.parse_or("BREAKER_REOPEN_AFTER_FAILURES", 2)?,
         probe_lease,
     };
     policy.validate().map_err(|e| ConfigError::Rule(e.to_string()))?;

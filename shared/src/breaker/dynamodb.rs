@@ -45,6 +45,7 @@ fn item(pk: &str, state: &BreakerState) -> Item {
         ("opened_at_ms", state.opened_at_ms),
         ("opened", i64::from(state.opened)),
         ("probe_successes", i64::from(state.probe_successes)),
+        ("probe_failures", i64::from(state.probe_failures)),
         ("probe_until_ms", state.probe_until_ms),
         ("version", i64::try_from(state.version).unwrap_or(i64::MAX)),
     ] {
@@ -78,6 +79,7 @@ fn state(item: &Item) -> Result<BreakerState, BreakerStoreError> {
         opened_at_ms: number("opened_at_ms")?,
         opened: small("opened")?,
         probe_successes: small("probe_successes")?,
+        probe_failures: small("probe_failures")?,
         probe_owner: item.get("probe_owner").and_then(|v| v.as_s().ok()).cloned(),
         probe_until_ms: number("probe_until_ms")?,
         version: u64::try_from(number("version")?).map_err(|_| bad("version"))?,
@@ -138,6 +140,7 @@ mod tests {
             opened_at_ms: 3,
             opened: 2,
             probe_successes: 1,
+            probe_failures: 1,
             probe_owner: Some("i-1".into()),
             probe_until_ms: 12,
             version: 7,

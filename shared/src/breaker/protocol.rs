@@ -10,7 +10,7 @@
 //!            failures ≥ threshold within the window
 //!   CLOSED ─────────────────────────────────────────▶ OPEN(until)
 //!     ▲                                                 │ now ≥ until: one instance leases the probe
-//!     │ K probes succeeded            probe failed:     ▼
+//!     │ K probes succeeded          F probes failed:    ▼
 //!     └──────────────────────────── HALF-OPEN ──────▶ OPEN(until = now + longer wait)
 //! ```
 //! Half-open is not stored: it is OPEN whose wait is over. Calls that were already in flight when
@@ -30,15 +30,20 @@ pub struct BreakerPolicy {
     pub open_base: Duration,
     /// The longest wait before probing.
     pub open_max: Duration,
-    /// Successful probes in a row that close the breaker.
+    /// Successful probes that close the breaker.
     pub close_after: u32,
+    /// Failed probes that open it again before `close_after` successes. More than one, so that
+    /// a provider back to its usual few errors is not held open for another, longer wait by one
+    /// unlucky probe (Resilience4j likewise judges half-open by a rate over several calls).
+    pub reopen_after: u32,
     /// How long one probe may take before another instance may probe instead (the provider
     /// timeout plus a margin).
     pub probe_lease: Duration,
 }
 
 impl Default for BreakerPolicy {
-    /// 5 failures within 30 s open; probe after 30 s, then 1, 2, 4, 5 min; 3 successes close.
+    /// 5 failures within 30 s open; probe after 30 s, then 1, 2, 4, 5 min; 3 successful probes
+    /// close, 2 failed ones open again.
     fn default() -> Self {
         Self {
             failure_threshold: 5,
@@ -46,6 +51,7 @@ impl Default for BreakerPolicy {
             open_base: Duration::from_secs(30),
             open_max: Duration::from_secs(300),
             close_after: 3,
+            reopen_after: 2,
             probe_lease: Duration::from_secs(12),
         }
     }
@@ -59,8 +65,10 @@ pub struct PolicyError(pub String);
 impl BreakerPolicy {
     /// Checks the limits that keep the breaker meaningful.
     pub fn validate(&self) -> Result<(), PolicyError> {
-        if self.failure_threshold == 0 || self.close_after == 0 {
-            return Err(PolicyError("the failure threshold and the successes to close must be at least 1".into()));
+        if self.failure_threshold == 0 || self.close_after == 0 || self.reopen_after == 0 {
+            return Err(PolicyError(
+                "the failure threshold and the probes that close or reopen must be at least 1".into(),
+            ));
         }
         if self.failure_window.is_zero() || self.open_base.is_zero() || self.probe_lease.is_zero() {
             return Err(PolicyError("the failure window, the open wait and the probe lease must be positive".into()));
@@ -146,6 +154,8 @@ pub struct BreakerState {
     pub opened: u32,
     /// Successful probes since the breaker last opened.
     pub probe_successes: u32,
+    /// Failed probes since the breaker last opened.
+    pub probe_failures: u32,
     /// The instance holding the probe, if any.
     pub probe_owner: Option<String>,
     /// End of that probe's lease (epoch ms).
@@ -165,6 +175,7 @@ impl Default for BreakerState {
             opened_at_ms: 0,
             opened: 0,
             probe_successes: 0,
+            probe_failures: 0,
             probe_owner: None,
             probe_until_ms: 0,
             version: 0,
@@ -263,7 +274,16 @@ pub fn record_call(
             next.probe_until_ms = 0;
             Some(next)
         }
-        (Circuit::Open, CallHealth::Unhealthy) => Some(opened(state, now_ms, policy)),
+        (Circuit::Open, CallHealth::Unhealthy) if state.probe_failures + 1 >= policy.reopen_after => {
+            Some(opened(state, now_ms, policy))
+        }
+        (Circuit::Open, CallHealth::Unhealthy) => {
+            let mut next = state.next_version();
+            next.probe_failures += 1;
+            next.probe_owner = None;
+            next.probe_until_ms = 0;
+            Some(next)
+        }
         (Circuit::Closed, CallHealth::Healthy) if state.failures == 0 => None,
         (Circuit::Closed, CallHealth::Healthy) => {
             Some(BreakerState { version: state.version + 1, ..BreakerState::default() })
@@ -320,6 +340,7 @@ fn opened(state: &BreakerState, now_ms: i64, policy: &BreakerPolicy) -> BreakerS
         opened_at_ms: if state.circuit == Circuit::Open { state.opened_at_ms } else { now_ms },
         opened,
         probe_successes: 0,
+        probe_failures: 0,
         probe_owner: None,
         probe_until_ms: 0,
         version: state.version + 1,
@@ -409,11 +430,14 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_probe_reopens_for_longer_keeping_the_outage_start() {
+    fn a_second_failed_probe_reopens_for_longer_keeping_the_outage_start() {
         let s = open_at(0);
         let t = s.open_until_ms;
         let probing = lease_probe(&s, "a", t, &policy()).unwrap();
-        let reopened = record_call(&probing, CallHealth::Unhealthy, Some("a"), t + 5, &policy()).unwrap();
+        let tolerated = record_call(&probing, CallHealth::Unhealthy, Some("a"), t + 1, &policy()).unwrap();
+        assert_eq!((tolerated.phase(t + 1), tolerated.probe_failures), (Phase::HalfOpen, 1), "one bad probe");
+        let probing = lease_probe(&tolerated, "b", t + 2, &policy()).unwrap();
+        let reopened = record_call(&probing, CallHealth::Unhealthy, Some("b"), t + 5, &policy()).unwrap();
         assert_eq!(reopened.open_until_ms, t + 5 + 60_000);
         assert_eq!((reopened.opened, reopened.opened_at_ms), (2, s.opened_at_ms));
         assert!(reopened.probe_owner.is_none());
@@ -427,6 +451,7 @@ mod tests {
         let later = t + 12_000;
         let taken = lease_probe(&probing, "b", later, &policy()).unwrap();
         assert!(record_call(&taken, CallHealth::Unhealthy, Some("a"), later + 1, &policy()).is_none(), "stale prober");
+        assert!(record_call(&taken, CallHealth::Healthy, Some("a"), later + 1, &policy()).is_none(), "stale prober");
         assert_eq!(return_probe(&taken, "b").unwrap().probe_owner, None);
         assert!(return_probe(&taken, "a").is_none());
     }

@@ -107,8 +107,63 @@ impl GatewayError {
     }
 }
 
+/// What to look up: the charge made (or not) for one payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargeLookup {
+    /// The idempotency key the charge was sent with.
+    pub idempotency_key: String,
+    /// The merchant's reference: the fallback where a provider cannot search by key.
+    pub merchant_reference: MerchantReference,
+    /// Amount the charge must have, for the fallback to accept it.
+    pub amount: MinorUnits,
+    /// Currency the charge must have, for the fallback to accept it.
+    pub currency: Currency,
+}
+
+impl From<&ChargeRequest> for ChargeLookup {
+    fn from(request: &ChargeRequest) -> Self {
+        Self {
+            idempotency_key: request.idempotency_key.clone(),
+            merchant_reference: request.merchant_reference.clone(),
+            amount: request.amount,
+            currency: request.currency,
+        }
+    }
+}
+
+/// What the provider knows of a payment whose last attempt may or may not have charged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// The provider holds this charge for it.
+    Charged(Charge),
+    /// The provider answered, and holds no charge for it (nor a request still in flight).
+    NotCharged,
+    /// No answer to trust: unreachable, failing, a request still in flight, or no way to ask.
+    Unknown(String),
+}
+
+impl Lookup {
+    /// `charged`, `not_charged` or `unknown`: for metrics, logs and failure records.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Charged(_) => "charged",
+            Self::NotCharged => "not_charged",
+            Self::Unknown(_) => "unknown",
+        }
+    }
+}
+
 /// A payment provider that honours idempotency keys.
 pub trait PaymentGateway: Send + Sync {
     /// Charges once per idempotency key: the same key returns the same charge.
     fn charge(&self, request: &ChargeRequest) -> impl Future<Output = Result<Charge, GatewayError>> + Send;
+
+    /// Asks whether the provider holds a charge for this payment: before any payment whose
+    /// outcome may be unknown (a timeout after sending) is called failed or dead-lettered. A
+    /// provider that offers no way to ask answers [`Lookup::Unknown`], and such payments then
+    /// stay retryable (the default).
+    fn lookup(&self, request: &ChargeLookup) -> impl Future<Output = Lookup> + Send {
+        let _ = request;
+        async { Lookup::Unknown("this provider offers no lookup".into()) }
+    }
 }

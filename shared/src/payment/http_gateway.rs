@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use super::gateway::{Charge, ChargeRequest, GatewayError, PaymentGateway, RetryableKind};
+use super::gateway::{Charge, ChargeLookup, ChargeRequest, GatewayError, Lookup, PaymentGateway, RetryableKind};
 
 /// Timeouts and where the provider lives.
 #[derive(Debug, Clone)]
@@ -58,6 +58,18 @@ struct ChargeResponse {
     currency: String,
 }
 
+impl From<ChargeResponse> for Charge {
+    fn from(charge: ChargeResponse) -> Self {
+        Charge { id: charge.id, amount: charge.amount, currency: charge.currency.to_ascii_uppercase() }
+    }
+}
+
+/// A Stripe-style list answer (`{"object": "list", "data": [...]}`).
+#[derive(serde::Deserialize)]
+struct ChargeList {
+    data: Vec<ChargeResponse>,
+}
+
 #[derive(serde::Deserialize, Default)]
 struct ErrorBody {
     #[serde(default)]
@@ -96,6 +108,50 @@ impl PaymentGateway for HttpGateway {
         let bytes = response.bytes().await.map_err(transport_error)?;
         classify(status, retry_after, &bytes)
     }
+
+    async fn lookup(&self, request: &ChargeLookup) -> Lookup {
+        lookup_by_key_then_reference(self, request).await
+    }
+}
+
+impl HttpGateway {
+    /// `GET {base}/v1/charges?{field}={value}`: the charges listed, or why there is no answer.
+    async fn list(&self, field: &str, value: &str) -> Result<Vec<Charge>, String> {
+        let response =
+            self.client.get(&self.charges_url).query(&[(field, value)]).send().await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            // 409: a request with this key is still in flight; 5xx, 429: no answer to trust.
+            return Err(format!("lookup answered {status}"));
+        }
+        let list: ChargeList = serde_json::from_slice(&bytes).map_err(|e| format!("unreadable lookup answer: {e}"))?;
+        Ok(list.data.into_iter().map(Charge::from).collect())
+    }
+}
+
+/// By key first. Where nothing carries the key, by merchant reference, accepting only a single
+/// charge of the same amount and currency (several are ambiguous: unknown, for an operator).
+async fn lookup_by_key_then_reference(gateway: &HttpGateway, request: &ChargeLookup) -> Lookup {
+    match gateway.list("idempotency_key", &request.idempotency_key).await {
+        Ok(found) if !found.is_empty() => return Lookup::Charged(found[0].clone()),
+        Ok(_) => {}
+        Err(e) => return Lookup::Unknown(e),
+    }
+    match gateway.list("merchant_reference", request.merchant_reference.as_str()).await {
+        Ok(found) => {
+            let same: Vec<Charge> = found
+                .into_iter()
+                .filter(|c| c.amount == request.amount.get() && c.currency == request.currency.code())
+                .collect();
+            match same.as_slice() {
+                [] => Lookup::NotCharged,
+                [one] => Lookup::Charged(one.clone()),
+                _ => Lookup::Unknown(format!("{} charges match the merchant reference", same.len())),
+            }
+        }
+        Err(e) => Lookup::Unknown(e),
+    }
 }
 
 fn transport_error(err: reqwest::Error) -> GatewayError {
@@ -116,7 +172,7 @@ fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> R
             kind: RetryableKind::InvalidResponse,
             detail: format!("{status} with an unreadable body: {e}"),
         })?;
-        return Ok(Charge { id: charge.id, amount: charge.amount, currency: charge.currency.to_ascii_uppercase() });
+        return Ok(charge.into());
     }
     let detail = serde_json::from_slice::<ErrorBody>(body).unwrap_or_default().error;
     let message = detail.message.unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_owned());

@@ -10,7 +10,7 @@ pub mod request;
 pub mod status;
 
 pub use envelope::{EnvelopeError, KeyHint, PaymentMessage};
-pub use gateway::{Charge, ChargeRequest, GatewayError, PaymentGateway, RetryableKind};
+pub use gateway::{Charge, ChargeLookup, ChargeRequest, GatewayError, Lookup, PaymentGateway, RetryableKind};
 pub use money::{Currency, MinorUnits};
 pub use queue::{EnqueueError, PaymentQueue};
 pub use request::{MerchantReference, Metadata, PaymentMethodToken, PaymentRequest};

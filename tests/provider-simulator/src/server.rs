@@ -130,6 +130,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Answer {
     };
     Ok(match (parts.method.clone(), parts.uri.path()) {
         (Method::POST, "/v1/charges") => return charge(&shared, &parts.headers, &body).await,
+        (Method::GET, "/v1/charges") => return lookup(&shared, parts.uri.query().unwrap_or("")).await,
         (Method::GET, "/ledger") => {
             json(StatusCode::OK, &serde_json::to_value(&shared.state().ledger).unwrap_or_default())
         }
@@ -260,6 +261,85 @@ async fn charge(shared: &Shared, headers: &http::HeaderMap, body: &Bytes) -> Ans
         tokio::time::sleep(Duration::from_millis(config.commit_delay_ms)).await;
     }
     Ok(stored_response(&response))
+}
+
+/// `GET /v1/charges?idempotency_key=K` or `?merchant_reference=R`: the charges made under that
+/// key or reference, as a Stripe-style list; 409 while a request with the key is in flight.
+/// Faults are drawn as for charges (per looked-up value and lookup attempt).
+async fn lookup(shared: &Shared, query: &str) -> Answer {
+    let params: Vec<(String, String)> = query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| {
+            let decode =
+                |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
+            (decode(k), decode(v))
+        })
+        .collect();
+    let find = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let (by_key, value) = match (find("idempotency_key"), find("merchant_reference")) {
+        (Some(key), _) => (true, key),
+        (None, Some(reference)) => (false, reference),
+        (None, None) => {
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "parameter_missing",
+                "what to look up?",
+            ));
+        }
+    };
+    let config = shared.config();
+    let fault = {
+        let mut state = shared.state();
+        let attempt = state.count_lookup(&value);
+        let fault = config.rates.draw(config.seed, &format!("lookup:{value}"), attempt);
+        if let Some(fault) = fault {
+            state.count_fault(fault);
+        }
+        fault
+    };
+    match fault {
+        Some(Fault::InternalError) => {
+            return Ok(error(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "internal_error", "injected 500"));
+        }
+        Some(Fault::Unavailable) => {
+            return Ok(error(StatusCode::SERVICE_UNAVAILABLE, "api_error", "unavailable", "injected 503"));
+        }
+        Some(Fault::RateLimited) => {
+            return Ok(error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "rate_limited", "injected 429"));
+        }
+        Some(Fault::Conflict) => {
+            return Ok(error(StatusCode::CONFLICT, "idempotency_error", "request_in_flight", "injected 409"));
+        }
+        Some(Fault::ConnectionReset) => return Err(DropConnection),
+        Some(Fault::Timeout | Fault::CommitThenTimeout) => {
+            tokio::time::sleep(Duration::from_millis(config.commit_delay_ms)).await;
+            return Ok(error(StatusCode::GATEWAY_TIMEOUT, "api_error", "timeout", "injected timeout"));
+        }
+        Some(Fault::Latency) => tokio::time::sleep(Duration::from_millis(config.latency_ms)).await,
+        None => {}
+    }
+    let state = shared.state();
+    if by_key && matches!(state.keys.get(&value), Some(KeyEntry::InFlight)) {
+        return Ok(error(
+            StatusCode::CONFLICT,
+            "idempotency_error",
+            "request_in_flight",
+            "a request with this key is in flight",
+        ));
+    }
+    let data: Vec<serde_json::Value> = state
+        .ledger
+        .charges
+        .iter()
+        .filter(|c| if by_key { c.idempotency_key == value } else { c.description == value })
+        .map(|c| {
+            serde_json::json!({"id": c.id, "object": "charge", "amount": c.amount, "currency": c.currency,
+                "status": "succeeded", "description": c.description})
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &serde_json::json!({"object": "list", "data": data})))
 }
 
 fn stored_response(response: &StoredResponse) -> Response<Full<Bytes>> {

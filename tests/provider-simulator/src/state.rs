@@ -38,6 +38,9 @@ pub struct LedgerSnapshot {
     pub requests_by_key: BTreeMap<String, u64>,
     /// Faults injected, by name.
     pub faults: BTreeMap<String, u64>,
+    /// Lookups received (`GET /v1/charges?…`).
+    #[serde(default)]
+    pub lookups: u64,
 }
 
 /// A stored answer.
@@ -60,6 +63,7 @@ pub enum KeyEntry {
 #[derive(Debug, Default)]
 pub struct State {
     pub keys: HashMap<String, KeyEntry>,
+    pub lookups_by_value: HashMap<String, u32>,
     pub ledger: LedgerSnapshot,
     pub next_charge: u64,
 }
@@ -71,6 +75,14 @@ impl State {
         let n = self.ledger.requests_by_key.entry(key.to_owned()).or_default();
         *n += 1;
         u32::try_from(*n - 1).unwrap_or(u32::MAX)
+    }
+
+    /// Counts a lookup for `value` and returns its 0-based attempt number.
+    pub fn count_lookup(&mut self, value: &str) -> u32 {
+        self.ledger.lookups += 1;
+        let n = self.lookups_by_value.entry(value.to_owned()).or_default();
+        *n += 1;
+        *n - 1
     }
 
     /// Counts an injected fault.
