@@ -16,13 +16,13 @@ use payments_core::idempotency::{
 };
 use payments_core::observability::{Metrics, MetricsSink, Unit};
 use payments_core::payment::{
-    Charge, ChargeRequest, ChargeResult, EnvelopeError, GatewayError, KeyHint, PaymentGateway, PaymentMessage,
-    RetryableKind, process_key, provider_idempotency_key,
+    Charge, ChargeLookup, ChargeRequest, ChargeResult, EnvelopeError, GatewayError, KeyHint, Lookup, PaymentGateway,
+    PaymentMessage, RetryableKind, process_key, provider_idempotency_key,
 };
 use payments_core::sqs::backoff::SQS_MAX_VISIBILITY;
 use payments_core::sqs::{
-    Backoff, BatchRunner, DeadLetter, DeadLetterQueue, Jitter, RecordHandler, RecordOutcome, RecordResult, RetryBudget,
-    Verdict, VisibilityControl, receive_count,
+    Backoff, BatchRunner, DeadLetter, DeadLetterQueue, GiveUpReason, Jitter, RecordHandler, RecordOutcome,
+    RecordResult, RetryBudget, Verdict, VisibilityControl, receive_count,
 };
 
 use crate::config::ProcessorConfig;
@@ -152,6 +152,29 @@ impl Handled {
     }
 }
 
+/// What a release gives back of the payment's retry budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refund {
+    /// Nothing: the failure was this payment's.
+    No,
+    /// The attempt: the breaker blames the provider.
+    Attempt,
+    /// The claim of a delivery that only asked the provider (no charge was tried).
+    LookupOnly,
+}
+
+/// One claimed attempt at a payment: what each step after the claim needs.
+struct Attempt<'a> {
+    message: &'a PaymentMessage,
+    delivery: &'a Delivery<'a>,
+    lease: Lease,
+    permit: Permit,
+    metrics: &'a Metrics,
+    request: ChargeRequest,
+}
+
+const ZERO: Duration = Duration::ZERO;
+
 /// The SQS side of one record, as the decisions need it.
 struct Delivery<'a> {
     sqs: &'a SqsMessage,
@@ -256,7 +279,8 @@ impl<A: Adapters> Processor<A> {
             Admitted::Go(permit) => permit,
             Admitted::Wait { until_ms, phase, opened_at_ms } => {
                 metrics.observe("CircuitOpenFor", Unit::Seconds, self.seconds_since(opened_at_ms));
-                return self.defer_for_breaker(message, delivery, until_ms, phase).await;
+                let after = self.breaker_wait(until_ms, phase);
+                return Handled::Deferred { reason: format!("circuit_{}", phase.as_str()), after };
             }
         };
         let lease = match self.idempotency.claim(&key, &hash, delivery.deadline_ms).await {
@@ -267,31 +291,44 @@ impl<A: Adapters> Processor<A> {
                 return self.not_claimed(other, delivery.receive_count);
             }
         };
-        let request = charge_request(message);
-        let charged = self.gateway.charge(&request).await;
-        if matches!(permit, Permit::Probe(_)) {
-            metrics.count("ProviderProbe", 1);
+        let attempt = Attempt { message, delivery, lease, permit, metrics, request: charge_request(message) };
+        // Out of budget or too old already (the last try's outcome was unknown): only ask.
+        if let Verdict::GiveUp(why) = self.budget.verdict(attempt.lease.attempt - 1, self.age_of(message), ZERO) {
+            // A rare path: one read keeps the last provider error for the dead letter.
+            let stored = self.idempotency.get(&attempt.lease.key).await.ok().flatten();
+            let last_error = stored.and_then(|r| r.last_error).unwrap_or_else(|| why.as_str().to_owned());
+            return self.resolve_before_giving_up(&attempt, why, &last_error, Refund::LookupOnly).await;
         }
-        if let Some(transition) = self.breaker.record(&permit, provider_health(&charged)).await {
-            count_transition(metrics, transition);
+        self.charge(&attempt).await
+    }
+
+    /// Charges, reports the call to the breaker, and settles by the answer.
+    async fn charge(&self, attempt: &Attempt<'_>) -> Handled {
+        let charged = self.gateway.charge(&attempt.request).await;
+        if matches!(attempt.permit, Permit::Probe(_)) {
+            attempt.metrics.count("ProviderProbe", 1);
         }
+        if let Some(transition) = self.breaker.record(&attempt.permit, provider_health(&charged)).await {
+            count_transition(attempt.metrics, transition);
+        }
+        let receive_count = attempt.delivery.receive_count;
         match charged {
-            Ok(charge) => self.complete(&lease, charge, delivery.receive_count).await,
+            Ok(charge) => self.complete(&attempt.lease, charge, receive_count).await,
             Err(ref error @ GatewayError::Retryable { ref kind, ref detail }) => {
                 let floor = match kind {
                     RetryableKind::RateLimited { retry_after } => *retry_after,
                     _ => None,
                 };
-                self.after_retryable(message, delivery, &lease, &permit, &error.reason(), detail, floor).await
+                self.after_retryable(attempt, &error.reason(), detail, floor).await
             }
             Err(permanent) => {
                 let failure = StoredFailure { code: permanent.reason(), reason: permanent.to_string() };
-                match self.idempotency.fail_permanently(&lease, failure).await {
+                match self.idempotency.fail_permanently(&attempt.lease, failure).await {
                     Ok(Settlement::Recorded) => Handled::FailedPermanently { code: permanent.reason() },
                     Ok(Settlement::NotOwner { current }) => {
-                        self.lost_lease(current.as_deref(), &permanent.reason(), delivery.receive_count)
+                        self.lost_lease(current.as_deref(), &permanent.reason(), receive_count)
                     }
-                    Err(e) => self.retry("failure_not_recorded", &e.to_string(), delivery.receive_count, None),
+                    Err(e) => self.retry("failure_not_recorded", &e.to_string(), receive_count, None),
                 }
             }
         }
@@ -326,31 +363,19 @@ impl<A: Adapters> Processor<A> {
         }
     }
 
-    /// A retryable provider failure: release the claim (giving the attempt back when the breaker
-    /// blames the provider: a failed probe, or a failure into an open circuit), then retry after
-    /// the backoff — or after the breaker's wait, when it is open — unless the budget is spent.
-    #[allow(clippy::too_many_arguments)]
+    /// A retryable provider failure: retry after the backoff — or after the breaker's wait, when
+    /// it is open — giving the attempt back when the breaker blames the provider (a failed probe,
+    /// or a failure into an open circuit); once the budget is spent, resolve before giving up.
     async fn after_retryable(
         &self,
-        message: &PaymentMessage,
-        delivery: &Delivery<'_>,
-        lease: &Lease,
-        permit: &Permit,
+        attempt: &Attempt<'_>,
         reason: &str,
         detail: &str,
         floor: Option<Duration>,
     ) -> Handled {
-        let provider_down = matches!(permit, Permit::Probe(_))
+        let lease = &attempt.lease;
+        let provider_down = matches!(attempt.permit, Permit::Probe(_))
             || self.breaker.cached().is_some_and(|s| s.phase(self.clock.now_ms()) != Phase::Closed);
-        let released = if provider_down {
-            self.idempotency.release_refunded(lease, reason).await
-        } else {
-            self.idempotency.release(lease, reason).await
-        };
-        if let Err(e) = released {
-            // The lease then simply runs out, and the retry takes the record over.
-            tracing::warn!(error = %e, "could not release the claim; it frees itself when the lease ends");
-        }
         let spent = lease.attempt - u32::from(provider_down);
         let wait = match self.breaker.cached().filter(|_| provider_down) {
             Some(state) => self.breaker_wait(state.open_until_ms, state.phase(self.clock.now_ms())),
@@ -359,29 +384,60 @@ impl<A: Adapters> Processor<A> {
                 floor.map_or(drawn, |f| drawn.max(f)).min(self.backoff.cap())
             }
         };
-        match self.budget.verdict(spent, self.age_of(message), wait) {
+        let refund = if provider_down { Refund::Attempt } else { Refund::No };
+        match self.budget.verdict(spent, self.age_of(attempt.message), wait) {
             Verdict::Retry => {
+                self.release(lease, reason, refund).await;
                 tracing::info!(reason, detail, attempts = spent, retry_in_s = wait.as_secs(), "retryable failure");
                 Handled::Retry { reason: reason.to_owned(), after: wait }
             }
-            Verdict::GiveUp(why) => self.dead_letter(delivery, why.as_str(), reason).await,
+            Verdict::GiveUp(why) => self.resolve_before_giving_up(attempt, why, reason, refund).await,
         }
     }
 
-    /// The breaker says wait: hide the message until the next probe time plus jitter, spending
-    /// nothing — unless the payment would by then be older than its maximum age.
-    async fn defer_for_breaker(
+    /// Nothing is given up while it may have been charged: the last attempt may have reached the
+    /// provider and charged (a timeout after sending), so ask it. Charged: complete with that
+    /// charge (no new one). Not charged: dead-letter, saying so. Unknown: keep retrying.
+    async fn resolve_before_giving_up(
         &self,
-        message: &PaymentMessage,
-        delivery: &Delivery<'_>,
-        until_ms: i64,
-        phase: Phase,
+        attempt: &Attempt<'_>,
+        why: GiveUpReason,
+        last_error: &str,
+        refund: Refund,
     ) -> Handled {
-        let after = self.breaker_wait(until_ms, phase);
-        let reason = format!("circuit_{}", phase.as_str());
-        match self.budget.verdict(0, self.age_of(message), after) {
-            Verdict::Retry => Handled::Deferred { reason, after },
-            Verdict::GiveUp(why) => self.dead_letter(delivery, why.as_str(), &reason).await,
+        let lookup = self.gateway.lookup(&ChargeLookup::from(&attempt.request)).await;
+        attempt.metrics.count_with("OutcomeLookup", 1, &[("Result", lookup.label())]);
+        if refund == Refund::LookupOnly {
+            // The lookup was this delivery's only provider call.
+            let health = (!matches!(lookup, Lookup::Unknown(_))).then_some(CallHealth::Healthy);
+            self.breaker.record(&attempt.permit, health).await;
+        }
+        let receive_count = attempt.delivery.receive_count;
+        match lookup {
+            Lookup::Charged(charge) => {
+                tracing::warn!(charge_id = charge.id, "outcome resolved by lookup: charged; completing with it");
+                self.complete(&attempt.lease, charge, receive_count).await
+            }
+            Lookup::NotCharged => {
+                self.release(&attempt.lease, last_error, refund).await;
+                self.dead_letter(attempt.delivery, why.as_str(), last_error, "not_charged").await
+            }
+            Lookup::Unknown(detail) => {
+                self.release(&attempt.lease, last_error, refund).await;
+                tracing::warn!(detail, "outcome unknown: the provider may hold a charge; not giving up");
+                self.retry("outcome_unknown", &detail, attempt.lease.attempt, None)
+            }
+        }
+    }
+
+    /// Gives the claim up; if this fails the lease simply runs out and the retry takes over.
+    async fn release(&self, lease: &Lease, reason: &str, refund: Refund) {
+        let released = match refund {
+            Refund::No => self.idempotency.release(lease, reason).await,
+            Refund::Attempt | Refund::LookupOnly => self.idempotency.release_refunded(lease, reason).await,
+        };
+        if let Err(e) = released {
+            tracing::warn!(error = %e, "could not release the claim; it frees itself when the lease ends");
         }
     }
 
@@ -397,12 +453,13 @@ impl<A: Adapters> Processor<A> {
 
     /// Sends the message to the dead-letter queue with its context, then it is deleted. If the
     /// send fails the message stays for a retry (the queue's own redrive is the last net).
-    async fn dead_letter(&self, delivery: &Delivery<'_>, reason: &str, last_error: &str) -> Handled {
+    async fn dead_letter(&self, delivery: &Delivery<'_>, reason: &str, last_error: &str, resolution: &str) -> Handled {
         let letter = DeadLetter {
             body: delivery.body.to_owned(),
             source_message_id: delivery.sqs.message_id.clone().unwrap_or_default(),
             source_queue: delivery.sqs.event_source_arn.clone().unwrap_or_default(),
             reason: reason.to_owned(),
+            resolution: resolution.to_owned(),
         };
         match self.dead_letters.send(&letter).await {
             Ok(()) => {

@@ -18,7 +18,8 @@ use payments_core::idempotency::{
     ClaimOutcome, Idempotency, IdempotencyConfig, IdempotencyKey, PayloadHash, RecordStatus, Scope,
 };
 use payments_core::payment::{
-    Charge, ChargeRequest, GatewayError, PaymentGateway, PaymentMessage, RetryableKind, process_key,
+    Charge, ChargeLookup, ChargeRequest, GatewayError, Lookup, PaymentGateway, PaymentMessage, RetryableKind,
+    process_key,
 };
 use payments_core::sqs::Jitter;
 use payments_core::sqs::dead_letter::RecordingDeadLetterQueue;
@@ -32,6 +33,8 @@ struct ScriptedGateway {
     calls: Arc<Mutex<Vec<String>>>,
     /// Real time each call takes, so that concurrent records overlap.
     delay: Duration,
+    /// Answers to lookups, in order; "not charged" once empty.
+    lookups: Arc<Mutex<VecDeque<Lookup>>>,
 }
 
 impl PaymentGateway for ScriptedGateway {
@@ -45,6 +48,10 @@ impl PaymentGateway for ScriptedGateway {
                 currency: request.currency.code().into(),
             })
         })
+    }
+
+    async fn lookup(&self, _: &ChargeLookup) -> Lookup {
+        self.lookups.lock().unwrap().pop_front().unwrap_or(Lookup::NotCharged)
     }
 }
 
@@ -355,19 +362,53 @@ async fn a_payment_that_keeps_failing_while_others_succeed_is_dead_lettered_afte
 }
 
 #[tokio::test]
-async fn a_payment_older_than_its_maximum_age_is_dead_lettered_instead_of_waiting_again() {
+async fn a_payment_past_its_maximum_age_waits_out_an_open_circuit_then_is_resolved_before_giving_up() {
     let clock = ManualClock::at(NOW);
     let p = processor(scripted((0..5).map(|_| unavailable())), &clock);
     for i in 0..5 {
         run(&p, &[record(&format!("m{i}"), &body(&format!("k{i}"), 10), 1)]).await;
     }
-    let old = body_accepted("old", 10, NOW - 6 * 3600 * 1000 + 10_000);
-    let handled = run(&p, &[record("old", &old, 7)]).await;
+    // While the circuit is open nothing can be asked, so nothing is given up.
+    let old = body_accepted("old", 10, NOW - 6 * 3600 * 1000 - 10_000);
+    assert!(matches!(&run(&p, &[record("old", &old, 7)]).await[..], [Handled::Deferred { .. }]));
+    p.breaker().force(Circuit::Closed, Duration::ZERO).await.unwrap();
+    clock.advance_ms(6_000);
+    // Then one lookup, no charge: not charged, so it is given up, saying so.
+    let handled = run(&p, &[record("old", &old, 8)]).await;
     assert_eq!(
         handled,
-        [Handled::DeadLettered { reason: "max_age_exceeded".into(), last_error: "circuit_open".into() }]
+        [Handled::DeadLettered { reason: "max_age_exceeded".into(), last_error: "max_age_exceeded".into() }]
     );
-    assert_eq!(p.gateway().calls.lock().unwrap().len(), 5);
+    assert_eq!(p.gateway().calls.lock().unwrap().len(), 5, "no new charge");
+    assert_eq!(p.dead_letters().sent()[0].resolution, "not_charged");
+}
+
+#[tokio::test]
+async fn a_payment_out_of_budget_whose_last_try_charged_after_all_succeeds_by_lookup() {
+    let clock = ManualClock::at(NOW);
+    let timeout = || Err(GatewayError::Retryable { kind: RetryableKind::Timeout, detail: "no answer".into() });
+    let gateway = ScriptedGateway::default();
+    for _ in 0..5 {
+        gateway.script.lock().unwrap().push_back(timeout());
+        // The others succeed between, so the circuit stays closed and the budget is spent.
+        gateway.script.lock().unwrap().push_back(Ok(Charge { id: "ch_x".into(), amount: 10, currency: "EUR".into() }));
+    }
+    let charged = Charge { id: "ch_found".into(), amount: 10, currency: "EUR".into() };
+    gateway.lookups.lock().unwrap().extend([Lookup::Unknown("lookup timed out".into()), Lookup::Charged(charged)]);
+    let p = processor(gateway, &clock);
+    let mut last = Vec::new();
+    for attempt in 1..=5u32 {
+        last = run(&p, &[record("t", &body("t", 10), attempt)]).await;
+        run(&p, &[record(&format!("ok{attempt}"), &body(&format!("ok{attempt}"), 10), 1)]).await;
+        clock.advance_ms(61_000);
+    }
+    // The fifth timeout spent the budget, and the lookup could not tell: keep retrying.
+    assert!(matches!(&last[..], [Handled::Retry { reason, .. }] if reason == "outcome_unknown"), "{last:?}");
+    // The next delivery only asks (no sixth charge): charged, so it completes with that charge.
+    let handled = run(&p, &[record("t", &body("t", 10), 6)]).await;
+    assert_eq!(handled, [Handled::Charged { charge_id: "ch_found".into() }]);
+    assert_eq!(p.gateway().calls.lock().unwrap().len(), 10, "five attempts and five others, no more");
+    assert!(p.dead_letters().sent().is_empty(), "never given up while it may have been charged");
 }
 
 #[tokio::test]

@@ -20,6 +20,9 @@ pub const SOURCE_MESSAGE_ID: &str = "SourceMessageId";
 pub const DEAD_LETTER_REASON: &str = "DeadLetterReason";
 /// Message attribute: the queue the message came from.
 pub const SOURCE_QUEUE: &str = "SourceQueue";
+/// Message attribute: what the function found when it asked the downstream service about the
+/// message's outcome before giving up (`not_charged` for the processor).
+pub const RESOLUTION: &str = "Resolution";
 
 /// One message to dead-letter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +35,8 @@ pub struct DeadLetter {
     pub source_queue: String,
     /// Why: a short snake_case code.
     pub reason: String,
+    /// What asking the downstream service found (`not_charged`).
+    pub resolution: String,
 }
 
 /// Where a function sends the messages it gives up on.
@@ -67,6 +72,7 @@ impl DeadLetterQueue for SqsDeadLetterQueue {
             .message_attributes(SOURCE_MESSAGE_ID, text(&letter.source_message_id)?)
             .message_attributes(DEAD_LETTER_REASON, text(&letter.reason)?)
             .message_attributes(SOURCE_QUEUE, text(&letter.source_queue)?)
+            .message_attributes(RESOLUTION, text(&letter.resolution)?)
             .send()
             .await
             .map(|_| ())
