@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use payments_core::config::{ConfigError, Env};
 use payments_core::idempotency::IdempotencyConfig;
+use payments_core::payment::http_gateway::HttpGatewayConfig;
 use payments_core::sqs::{Backoff, BatchConfig};
 
 /// Everything the DLQ consumer reads from its environment.
@@ -22,6 +23,11 @@ pub struct DlqConsumerConfig {
     pub batch: BatchConfig,
     /// Metrics namespace (`METRICS_NAMESPACE`).
     pub metrics_namespace: String,
+    /// The provider, asked what it holds for a dead payment (`PROVIDER_BASE_URL`,
+    /// `PROVIDER_TIMEOUT_MS`, `PROVIDER_CONNECT_TIMEOUT_MS`).
+    pub provider: HttpGatewayConfig,
+    /// Retention of the records it completes (`IDEMPOTENCY_RETENTION_DAYS`).
+    pub retention: Duration,
 }
 
 impl DlqConsumerConfig {
@@ -38,11 +44,18 @@ impl DlqConsumerConfig {
                 start_margin: Duration::from_secs(2),
             },
             metrics_namespace: env.string_or("METRICS_NAMESPACE", "PaymentsPipeline"),
+            provider: HttpGatewayConfig {
+                base_url: env.url("PROVIDER_BASE_URL")?,
+                connect_timeout: env.millis_or("PROVIDER_CONNECT_TIMEOUT_MS", 2_000)?,
+                total_timeout: env.millis_or("PROVIDER_TIMEOUT_MS", 10_000)?,
+            },
+            retention: Duration::from_secs(env.parse_or::<u64>("IDEMPOTENCY_RETENTION_DAYS", 14)? * 24 * 3600),
         })
     }
 
-    /// The idempotency settings (only reads are made; retention is irrelevant here).
+    /// The idempotency settings: it reads records, and completes one when the provider turns
+    /// out to hold its charge.
     pub fn idempotency(&self) -> IdempotencyConfig {
-        IdempotencyConfig::default()
+        IdempotencyConfig { retention: self.retention, ..IdempotencyConfig::default() }
     }
 }

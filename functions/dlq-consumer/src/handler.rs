@@ -1,6 +1,12 @@
 //! For every dead message: a failure record (conditional on the message id, so a redelivered
 //! dead message writes one), a structured log event and EMF metrics. A dead copy of a payment
 //! that is already settled is recorded as resolved, so the payment keeps its final status.
+//!
+//! Nothing is reported dead while it may have been charged: for a payment not settled, the
+//! provider is asked first (unless the processor asked just before it gave the payment up).
+//! Charged: the payment's record is completed with that charge (it shows SUCCEEDED) and the
+//! failure record is resolved. Not charged: an open failure record saying so. Unknown: nothing
+//! is recorded and the dead message is retried later.
 
 use std::sync::Arc;
 
@@ -8,17 +14,24 @@ use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_runtime::LambdaEvent;
 use payments_core::clock::{Clock, rfc3339_ms};
 use payments_core::failures::{FailureKind, FailureRecord, FailureState, FailureStore, Recorded, failure_partition};
-use payments_core::idempotency::{Idempotency, IdempotencyRecord, IdempotencyStore, RecordStatus};
+use payments_core::idempotency::{
+    ClaimOutcome, Idempotency, IdempotencyRecord, IdempotencyStore, PayloadHash, RecordStatus, Settlement,
+};
 use payments_core::observability::{Metrics, MetricsSink, Unit};
-use payments_core::payment::{KeyHint, process_key};
+use payments_core::payment::{
+    ChargeLookup, ChargeResult, KeyHint, Lookup, PaymentGateway, PaymentMessage, process_key, provider_idempotency_key,
+};
 use payments_core::sqs::{
     Backoff, BatchRunner, Jitter, RecordHandler, RecordOutcome, VisibilityControl, dead_letter, receive_count,
 };
 
 /// Everything the DLQ consumer builds once per cold start.
-pub struct DlqConsumer<S, F, V> {
-    /// Idempotency records, read for the last error and attempt times.
+pub struct DlqConsumer<S, F, V, G> {
+    /// Idempotency records, read for the last error and attempt times, and completed when the
+    /// provider turns out to hold the payment's charge.
     pub idempotency: Idempotency<S>,
+    /// The provider, asked what it holds for a payment before it is reported dead.
+    pub gateway: G,
     /// Where failure records go.
     pub failures: F,
     /// Runs the batch.
@@ -45,11 +58,25 @@ pub enum DeadLetterOutcome {
     },
     /// The payment was settled already (a stray copy): recorded as resolved.
     AlreadySettled,
+    /// The provider held the payment's charge: the payment is completed with it (SUCCEEDED) and
+    /// the failure record is resolved.
+    ResolvedCharged {
+        /// The provider's charge.
+        charge_id: String,
+    },
     /// This message was recorded before (redelivery): nothing written.
     Duplicate,
 }
 
-impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl> DlqConsumer<S, F, V> {
+/// What the provider was found to hold for a dead payment that was not settled.
+enum Resolution {
+    /// Its charge, now recorded on the payment.
+    Charged(String),
+    /// Nothing: the payment was not charged.
+    NotCharged,
+}
+
+impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl, G: PaymentGateway> DlqConsumer<S, F, V, G> {
     /// The Lambda handler.
     pub async fn handle(&self, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, lambda_runtime::Error> {
         let deadline_ms = payments_core::clock::invocation_deadline_ms(event.context.deadline, self.clock.now_ms());
@@ -86,6 +113,10 @@ impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl> DlqConsumer<S, 
             None => None,
         };
         let settled = process.as_ref().filter(|r| matches!(r.status, RecordStatus::Completed | RecordStatus::Failed));
+        let resolution = match (settled, PaymentMessage::parse(&body)) {
+            (None, Ok(payment)) => Some(self.resolve(&payment, message).await?),
+            _ => None,
+        };
         let class = failure_class(hint.is_some(), process.as_ref());
         let now = self.clock.now_ms();
         let record = FailureRecord {
@@ -97,7 +128,7 @@ impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl> DlqConsumer<S, 
             receive_count: receive_count(message).unwrap_or(0),
             first_attempt_at_ms: process.as_ref().map(|r| r.created_at_ms),
             last_attempt_at_ms: process.as_ref().map(|r| r.updated_at_ms),
-            last_error: last_error(process.as_ref(), given_up),
+            last_error: last_error(process.as_ref(), given_up, resolution.as_ref()),
             failure_class: class.clone(),
             source_queue: attribute(message, "DeadLetterQueueSourceArn")
                 .or_else(|| message_attribute(message, dead_letter::SOURCE_QUEUE))
@@ -105,19 +136,26 @@ impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl> DlqConsumer<S, 
                 .to_owned(),
             recorded_at_ms: now,
             kind: FailureKind::DeadLetter,
-            state: match settled {
-                Some(r) => FailureState::Resolved {
+            state: match (settled, &resolution) {
+                (Some(r), _) => FailureState::Resolved {
                     at_ms: now,
                     note: format!("payment already settled ({})", r.status.as_str()),
                 },
-                None => FailureState::Open,
+                (None, Some(Resolution::Charged(charge_id))) => FailureState::Resolved {
+                    at_ms: now,
+                    note: format!("resolved: charged ({charge_id}); the payment is completed with that charge"),
+                },
+                (None, _) => FailureState::Open,
             },
         };
         let written = self.failures.record(&record).await.map_err(|e| e.to_string())?;
-        let outcome = match (written, settled) {
-            (Recorded::AlreadyRecorded, _) => DeadLetterOutcome::Duplicate,
-            (Recorded::New, Some(_)) => DeadLetterOutcome::AlreadySettled,
-            (Recorded::New, None) => DeadLetterOutcome::Recorded { class: class.clone() },
+        let outcome = match (written, settled, resolution) {
+            (Recorded::AlreadyRecorded, _, _) => DeadLetterOutcome::Duplicate,
+            (Recorded::New, Some(_), _) => DeadLetterOutcome::AlreadySettled,
+            (Recorded::New, None, Some(Resolution::Charged(charge_id))) => {
+                DeadLetterOutcome::ResolvedCharged { charge_id }
+            }
+            (Recorded::New, None, _) => DeadLetterOutcome::Recorded { class: class.clone() },
         };
         let sent_ms = attribute(message, "SentTimestamp").and_then(|t| t.parse::<i64>().ok());
         let age_s = sent_ms.map(|sent| (now - sent).max(0) as f64 / 1000.0);
@@ -130,6 +168,7 @@ impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl> DlqConsumer<S, 
                 }
             }
             DeadLetterOutcome::AlreadySettled => metrics.count("DeadLetteredSettled", 1),
+            DeadLetterOutcome::ResolvedCharged { .. } => metrics.count("DeadLetterResolvedCharged", 1),
             DeadLetterOutcome::Duplicate => metrics.count("DeadLetterDuplicate", 1),
         }
         tracing::warn!(
@@ -150,6 +189,42 @@ impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl> DlqConsumer<S, 
     }
 }
 
+impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl, G: PaymentGateway> DlqConsumer<S, F, V, G> {
+    /// What the provider holds for a payment that is not settled. The processor's own answer
+    /// when it asked just before giving up; otherwise a lookup. A charge found is recorded on
+    /// the payment (claim, then complete). `Err` (unknown, or the record busy elsewhere): record
+    /// nothing now, retry the dead message later.
+    async fn resolve(&self, payment: &PaymentMessage, message: &SqsMessage) -> Result<Resolution, String> {
+        if message_attribute(message, dead_letter::RESOLUTION) == Some("not_charged") {
+            return Ok(Resolution::NotCharged);
+        }
+        let request = ChargeLookup {
+            idempotency_key: provider_idempotency_key(&payment.scope, &payment.idempotency_key),
+            merchant_reference: payment.payment.merchant_reference.clone(),
+            amount: payment.payment.amount,
+            currency: payment.payment.currency,
+        };
+        let charge = match self.gateway.lookup(&request).await {
+            Lookup::Charged(charge) => charge,
+            Lookup::NotCharged => return Ok(Resolution::NotCharged),
+            Lookup::Unknown(detail) => return Err(format!("outcome unknown, not recorded yet: {detail}")),
+        };
+        let key = process_key(&payment.scope, &payment.idempotency_key);
+        let hash = PayloadHash::of(&payment.payment).map_err(|e| e.to_string())?;
+        let deadline = self.clock.now_ms() + 30_000;
+        let lease = match self.idempotency.claim(&key, &hash, deadline).await.map_err(|e| e.to_string())? {
+            ClaimOutcome::Claimed(lease) => lease,
+            other => return Err(format!("payment record not free to complete: {other:?}")),
+        };
+        let result = ChargeResult { charge_id: charge.id.clone(), amount: charge.amount, currency: charge.currency };
+        let stored = serde_json::to_value(&result).map_err(|e| e.to_string())?;
+        match self.idempotency.complete(&lease, &stored).await.map_err(|e| e.to_string())? {
+            Settlement::Recorded => Ok(Resolution::Charged(charge.id)),
+            Settlement::NotOwner { .. } => Err("lost the payment record while completing it".into()),
+        }
+    }
+}
+
 /// The low-cardinality class of a dead message: the processor's last error reason when it has
 /// one, otherwise what is known of the message.
 fn failure_class(has_key: bool, process: Option<&IdempotencyRecord>) -> String {
@@ -166,13 +241,26 @@ fn is_low_cardinality(reason: &str) -> bool {
 }
 
 /// The processor's last error, prefixed by why the processor gave the payment up when it did
-/// (rather than SQS after maxReceiveCount).
-fn last_error(process: Option<&IdempotencyRecord>, given_up: Option<&str>) -> Option<String> {
+/// (rather than SQS after maxReceiveCount), and followed by what the provider was found to hold.
+fn last_error(
+    process: Option<&IdempotencyRecord>,
+    given_up: Option<&str>,
+    resolution: Option<&Resolution>,
+) -> Option<String> {
     let last = process.and_then(|r| r.last_error.clone());
-    match (given_up, last) {
+    let told = match (given_up, last) {
         (Some(why), Some(last)) => Some(format!("{why} after {} attempts; last error: {last}", attempts_of(process))),
         (Some(why), None) => Some(why.to_owned()),
         (None, last) => last,
+    };
+    let found = match resolution {
+        Some(Resolution::Charged(charge_id)) => Some(format!("charged ({charge_id})")),
+        Some(Resolution::NotCharged) => Some("not charged".to_owned()),
+        None => None,
+    };
+    match (told, found) {
+        (Some(told), Some(found)) => Some(format!("{told}; provider: {found}")),
+        (told, found) => told.or(found),
     }
 }
 
@@ -188,12 +276,14 @@ fn message_attribute<'a>(message: &'a SqsMessage, name: &str) -> Option<&'a str>
     message.message_attributes.get(name).and_then(|v| v.string_value.as_deref())
 }
 
-struct Invocation<'a, S, F, V> {
-    consumer: &'a DlqConsumer<S, F, V>,
+struct Invocation<'a, S, F, V, G> {
+    consumer: &'a DlqConsumer<S, F, V, G>,
     metrics: &'a Metrics,
 }
 
-impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl> RecordHandler for Invocation<'_, S, F, V> {
+impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl, G: PaymentGateway> RecordHandler
+    for Invocation<'_, S, F, V, G>
+{
     async fn handle(&self, message: &SqsMessage) -> RecordOutcome {
         match self.consumer.record(message, self.metrics).await {
             Ok(_) => RecordOutcome::Done,

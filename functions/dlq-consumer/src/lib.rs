@@ -11,22 +11,24 @@ use payments_core::failures::dynamodb::DynamoDbFailureStore;
 use payments_core::idempotency::Idempotency;
 use payments_core::idempotency::dynamodb::DynamoDbStore;
 use payments_core::observability::MetricsSink;
+use payments_core::payment::http_gateway::{BuildError, HttpGateway};
 use payments_core::sqs::{BatchRunner, Jitter, SqsVisibility};
 
 pub use config::DlqConsumerConfig;
 pub use handler::{DeadLetterOutcome, DlqConsumer};
 
 /// The consumer as deployed.
-pub type AwsDlqConsumer = DlqConsumer<DynamoDbStore, DynamoDbFailureStore, SqsVisibility>;
+pub type AwsDlqConsumer = DlqConsumer<DynamoDbStore, DynamoDbFailureStore, SqsVisibility, HttpGateway>;
 
 /// Builds the deployed consumer.
-pub fn build(config: &DlqConsumerConfig, sdk: &aws_config::SdkConfig) -> AwsDlqConsumer {
+pub fn build(config: &DlqConsumerConfig, sdk: &aws_config::SdkConfig) -> Result<AwsDlqConsumer, BuildError> {
     let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
-    DlqConsumer {
+    Ok(DlqConsumer {
         idempotency: Idempotency::new(
             DynamoDbStore::new(dynamodb.clone(), &config.idempotency_table),
             config.idempotency(),
         ),
+        gateway: HttpGateway::new(&config.provider)?,
         failures: DynamoDbFailureStore::new(dynamodb, &config.failures_table),
         runner: BatchRunner::new(config.batch, SqsVisibility::new(aws_sdk_sqs::Client::new(sdk))),
         backoff: config.backoff,
@@ -34,5 +36,5 @@ pub fn build(config: &DlqConsumerConfig, sdk: &aws_config::SdkConfig) -> AwsDlqC
         metrics: MetricsSink::new(&config.metrics_namespace, "dlq-consumer"),
         clock: Arc::new(SystemClock),
         source_queue: config.source_queue.clone(),
-    }
+    })
 }

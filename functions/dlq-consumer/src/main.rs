@@ -6,6 +6,6 @@ use payments_core::config::Env;
 async fn main() -> Result<(), Error> {
     payments_core::observability::init_json_logs();
     let config = DlqConsumerConfig::from_env(&Env::process())?;
-    let consumer = build(&config, &payments_core::aws::load_config().await);
+    let consumer = build(&config, &payments_core::aws::load_config().await)?;
     lambda_runtime::run(service_fn(|event| consumer.handle(event))).await
 }

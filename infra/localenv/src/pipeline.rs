@@ -413,7 +413,15 @@ pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> 
                 ("BREAKER_HALF_OPEN_WAIT_MS", "1000".into()),
             ]),
         ),
-        ("dlq-consumer", with(&[("SOURCE_QUEUE_URL", stack.queue_url().to_owned())])),
+        (
+            "dlq-consumer",
+            with(&[
+                ("SOURCE_QUEUE_URL", stack.queue_url().to_owned()),
+                ("PROVIDER_BASE_URL", simulator.base_url()),
+                ("PROVIDER_TIMEOUT_MS", "1500".into()),
+                ("PROVIDER_CONNECT_TIMEOUT_MS", "500".into()),
+            ]),
+        ),
     ];
     let mut functions = HashMap::new();
     for (name, env) in specific {

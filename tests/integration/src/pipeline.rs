@@ -159,15 +159,18 @@ pub fn intake(
 }
 
 /// The DLQ consumer as the tests run it, over `stack`.
-pub fn dlq_consumer(stack: &Stack, sdk: &aws_config::SdkConfig) -> dlq_consumer::AwsDlqConsumer {
+pub fn dlq_consumer(stack: &Stack, sdk: &aws_config::SdkConfig, provider_url: &str) -> dlq_consumer::AwsDlqConsumer {
     let base = [
         ("IDEMPOTENCY_TABLE", stack.idempotency_table()),
         ("FAILURES_TABLE", stack.failures_table()),
         ("SOURCE_QUEUE_URL", stack.queue_url()),
         ("METRICS_NAMESPACE", "PaymentsPipelineTest"),
+        ("PROVIDER_BASE_URL", provider_url),
+        ("PROVIDER_TIMEOUT_MS", "800"),
+        ("PROVIDER_CONNECT_TIMEOUT_MS", "300"),
     ];
     let config = dlq_consumer::DlqConsumerConfig::from_env(&env_of(&base, &[])).expect("valid config");
-    dlq_consumer::build(&config, sdk)
+    dlq_consumer::build(&config, sdk).expect("provider client")
 }
 
 /// The operator's redrive tool over `stack`.

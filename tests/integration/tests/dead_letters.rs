@@ -27,7 +27,7 @@ async fn a_dead_payment_gets_one_failure_record_shows_dead_lettered_and_redrives
     let api = intake(&stack, &sdk, &[]);
     let config = test_config(&stack, &sim.base_url(), &[("BACKOFF_BASE_MS", "1000"), ("BACKOFF_CAP_SECONDS", "1")]);
     let p = processor(&config, &sdk, HttpGateway::new(&config.provider).unwrap(), 9);
-    let consumer = dlq_consumer(&stack, &sdk);
+    let consumer = dlq_consumer(&stack, &sdk, &sim.base_url());
     let scope = unique_scope("dead");
 
     // The provider fails the first two attempts; maxReceiveCount is 2.
@@ -53,14 +53,18 @@ async fn a_dead_payment_gets_one_failure_record_shows_dead_lettered_and_redrives
     let failures = consumer.failures.for_payment(&scope, &key).await.unwrap();
     assert_eq!(failures.len(), 1, "{failures:?}");
     let failure = &failures[0];
-    assert_eq!((failure.failure_class.as_str(), failure.last_error.as_deref()), ("provider_503", Some("provider_503")));
+    assert_eq!(
+        (failure.failure_class.as_str(), failure.last_error.as_deref()),
+        ("provider_503", Some("provider_503; provider: not charged")),
+        "asked before recording: not charged"
+    );
     assert_eq!(failure.state, FailureState::Open);
     assert!(failure.first_attempt_at_ms.is_some() && failure.last_attempt_at_ms >= failure.first_attempt_at_ms);
     assert!(failure.body.contains("dead-1"));
 
     let (_, view) = parts(&api.handle(get_payment(scope.as_str(), "dead-1")).await.unwrap());
     assert_eq!(view["status"], "DEAD_LETTERED");
-    assert_eq!(view["reason"], "provider_503");
+    assert_eq!(view["reason"], "provider_503; provider: not charged");
 
     // Redrive that one record: the provider is healthy now; exactly one execution.
     let ops = redriver(&stack, &sdk);
@@ -85,7 +89,7 @@ async fn a_dead_copy_of_a_settled_payment_is_recorded_resolved_and_metrics_are_e
     let api = intake(&stack, &sdk, &[]);
     let config = test_config(&stack, &sim.base_url(), &[]);
     let p = processor(&config, &sdk, HttpGateway::new(&config.provider).unwrap(), 1);
-    let consumer = dlq_consumer(&stack, &sdk);
+    let consumer = dlq_consumer(&stack, &sdk, &sim.base_url());
     let scope = unique_scope("settled");
     assert_eq!(parts(&api.handle(post_payment(scope.as_str(), "s-1", &payment_body(10))).await.unwrap()).0, 202);
     let (received, _) = drive_once(&p, &sqs, stack.queue_url(), stack.queue_arn(), 2, Duration::from_secs(10)).await;

@@ -149,7 +149,7 @@ async fn a_payment_that_exhausts_its_budget_is_dead_lettered_by_the_processor_an
     let dead = receive(&sqs, stack.dlq_url(), 10, 2).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].body(), Some(body.as_str()));
-    let consumer = dlq_consumer(&stack, &sdk);
+    let consumer = dlq_consumer(&stack, &sdk, &sim.base_url());
     let records: Vec<_> = dead.iter().map(|m| lambda_record(m, stack.dlq_arn())).collect();
     let deadline = SystemClock.now_ms() + 10_000;
     consumer.process_batch(&records, deadline, "r1").await;
@@ -162,7 +162,7 @@ async fn a_payment_that_exhausts_its_budget_is_dead_lettered_by_the_processor_an
     assert_eq!(failures[0].state, FailureState::Open);
     assert_eq!(
         failures[0].last_error.as_deref(),
-        Some("budget_exhausted after 3 attempts; last error: provider_in_flight")
+        Some("budget_exhausted after 3 attempts; last error: provider_in_flight; provider: not charged")
     );
     assert_eq!(failures[0].source_queue, stack.queue_arn());
     assert!(ledger(&sim.base_url()).await.charges.is_empty());

@@ -23,7 +23,8 @@ async fn every_sample_event_runs_through_its_handler() {
     let sim = Simulator::start(SimConfig::default()).await.unwrap();
     let deadline = SystemClock.now_ms() + 10_000;
 
-    let config = test_config(&stack, &sim.base_url(), &[]);
+    // The sample message was accepted on a fixed date: no maximum age applies to it here.
+    let config = test_config(&stack, &sim.base_url(), &[("MAX_PAYMENT_AGE_SECONDS", "315360000")]);
     let p = processor(&config, &sdk, HttpGateway::new(&config.provider).unwrap(), 1);
     let event: SqsEvent = serde_json::from_str(&sample("sqs-payment.json")).unwrap();
     let summary = p.process_batch(&event.records, deadline, "sample").await;
@@ -40,7 +41,7 @@ async fn every_sample_event_runs_through_its_handler() {
     assert_eq!(status, 200);
     assert_eq!(view["status"], "SUCCEEDED", "the processor already charged order-1001 above");
 
-    let consumer = dlq_consumer(&stack, &sdk);
+    let consumer = dlq_consumer(&stack, &sdk, &sim.base_url());
     let dead: SqsEvent = serde_json::from_str(&sample("sqs-dead-letter.json")).unwrap();
     let response =
         consumer.process_batch(&dead.records, deadline + Duration::from_secs(1).as_millis() as i64, "sample").await;
