@@ -22,9 +22,9 @@ enum Command {
     /// Brings the pipeline up (LocalStack, functions, pollers, simulator) and keeps it running
     /// for manual use (curl) until Ctrl-C.
     Up(pipeline::UpArgs),
-    /// Operators' tools over a deployed stack: failure records, redrive, stuck intakes.
-    #[command(subcommand)]
-    Ops(ops::OpsCommand),
+    /// Operators' tools over a deployed stack: failure records, redrive, stuck intakes, the
+    /// provider's circuit breaker.
+    Ops(ops::Ops),
     /// The processor's cost per message against Powertools for AWS Lambda (Python).
     Bench(bench::BenchArgs),
 }

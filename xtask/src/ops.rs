@@ -1,42 +1,55 @@
-//! Operators' tools: find a failure, read why, redrive it, resolve it; find stuck intakes.
+//! Operators' tools: find a failure, read why, redrive it, resolve it; find stuck intakes; show
+//! or force the provider's circuit breaker.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::Arc;
-
 use clap::Subcommand;
+use localenv::stack::Stack;
 use payments_core::breaker::dynamodb::DynamoDbBreakerStore;
 use payments_core::breaker::{BreakerConfig, BreakerPolicy, BreakerStore, Circuit, CircuitBreaker};
 use payments_core::clock::{Clock, SystemClock, rfc3339_ms};
 use payments_core::failures::dynamodb::DynamoDbFailureStore;
-use payments_core::failures::redrive::Redriver;
-use payments_core::failures::{FailureState, FailureStore};
+use payments_core::failures::redrive::{Redriven, Redriver};
+use payments_core::failures::{FailureRecord, FailureState, FailureStore};
 use payments_core::idempotency::dynamodb::DynamoDbStore;
+use payments_core::idempotency::{Idempotency, IdempotencyConfig};
+use payments_core::payment::OutcomeResolver;
+use payments_core::payment::http_gateway::{HttpGateway, HttpGatewayConfig};
 
-/// The operators' commands. `--stack` names the deployed stack (LocalStack or AWS, wherever the
-/// AWS environment points); default `$PAYMENTS_STACK`.
+/// The operators' tools, against a deployed stack (LocalStack or AWS, wherever the AWS
+/// environment points).
+#[derive(clap::Args)]
+pub struct Ops {
+    /// The stack's name.
+    #[arg(long, env = "PAYMENTS_STACK", global = true)]
+    stack: Option<String>,
+    /// The provider's API, asked before a redrive whether it already charged.
+    #[arg(long, env = "PROVIDER_BASE_URL", global = true)]
+    provider_url: Option<String>,
+    /// How long the provider remembers an idempotency key: past it, a payment whose outcome is
+    /// unknown is not re-sent (Stripe keeps keys at least 24 hours).
+    #[arg(long, env = "PROVIDER_KEY_WINDOW_HOURS", default_value_t = 24, global = true)]
+    provider_key_window_hours: u64,
+    #[command(subcommand)]
+    command: OpsCommand,
+}
+
+/// The operators' commands.
 #[derive(Subcommand)]
 pub enum OpsCommand {
     /// List failure records (open ones unless --all).
     Failures {
-        #[arg(long, env = "PAYMENTS_STACK")]
-        stack: String,
         #[arg(long)]
         all: bool,
     },
     /// Show one failure record in full, with its original body.
-    Show {
-        #[arg(long, env = "PAYMENTS_STACK")]
-        stack: String,
-        partition: String,
-        message_id: String,
-    },
-    /// Re-enqueue one record's original body (its idempotency key prevents a second execution)
-    /// and mark it resolved.
+    Show { partition: String, message_id: String },
+    /// Ask the provider, then re-enqueue one record's original body (its idempotency key
+    /// prevents a second execution) and mark it resolved; a payment found charged is completed
+    /// instead, not re-sent.
     Redrive {
-        #[arg(long, env = "PAYMENTS_STACK")]
-        stack: String,
         partition: String,
         message_id: String,
         /// Also redrive a poison record (it will fail the same way unless it was fixed upstream).
@@ -45,23 +58,17 @@ pub enum OpsCommand {
     },
     /// Redrive every open dead-letter record. Dry run unless --execute.
     RedriveOpen {
-        #[arg(long, env = "PAYMENTS_STACK")]
-        stack: String,
         #[arg(long)]
         execute: bool,
     },
     /// Move everything still in the DLQ back to the payments queue (SQS StartMessageMoveTask).
     /// Dry run unless --execute.
     RedriveDlq {
-        #[arg(long, env = "PAYMENTS_STACK")]
-        stack: String,
         #[arg(long)]
         execute: bool,
     },
     /// Mark a record resolved without redriving it.
     Resolve {
-        #[arg(long, env = "PAYMENTS_STACK")]
-        stack: String,
         partition: String,
         message_id: String,
         #[arg(long)]
@@ -70,8 +77,6 @@ pub enum OpsCommand {
     /// The provider's circuit breaker: show it, or force it open (no provider calls, payments
     /// wait without spending their budget) or closed (calls resume at once).
     Circuit {
-        #[arg(long, env = "PAYMENTS_STACK")]
-        stack: String,
         /// `show`, `open` or `close`.
         #[arg(value_enum, default_value_t = CircuitAction::Show)]
         action: CircuitAction,
@@ -85,126 +90,10 @@ pub enum OpsCommand {
     /// Payments accepted but possibly never enqueued: intake records still IN_PROGRESS long
     /// after their lease (a crash between claim and SendMessage that no client retry fixed).
     StuckIntake {
-        #[arg(long, env = "PAYMENTS_STACK")]
-        stack: String,
         /// How long past its lease a record must be.
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         older_than: Duration,
     },
-}
-
-/// Runs an operator command.
-pub async fn run(command: OpsCommand) -> Result<ExitCode, String> {
-    let sdk = payments_core::aws::load_config().await;
-    let stack_name = match &command {
-        OpsCommand::Failures { stack, .. }
-        | OpsCommand::Show { stack, .. }
-        | OpsCommand::Redrive { stack, .. }
-        | OpsCommand::RedriveOpen { stack, .. }
-        | OpsCommand::RedriveDlq { stack, .. }
-        | OpsCommand::Resolve { stack, .. }
-        | OpsCommand::StuckIntake { stack, .. }
-        | OpsCommand::Circuit { stack, .. } => stack.clone(),
-    };
-    let stack = localenv::stack::describe(&sdk, &stack_name).await.map_err(|e| e.to_string())?;
-    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
-    let ops = Redriver {
-        failures: DynamoDbFailureStore::new(dynamodb.clone(), stack.failures_table()),
-        sqs: aws_sdk_sqs::Client::new(&sdk),
-        queue_url: stack.queue_url().to_owned(),
-        queue_arn: stack.queue_arn().to_owned(),
-        dlq_arn: stack.dlq_arn().to_owned(),
-    };
-    let now = SystemClock.now_ms();
-    match command {
-        OpsCommand::Failures { all, .. } => {
-            let records = ops.failures.list(!all).await.map_err(|e| e.to_string())?;
-            println!(
-                "{:<24} {:<10} {:<28} {:<6} {:<9} {:<40} message id",
-                "recorded", "kind", "class", "recv", "state", "payment"
-            );
-            for r in &records {
-                let state = match &r.state {
-                    FailureState::Open => "OPEN",
-                    FailureState::Resolved { .. } => "RESOLVED",
-                };
-                println!(
-                    "{:<24} {:<10} {:<28} {:<6} {:<9} {:<40} {}",
-                    rfc3339_ms(r.recorded_at_ms),
-                    r.kind.as_str(),
-                    r.failure_class,
-                    r.receive_count,
-                    state,
-                    r.partition,
-                    r.message_id
-                );
-            }
-            println!("{} record(s)", records.len());
-        }
-        OpsCommand::Show { partition, message_id, .. } => {
-            let r = ops
-                .failures
-                .get(&partition, &message_id)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("no such failure record")?;
-            println!("payment:        {}", r.partition);
-            println!("message id:     {}", r.message_id);
-            println!("kind / class:   {} / {}", r.kind.as_str(), r.failure_class);
-            println!("last error:     {}", r.last_error.as_deref().unwrap_or("-"));
-            println!("receive count:  {}", r.receive_count);
-            println!("first attempt:  {}", r.first_attempt_at_ms.map(rfc3339_ms).unwrap_or_else(|| "-".into()));
-            println!("last attempt:   {}", r.last_attempt_at_ms.map(rfc3339_ms).unwrap_or_else(|| "-".into()));
-            println!("source queue:   {}", r.source_queue);
-            println!("recorded at:    {}", rfc3339_ms(r.recorded_at_ms));
-            println!("state:          {:?}", r.state);
-            println!("body:\n{}", r.body);
-        }
-        OpsCommand::Redrive { partition, message_id, force, .. } => {
-            let done = ops.redrive_record(&partition, &message_id, force, now).await.map_err(|e| e.to_string())?;
-            println!("redriven as message {}", done.new_message_id.unwrap_or_default());
-        }
-        OpsCommand::RedriveOpen { execute, .. } => {
-            let done = ops.redrive_open(!execute, now).await.map_err(|e| e.to_string())?;
-            for d in &done {
-                println!("{} {} {}", if execute { "redriven" } else { "would redrive" }, d.partition, d.message_id);
-            }
-            println!("{} record(s){}", done.len(), if execute { "" } else { " (dry run: add --execute)" });
-        }
-        OpsCommand::RedriveDlq { execute, .. } => {
-            let (waiting, task) = ops.move_dlq(!execute).await.map_err(|e| e.to_string())?;
-            match task {
-                Some(handle) => println!("moving {waiting} message(s) back; task {handle}"),
-                None => println!(
-                    "{waiting} message(s) in the DLQ{}",
-                    if execute { "" } else { " (dry run: add --execute)" }
-                ),
-            }
-        }
-        OpsCommand::Resolve { partition, message_id, note, .. } => {
-            ops.resolve(&partition, &message_id, &note, now).await.map_err(|e| e.to_string())?;
-            println!("resolved");
-        }
-        OpsCommand::Circuit { action, for_, provider, .. } => {
-            circuit(dynamodb, stack.idempotency_table(), &provider, action, for_).await?;
-        }
-        OpsCommand::StuckIntake { older_than, .. } => {
-            let store = DynamoDbStore::new(dynamodb, stack.idempotency_table());
-            let cutoff = now - i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
-            let stuck = store.stale_in_progress("intake", cutoff).await.map_err(|e| e.to_string())?;
-            for r in &stuck {
-                println!(
-                    "{}  first claimed {}  lease ended {}  attempts {}",
-                    r.partition_key,
-                    rfc3339_ms(r.created_at_ms),
-                    rfc3339_ms(r.lease_until_ms),
-                    r.attempts
-                );
-            }
-            println!("{} stuck intake record(s)", stuck.len());
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// What `ops circuit` does.
@@ -216,6 +105,155 @@ pub enum CircuitAction {
     Open,
     /// Force it closed.
     Close,
+}
+
+/// Runs an operator command.
+pub async fn run(ops: Ops) -> Result<ExitCode, String> {
+    let sdk = payments_core::aws::load_config().await;
+    let name = ops.stack.clone().ok_or("--stack (or PAYMENTS_STACK) names the stack")?;
+    let stack = localenv::stack::describe(&sdk, &name).await.map_err(|e| e.to_string())?;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    let failures = DynamoDbFailureStore::new(dynamodb.clone(), stack.failures_table());
+    let now = SystemClock.now_ms();
+    match ops.command {
+        OpsCommand::Failures { all } => list(&failures.list(!all).await.map_err(|e| e.to_string())?),
+        OpsCommand::Show { ref partition, ref message_id } => {
+            let record = failures.get(partition, message_id).await.map_err(|e| e.to_string())?;
+            show(&record.ok_or("no such failure record")?);
+        }
+        OpsCommand::Redrive { ref partition, ref message_id, force } => {
+            let done = redriver(&ops, &sdk, &stack)?
+                .redrive_record(partition, message_id, force, now)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{}", describe(&done, true));
+        }
+        OpsCommand::RedriveOpen { execute } => {
+            let done = redriver(&ops, &sdk, &stack)?.redrive_open(!execute, now).await.map_err(|e| e.to_string())?;
+            for d in &done {
+                println!("{}", describe(d, execute));
+            }
+            println!("{} record(s){}", done.len(), if execute { "" } else { " (dry run: add --execute)" });
+        }
+        OpsCommand::RedriveDlq { execute } => {
+            let (waiting, task) = redriver(&ops, &sdk, &stack)?.move_dlq(!execute).await.map_err(|e| e.to_string())?;
+            match task {
+                Some(handle) => println!("moving {waiting} message(s) back; task {handle}"),
+                None => println!(
+                    "{waiting} message(s) in the DLQ{}",
+                    if execute { "" } else { " (dry run: add --execute)" }
+                ),
+            }
+        }
+        OpsCommand::Resolve { ref partition, ref message_id, ref note } => {
+            if !failures.resolve(partition, message_id, note, now).await.map_err(|e| e.to_string())? {
+                return Err(format!("{partition} / {message_id}: no such open failure record"));
+            }
+            println!("resolved");
+        }
+        OpsCommand::Circuit { action, for_, ref provider } => {
+            circuit(dynamodb, stack.idempotency_table(), provider, action, for_).await?;
+        }
+        OpsCommand::StuckIntake { older_than } => {
+            stuck_intake(DynamoDbStore::new(dynamodb, stack.idempotency_table()), older_than, now).await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The redriver: SQS, the failure records, and the provider asked before anything is re-sent.
+fn redriver(
+    ops: &Ops,
+    sdk: &aws_config::SdkConfig,
+    stack: &Stack,
+) -> Result<Redriver<DynamoDbFailureStore, DynamoDbStore, HttpGateway>, String> {
+    let url = ops.provider_url.clone().ok_or(
+        "a redrive asks the provider first whether it already charged: pass --provider-url (or PROVIDER_BASE_URL)",
+    )?;
+    let config = HttpGatewayConfig {
+        base_url: url,
+        connect_timeout: Duration::from_secs(2),
+        total_timeout: Duration::from_secs(10),
+    };
+    let gateway = HttpGateway::new(&config).map_err(|e| e.to_string())?;
+    let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+    let records = DynamoDbStore::new(dynamodb.clone(), stack.idempotency_table());
+    Ok(Redriver {
+        failures: DynamoDbFailureStore::new(dynamodb, stack.failures_table()),
+        resolver: OutcomeResolver::new(Idempotency::new(records, IdempotencyConfig::default()), gateway),
+        key_window: Duration::from_secs(ops.provider_key_window_hours * 3600),
+        sqs: aws_sdk_sqs::Client::new(sdk),
+        queue_url: stack.queue_url().to_owned(),
+        queue_arn: stack.queue_arn().to_owned(),
+        dlq_arn: stack.dlq_arn().to_owned(),
+    })
+}
+
+fn describe(done: &Redriven, executed: bool) -> String {
+    match (&done.found_charge, &done.new_message_id) {
+        (Some(charge), _) => {
+            format!("{} {}: already charged ({charge}); completed, not re-sent", done.partition, done.message_id)
+        }
+        (None, Some(id)) => format!("{} {}: redriven as message {id}", done.partition, done.message_id),
+        (None, None) => {
+            format!("{} {}: {}", done.partition, done.message_id, if executed { "done" } else { "would redrive" })
+        }
+    }
+}
+
+fn list(records: &[FailureRecord]) {
+    println!(
+        "{:<24} {:<10} {:<28} {:<6} {:<9} {:<40} message id",
+        "recorded", "kind", "class", "recv", "state", "payment"
+    );
+    for r in records {
+        let state = match &r.state {
+            FailureState::Open => "OPEN",
+            FailureState::Resolved { .. } => "RESOLVED",
+        };
+        println!(
+            "{:<24} {:<10} {:<28} {:<6} {:<9} {:<40} {}",
+            rfc3339_ms(r.recorded_at_ms),
+            r.kind.as_str(),
+            r.failure_class,
+            r.receive_count,
+            state,
+            r.partition,
+            r.message_id
+        );
+    }
+    println!("{} record(s)", records.len());
+}
+
+fn show(r: &FailureRecord) {
+    let time = |t: Option<i64>| t.map(rfc3339_ms).unwrap_or_else(|| "-".into());
+    println!("payment:        {}", r.partition);
+    println!("message id:     {}", r.message_id);
+    println!("kind / class:   {} / {}", r.kind.as_str(), r.failure_class);
+    println!("last error:     {}", r.last_error.as_deref().unwrap_or("-"));
+    println!("receive count:  {}", r.receive_count);
+    println!("first attempt:  {}", time(r.first_attempt_at_ms));
+    println!("last attempt:   {}", time(r.last_attempt_at_ms));
+    println!("source queue:   {}", r.source_queue);
+    println!("recorded at:    {}", rfc3339_ms(r.recorded_at_ms));
+    println!("state:          {:?}", r.state);
+    println!("body:\n{}", r.body);
+}
+
+async fn stuck_intake(store: DynamoDbStore, older_than: Duration, now: i64) -> Result<(), String> {
+    let cutoff = now - i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
+    let stuck = store.stale_in_progress("intake", cutoff).await.map_err(|e| e.to_string())?;
+    for r in &stuck {
+        println!(
+            "{}  first claimed {}  lease ended {}  attempts {}",
+            r.partition_key,
+            rfc3339_ms(r.created_at_ms),
+            rfc3339_ms(r.lease_until_ms),
+            r.attempts
+        );
+    }
+    println!("{} stuck intake record(s)", stuck.len());
+    Ok(())
 }
 
 async fn circuit(

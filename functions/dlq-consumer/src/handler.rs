@@ -14,24 +14,20 @@ use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_runtime::LambdaEvent;
 use payments_core::clock::{Clock, rfc3339_ms};
 use payments_core::failures::{FailureKind, FailureRecord, FailureState, FailureStore, Recorded, failure_partition};
-use payments_core::idempotency::{
-    ClaimOutcome, Idempotency, IdempotencyRecord, IdempotencyStore, PayloadHash, RecordStatus, Settlement,
-};
+use payments_core::idempotency::{Idempotency, IdempotencyRecord, IdempotencyStore, RecordStatus};
 use payments_core::observability::{Metrics, MetricsSink, Unit};
-use payments_core::payment::{
-    ChargeLookup, ChargeResult, KeyHint, Lookup, PaymentGateway, PaymentMessage, process_key, provider_idempotency_key,
-};
+use payments_core::payment::{KeyHint, OutcomeResolver, PaymentGateway, PaymentMessage, Resolution, process_key};
 use payments_core::sqs::{
     Backoff, BatchRunner, Jitter, RecordHandler, RecordOutcome, VisibilityControl, dead_letter, receive_count,
 };
 
 /// Everything the DLQ consumer builds once per cold start.
 pub struct DlqConsumer<S, F, V, G> {
-    /// Idempotency records, read for the last error and attempt times, and completed when the
-    /// provider turns out to hold the payment's charge.
+    /// Idempotency records, read for the last error and attempt times.
     pub idempotency: Idempotency<S>,
-    /// The provider, asked what it holds for a payment before it is reported dead.
-    pub gateway: G,
+    /// Asks the provider what it holds for a payment before it is reported dead, and completes
+    /// the payment with a charge it finds.
+    pub resolver: OutcomeResolver<S, G>,
     /// Where failure records go.
     pub failures: F,
     /// Runs the batch.
@@ -66,14 +62,6 @@ pub enum DeadLetterOutcome {
     },
     /// This message was recorded before (redelivery): nothing written.
     Duplicate,
-}
-
-/// What the provider was found to hold for a dead payment that was not settled.
-enum Resolution {
-    /// Its charge, now recorded on the payment.
-    Charged(String),
-    /// Nothing: the payment was not charged.
-    NotCharged,
 }
 
 impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl, G: PaymentGateway> DlqConsumer<S, F, V, G> {
@@ -190,37 +178,16 @@ impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl, G: PaymentGatew
 }
 
 impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl, G: PaymentGateway> DlqConsumer<S, F, V, G> {
-    /// What the provider holds for a payment that is not settled. The processor's own answer
-    /// when it asked just before giving up; otherwise a lookup. A charge found is recorded on
-    /// the payment (claim, then complete). `Err` (unknown, or the record busy elsewhere): record
-    /// nothing now, retry the dead message later.
+    /// What the provider holds for a payment that is not settled: the processor's own answer
+    /// when it asked just before giving up, otherwise the resolver's (which records a charge it
+    /// finds on the payment). `Err` when unknown: record nothing now, retry the dead message.
     async fn resolve(&self, payment: &PaymentMessage, message: &SqsMessage) -> Result<Resolution, String> {
         if message_attribute(message, dead_letter::RESOLUTION) == Some("not_charged") {
             return Ok(Resolution::NotCharged);
         }
-        let request = ChargeLookup {
-            idempotency_key: provider_idempotency_key(&payment.scope, &payment.idempotency_key),
-            merchant_reference: payment.payment.merchant_reference.clone(),
-            amount: payment.payment.amount,
-            currency: payment.payment.currency,
-        };
-        let charge = match self.gateway.lookup(&request).await {
-            Lookup::Charged(charge) => charge,
-            Lookup::NotCharged => return Ok(Resolution::NotCharged),
-            Lookup::Unknown(detail) => return Err(format!("outcome unknown, not recorded yet: {detail}")),
-        };
-        let key = process_key(&payment.scope, &payment.idempotency_key);
-        let hash = PayloadHash::of(&payment.payment).map_err(|e| e.to_string())?;
-        let deadline = self.clock.now_ms() + 30_000;
-        let lease = match self.idempotency.claim(&key, &hash, deadline).await.map_err(|e| e.to_string())? {
-            ClaimOutcome::Claimed(lease) => lease,
-            other => return Err(format!("payment record not free to complete: {other:?}")),
-        };
-        let result = ChargeResult { charge_id: charge.id.clone(), amount: charge.amount, currency: charge.currency };
-        let stored = serde_json::to_value(&result).map_err(|e| e.to_string())?;
-        match self.idempotency.complete(&lease, &stored).await.map_err(|e| e.to_string())? {
-            Settlement::Recorded => Ok(Resolution::Charged(charge.id)),
-            Settlement::NotOwner { .. } => Err("lost the payment record while completing it".into()),
+        match self.resolver.resolve(payment).await {
+            Resolution::Unknown(detail) => Err(format!("outcome unknown, not recorded yet: {detail}")),
+            known => Ok(known),
         }
     }
 }
@@ -256,7 +223,7 @@ fn last_error(
     let found = match resolution {
         Some(Resolution::Charged(charge_id)) => Some(format!("charged ({charge_id})")),
         Some(Resolution::NotCharged) => Some("not charged".to_owned()),
-        None => None,
+        Some(Resolution::Unknown(_)) | None => None,
     };
     match (told, found) {
         (Some(told), Some(found)) => Some(format!("{told}; provider: {found}")),

@@ -11,6 +11,7 @@ use payments_core::failures::dynamodb::DynamoDbFailureStore;
 use payments_core::idempotency::Idempotency;
 use payments_core::idempotency::dynamodb::DynamoDbStore;
 use payments_core::observability::MetricsSink;
+use payments_core::payment::OutcomeResolver;
 use payments_core::payment::http_gateway::{BuildError, HttpGateway};
 use payments_core::sqs::{BatchRunner, Jitter, SqsVisibility};
 
@@ -28,7 +29,10 @@ pub fn build(config: &DlqConsumerConfig, sdk: &aws_config::SdkConfig) -> Result<
             DynamoDbStore::new(dynamodb.clone(), &config.idempotency_table),
             config.idempotency(),
         ),
-        gateway: HttpGateway::new(&config.provider)?,
+        resolver: OutcomeResolver::new(
+            Idempotency::new(DynamoDbStore::new(dynamodb.clone(), &config.idempotency_table), config.idempotency()),
+            HttpGateway::new(&config.provider)?,
+        ),
         failures: DynamoDbFailureStore::new(dynamodb, &config.failures_table),
         runner: BatchRunner::new(config.batch, SqsVisibility::new(aws_sdk_sqs::Client::new(sdk))),
         backoff: config.backoff,

@@ -7,6 +7,7 @@ pub mod http_gateway;
 pub mod money;
 pub mod queue;
 pub mod request;
+pub mod resolve;
 pub mod status;
 
 pub use envelope::{EnvelopeError, KeyHint, PaymentMessage};
@@ -14,6 +15,7 @@ pub use gateway::{Charge, ChargeLookup, ChargeRequest, GatewayError, Lookup, Pay
 pub use money::{Currency, MinorUnits};
 pub use queue::{EnqueueError, PaymentQueue};
 pub use request::{MerchantReference, Metadata, PaymentMethodToken, PaymentRequest};
+pub use resolve::{OutcomeResolver, Resolution};
 pub use status::{
     ChargeResult, PaymentStatus, PaymentView, derive_view, intake_key, process_key, provider_idempotency_key,
 };

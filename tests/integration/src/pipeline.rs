@@ -177,12 +177,26 @@ pub fn dlq_consumer(stack: &Stack, sdk: &aws_config::SdkConfig, provider_url: &s
 pub fn redriver(
     stack: &Stack,
     sdk: &aws_config::SdkConfig,
-) -> payments_core::failures::redrive::Redriver<payments_core::failures::dynamodb::DynamoDbFailureStore> {
+    provider_url: &str,
+) -> payments_core::failures::redrive::Redriver<
+    payments_core::failures::dynamodb::DynamoDbFailureStore,
+    payments_core::idempotency::dynamodb::DynamoDbStore,
+    payments_core::payment::http_gateway::HttpGateway,
+> {
+    let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+    let records = payments_core::idempotency::dynamodb::DynamoDbStore::new(dynamodb.clone(), stack.idempotency_table());
+    let provider = payments_core::payment::http_gateway::HttpGatewayConfig {
+        base_url: provider_url.to_owned(),
+        connect_timeout: Duration::from_millis(300),
+        total_timeout: Duration::from_millis(800),
+    };
     payments_core::failures::redrive::Redriver {
-        failures: payments_core::failures::dynamodb::DynamoDbFailureStore::new(
-            aws_sdk_dynamodb::Client::new(sdk),
-            stack.failures_table(),
+        failures: payments_core::failures::dynamodb::DynamoDbFailureStore::new(dynamodb, stack.failures_table()),
+        resolver: payments_core::payment::OutcomeResolver::new(
+            payments_core::idempotency::Idempotency::new(records, Default::default()),
+            payments_core::payment::http_gateway::HttpGateway::new(&provider).expect("provider client"),
         ),
+        key_window: Duration::from_secs(24 * 3600),
         sqs: aws_sdk_sqs::Client::new(sdk),
         queue_url: stack.queue_url().to_owned(),
         queue_arn: stack.queue_arn().to_owned(),

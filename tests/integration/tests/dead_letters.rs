@@ -67,7 +67,7 @@ async fn a_dead_payment_gets_one_failure_record_shows_dead_lettered_and_redrives
     assert_eq!(view["reason"], "provider_503; provider: not charged");
 
     // Redrive that one record: the provider is healthy now; exactly one execution.
-    let ops = redriver(&stack, &sdk);
+    let ops = redriver(&stack, &sdk, &sim.base_url());
     let redriven =
         ops.redrive_record(&failure.partition, &failure.message_id, false, SystemClock.now_ms()).await.unwrap();
     assert!(redriven.new_message_id.is_some());
@@ -128,7 +128,7 @@ async fn the_whole_dlq_moves_back_only_when_asked() {
     let sdk = aws().await;
     let stack = own_stack(&sdk, &[]).await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let ops = redriver(&stack, &sdk);
+    let ops = redriver(&stack, &sdk, "http://127.0.0.1:9");
     for i in 0..3 {
         sqs.send_message().queue_url(stack.dlq_url()).message_body(format!("{{\"n\":{i}}}")).send().await.unwrap();
     }

@@ -119,3 +119,85 @@ async fn an_unreachable_provider_keeps_a_dead_message_unrecorded_and_retried() {
     assert!(consumer.failures.for_payment(&scope, &IdempotencyKey::new("n-1").unwrap()).await.unwrap().is_empty());
     drop(sim);
 }
+
+/// A failure record for a payment the provider did charge (its answer lost), redriven after
+/// the payment's idempotency record is gone (past its retention): the redrive asks first and
+/// completes the payment instead of re-sending it, so no second charge can follow even where the
+/// provider has forgotten the key. With the provider unreachable and the payment older than the
+/// key window, the redrive is refused.
+#[tokio::test]
+async fn a_late_redrive_of_a_charged_payment_completes_it_instead_of_charging_again() {
+    let sdk = aws().await;
+    let stack = own_stack(&sdk, &[]).await;
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let scope = unique_scope("late");
+    let old = humantime::format_rfc3339_millis(std::time::SystemTime::now() - Duration::from_secs(30 * 3600));
+    let mut message =
+        serde_json::to_value(integration_tests::pipeline::payment(&scope, "l-1", 700, json!({}))).unwrap();
+    message["created_at"] = json!(old.to_string());
+    let body = message.to_string();
+    let payment = payments_core::payment::PaymentMessage::parse(&body).unwrap();
+    // The provider charged it (a request whose answer was lost).
+    let http = HttpGateway::new(&test_config(&stack, &sim.base_url(), &[]).provider).unwrap();
+    let request = payments_core::payment::ChargeRequest {
+        idempotency_key: payments_core::payment::provider_idempotency_key(&payment.scope, &payment.idempotency_key),
+        amount: payment.payment.amount,
+        currency: payment.payment.currency,
+        payment_method: payment.payment.payment_method.clone(),
+        merchant_reference: payment.payment.merchant_reference.clone(),
+        metadata: payment.payment.metadata.clone(),
+    };
+    let charge = payments_core::payment::PaymentGateway::charge(&http, &request).await.unwrap();
+    // Its failure record is open; no idempotency record exists any more.
+    let failures = payments_core::failures::dynamodb::DynamoDbFailureStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        stack.failures_table(),
+    );
+    let record = payments_core::failures::FailureRecord {
+        partition: payments_core::failures::record::payment_partition(&scope, &payment.idempotency_key),
+        message_id: "m-late".into(),
+        scope: Some(scope.clone()),
+        idempotency_key: Some(payment.idempotency_key.clone()),
+        body: body.clone(),
+        receive_count: 5,
+        first_attempt_at_ms: None,
+        last_attempt_at_ms: None,
+        last_error: Some("provider_timeout".into()),
+        failure_class: "provider_timeout".into(),
+        source_queue: stack.queue_arn().into(),
+        recorded_at_ms: SystemClock.now_ms(),
+        kind: payments_core::failures::FailureKind::DeadLetter,
+        state: FailureState::Open,
+    };
+    failures.record(&record).await.unwrap();
+
+    // Unreachable provider, payment older than the 24 h key window: refused, nothing sent.
+    let blind = integration_tests::pipeline::redriver(&stack, &sdk, "http://127.0.0.1:9");
+    let refused = blind.redrive_record(&record.partition, "m-late", false, SystemClock.now_ms()).await;
+    assert!(
+        matches!(refused, Err(payments_core::failures::redrive::RedriveError::OutcomeUnknown { .. })),
+        "{refused:?}"
+    );
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    assert_eq!(queue_depth(&sqs, stack.queue_url()).await, 0);
+
+    // With the provider answering: found charged, completed, not re-sent.
+    let ops = integration_tests::pipeline::redriver(&stack, &sdk, &sim.base_url());
+    let done = ops.redrive_record(&record.partition, "m-late", false, SystemClock.now_ms()).await.unwrap();
+    assert_eq!((done.found_charge.as_deref(), done.new_message_id), (Some(charge.id.as_str()), None));
+    assert_eq!(queue_depth(&sqs, stack.queue_url()).await, 0, "nothing re-sent");
+    assert_eq!(ledger(&sim.base_url()).await.charges.len(), 1, "no second charge");
+    let api = intake(&stack, &sdk, &[]);
+    let _ = api; // the payment was never accepted through this stack's intake; read the record directly
+    let stored = ops
+        .resolver
+        .idempotency()
+        .get(&payments_core::payment::process_key(&scope, &payment.idempotency_key))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, payments_core::idempotency::RecordStatus::Completed);
+    assert!(stored.result.unwrap().contains(&charge.id));
+    let after = failures.get(&record.partition, "m-late").await.unwrap().unwrap();
+    assert!(matches!(after.state, FailureState::Resolved { ref note, .. } if note.starts_with("resolved: charged")));
+}

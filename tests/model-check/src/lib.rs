@@ -3,7 +3,9 @@
 //! the payment's key, and complete, fail or release — while time passes, leases and TTLs expire,
 //! SQS redelivers after the visibility timeout and dead-letters after maxReceiveCount, workers
 //! crash at any step (a crashed worker's request may still reach the provider), and the provider
-//! answers, fails, declines, or commits and then times out.
+//! answers, fails, declines, or commits and then times out. The DLQ consumer asks the provider
+//! before it records a dead payment: charged → it completes the payment's record with that
+//! charge; a request still in flight → unknown, it waits; not charged → an open failure record.
 //!
 //! The model does not restate the rules: every claim and settlement goes through
 //! `payments_core::idempotency::protocol` (`decide_claim`, `claimed_record`, `may_settle`,
@@ -43,6 +45,8 @@ pub enum Rules {
     NoLeaseExpiryCheck,
     /// Complete, fail and release as unconditional writes, as Powertools does them.
     UnconditionalSettle,
+    /// The DLQ consumer records every dead payment as dead without asking the provider.
+    DeadLetterWithoutLookup,
 }
 
 /// Time in ticks of one second. The state keeps every timer relative to "now" and saturates the
@@ -180,6 +184,8 @@ pub struct Message {
     pub dead: bool,
     /// The DLQ consumer wrote its failure record.
     pub failure_recorded: bool,
+    /// ... resolved, because the provider held the payment's charge (the record is completed).
+    pub resolved_charged: bool,
 }
 
 /// The provider's memory of one key.
@@ -259,6 +265,9 @@ fn token(worker: u8) -> OwnerToken {
     OwnerToken::from_stored(format!("w{worker}"))
 }
 
+/// The DLQ consumer's owner token when it completes a record (not a worker's).
+const DLQ_CONSUMER: &str = "dlq";
+
 /// "Now" for the protocol functions: timers are relative, so now is always 0.
 const NOW_MS: i64 = 0;
 /// A lease that ended (in ms, relative): every past lease end is the same to the protocol.
@@ -277,7 +286,9 @@ impl ProtocolModel {
 
     fn allowed(&self, stored: Option<&IdempotencyRecord>, worker: u8) -> bool {
         match self.rules {
-            Rules::Real | Rules::NoLeaseExpiryCheck => may_settle(stored, &token(worker)),
+            Rules::Real | Rules::NoLeaseExpiryCheck | Rules::DeadLetterWithoutLookup => {
+                may_settle(stored, &token(worker))
+            }
             Rules::NoOwnerCondition => matches!(stored, Some(r) if r.status == RecordStatus::InProgress),
             Rules::UnconditionalSettle => stored.is_some(),
         }
@@ -349,6 +360,52 @@ impl ProtocolModel {
         worker_timer || message_timer || lease_timer
     }
 
+    /// The DLQ consumer: ask the provider; a charge found completes the payment's record (by the
+    /// same claim rule as any worker: not while another holds a live lease — then `None`, it
+    /// retries later) and resolves the failure record; none found records the payment as dead.
+    fn record_dead_letter(&self, mut s: State, i: u8) -> Option<State> {
+        let k = usize::from(s.messages[usize::from(i)].key);
+        let charges = s.provider[k].charges;
+        if self.rules != Rules::DeadLetterWithoutLookup && charges >= 1 {
+            let stored = s.records[k].clone();
+            match self.decide(stored.as_ref()) {
+                decision @ (ClaimDecision::Create | ClaimDecision::TakeOver) => {
+                    let request = ClaimRequest {
+                        key: record_key(k as u8),
+                        payload_hash: payload(),
+                        owner: OwnerToken::from_stored(DLQ_CONSUMER.into()),
+                        now_ms: NOW_MS,
+                        lease_until_ms: 1000,
+                        expires_at_s: i64::from(self.timing.retention),
+                    };
+                    let claimed = claimed_record(stored.as_ref(), decision, &request);
+                    let complete = Settle::Complete { result: format!("ch{charges}") };
+                    let mut next = settled_record(&claimed, &complete, NOW_MS, i64::from(self.timing.retention));
+                    next.owner = None;
+                    next.lease_until_ms = PAST_MS;
+                    abstract_history(&mut next);
+                    s.records[k] = Some(next);
+                }
+                ClaimDecision::Refuse(Refusal::InProgress { .. }) => return None,
+                ClaimDecision::Refuse(_) => {}
+            }
+            s.messages[usize::from(i)].resolved_charged = true;
+        }
+        s.messages[usize::from(i)].failure_recorded = true;
+        Some(s)
+    }
+
+    /// Whether payment `k` shows FAILED or DEAD_LETTERED (an open failure record and no
+    /// completed record), as the status query derives it.
+    fn reported_failed(state: &State, k: usize) -> bool {
+        let status = state.records[k].as_ref().map(|r| r.status);
+        let dead = state
+            .messages
+            .iter()
+            .any(|m| usize::from(m.key) == k && m.dead && m.failure_recorded && !m.resolved_charged);
+        status == Some(RecordStatus::Failed) || (dead && status != Some(RecordStatus::Completed))
+    }
+
     fn start_call(state: &mut State, key: u8) {
         let p = &mut state.provider[usize::from(key)];
         p.in_flight += 1;
@@ -383,8 +440,9 @@ pub fn representative(state: &State) -> State {
         m.holder = m.holder.map(|h| position[usize::from(h)]);
     }
     for record in s.records.iter_mut().flatten() {
-        if let Some(owner) = &record.owner {
-            let old: u8 = owner.as_str().trim_start_matches('w').parse().expect("model tokens are w<n>");
+        if let Some(owner) = &record.owner
+            && let Some(old) = owner.as_str().strip_prefix('w').and_then(|n| n.parse::<u8>().ok())
+        {
             record.owner = Some(token(position[usize::from(old)]));
         }
     }
@@ -408,6 +466,7 @@ impl Model for ProtocolModel {
                     deleted: false,
                     dead: false,
                     failure_recorded: false,
+                    resolved_charged: false,
                 })
                 .collect(),
             expired: vec![false; usize::from(self.keys)],
@@ -465,7 +524,10 @@ impl Model for ProtocolModel {
             }
         }
         for (i, m) in s.messages.iter().enumerate() {
-            if m.dead && !m.failure_recorded {
+            // A request still in flight at the provider makes the lookup's answer unknown: the
+            // consumer retries the dead message later.
+            let unknown = s.provider[usize::from(m.key)].in_flight > 0 && self.rules != Rules::DeadLetterWithoutLookup;
+            if m.dead && !m.failure_recorded && !unknown {
                 actions.push(Action::RecordDeadLetter(i as u8));
             }
         }
@@ -620,7 +682,7 @@ impl Model for ProtocolModel {
                 s.expired[usize::from(k)] = true;
             }
             Action::TtlDelete(k) => s.records[usize::from(k)] = None,
-            Action::RecordDeadLetter(k) => s.messages[usize::from(k)].failure_recorded = true,
+            Action::RecordDeadLetter(i) => return self.record_dead_letter(s, i),
         }
         Some(s)
     }
@@ -653,6 +715,14 @@ impl Model for ProtocolModel {
                 "every message ends settled or dead-lettered with a failure record",
                 |m: &ProtocolModel, s: &State| m.all_done(s),
             ),
+            Property::always(
+                "no payment ends FAILED or DEAD_LETTERED while the provider holds a charge",
+                |m: &ProtocolModel, s: &State| {
+                    m.provider != Provider::HonoursKeys
+                        || !m.all_done(s)
+                        || (0..s.records.len()).all(|k| s.provider[k].charges == 0 || !Self::reported_failed(s, k))
+                },
+            ),
             Property::always("a key-ignoring provider charges once per key", |m: &ProtocolModel, s: &State| {
                 m.provider != Provider::IgnoresKeys || s.provider.iter().all(|p| p.charges <= 1)
             }),
@@ -665,6 +735,9 @@ impl Model for ProtocolModel {
             }),
             Property::sometimes("a crashed worker's request is still in flight", |_: &ProtocolModel, s: &State| {
                 !s.orphans.is_empty()
+            }),
+            Property::sometimes("a dead payment is found charged and completed", |_: &ProtocolModel, s: &State| {
+                s.messages.iter().any(|m| m.resolved_charged)
             }),
         ]
     }

@@ -123,3 +123,15 @@ fn unconditional_completion_as_powertools_does_it_rewrites_settled_records() {
     );
     counterexample(&checker, SETTLED);
 }
+
+const REPORTED: &str = "no payment ends FAILED or DEAD_LETTERED while the provider holds a charge";
+
+#[test]
+fn dead_lettering_without_asking_the_provider_reports_a_charged_payment_dead() {
+    let checker = find(
+        ProtocolModel::standard(Provider::HonoursKeys, Rules::DeadLetterWithoutLookup),
+        REPORTED,
+        "dead-letter without a lookup",
+    );
+    counterexample(&checker, REPORTED);
+}
