@@ -122,21 +122,23 @@ pub async fn run(ops: Ops) -> Result<ExitCode, String> {
             show(&record.ok_or("no such failure record")?);
         }
         OpsCommand::Redrive { ref partition, ref message_id, force } => {
-            let done = redriver(&ops, &sdk, &stack)?
+            let done = redriver(&ops, &sdk, &stack, true)?
                 .redrive_record(partition, message_id, force, now)
                 .await
                 .map_err(|e| e.to_string())?;
             println!("{}", describe(&done, true));
         }
         OpsCommand::RedriveOpen { execute } => {
-            let done = redriver(&ops, &sdk, &stack)?.redrive_open(!execute, now).await.map_err(|e| e.to_string())?;
+            let done =
+                redriver(&ops, &sdk, &stack, true)?.redrive_open(!execute, now).await.map_err(|e| e.to_string())?;
             for d in &done {
                 println!("{}", describe(d, execute));
             }
             println!("{} record(s){}", done.len(), if execute { "" } else { " (dry run: add --execute)" });
         }
         OpsCommand::RedriveDlq { execute } => {
-            let (waiting, task) = redriver(&ops, &sdk, &stack)?.move_dlq(!execute).await.map_err(|e| e.to_string())?;
+            let (waiting, task) =
+                redriver(&ops, &sdk, &stack, false)?.move_dlq(!execute).await.map_err(|e| e.to_string())?;
             match task {
                 Some(handle) => println!("moving {waiting} message(s) back; task {handle}"),
                 None => println!(
@@ -161,15 +163,24 @@ pub async fn run(ops: Ops) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The redriver: SQS, the failure records, and the provider asked before anything is re-sent.
+/// The redriver: SQS, the failure records, and the provider asked before anything is re-sent
+/// (`asks_provider`; moving the DLQ back re-sends nothing itself and asks nothing, so it needs no
+/// provider: its lookups would answer "unknown").
 fn redriver(
     ops: &Ops,
     sdk: &aws_config::SdkConfig,
     stack: &Stack,
+    asks_provider: bool,
 ) -> Result<Redriver<DynamoDbFailureStore, DynamoDbStore, HttpGateway>, String> {
-    let url = ops.provider_url.clone().ok_or(
-        "a redrive asks the provider first whether it already charged: pass --provider-url (or PROVIDER_BASE_URL)",
-    )?;
+    let url = match (&ops.provider_url, asks_provider) {
+        (Some(url), _) => url.clone(),
+        (None, false) => "http://127.0.0.1:9".to_owned(),
+        (None, true) => {
+            return Err("a redrive asks the provider first whether it already charged: \
+                        pass --provider-url (or PROVIDER_BASE_URL)"
+                .into());
+        }
+    };
     let config = HttpGatewayConfig {
         base_url: url,
         connect_timeout: Duration::from_secs(2),
