@@ -268,21 +268,13 @@ pub fn record_call(
             Some(BreakerState { version: state.version + 1, ..BreakerState::default() })
         }
         (Circuit::Open, CallHealth::Healthy) => {
-            let mut next = state.next_version();
-            next.probe_successes += 1;
-            next.probe_owner = None;
-            next.probe_until_ms = 0;
-            Some(next)
+            Some(BreakerState { probe_successes: state.probe_successes + 1, ..probe_freed(state) })
         }
         (Circuit::Open, CallHealth::Unhealthy) if state.probe_failures + 1 >= policy.reopen_after => {
             Some(opened(state, now_ms, policy))
         }
         (Circuit::Open, CallHealth::Unhealthy) => {
-            let mut next = state.next_version();
-            next.probe_failures += 1;
-            next.probe_owner = None;
-            next.probe_until_ms = 0;
-            Some(next)
+            Some(BreakerState { probe_failures: state.probe_failures + 1, ..probe_freed(state) })
         }
         (Circuit::Closed, CallHealth::Healthy) if state.failures == 0 => None,
         (Circuit::Closed, CallHealth::Healthy) => {
@@ -306,13 +298,12 @@ pub fn record_call(
 /// The state after `owner` gives its probe up without calling (the payment turned out to be a
 /// duplicate, or the claim failed), so another instance may probe at once.
 pub fn return_probe(state: &BreakerState, owner: &str) -> Option<BreakerState> {
-    if state.probe_owner.as_deref() != Some(owner) {
-        return None;
-    }
-    let mut next = state.next_version();
-    next.probe_owner = None;
-    next.probe_until_ms = 0;
-    Some(next)
+    (state.probe_owner.as_deref() == Some(owner)).then(|| probe_freed(state))
+}
+
+/// The next version of `state` with no probe lease held.
+fn probe_freed(state: &BreakerState) -> BreakerState {
+    BreakerState { probe_owner: None, probe_until_ms: 0, ..state.next_version() }
 }
 
 /// The state an operator forces: open until `until_ms`, or closed.

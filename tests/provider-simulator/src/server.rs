@@ -193,27 +193,8 @@ async fn charge(shared: &Shared, headers: &http::HeaderMap, body: &Bytes) -> Ans
         }
         fault
     };
-    match fault {
-        Some(Fault::InternalError) => {
-            return Ok(error(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "internal_error", "injected 500"));
-        }
-        Some(Fault::Unavailable) => {
-            return Ok(error(StatusCode::SERVICE_UNAVAILABLE, "api_error", "unavailable", "injected 503"));
-        }
-        Some(Fault::RateLimited) => {
-            let mut response = error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "rate_limited", "injected 429");
-            response.headers_mut().insert("retry-after", http::HeaderValue::from_static("1"));
-            return Ok(response);
-        }
-        Some(Fault::Conflict) => {
-            return Ok(error(StatusCode::CONFLICT, "idempotency_error", "request_in_flight", "injected 409"));
-        }
-        Some(Fault::Timeout) => {
-            tokio::time::sleep(Duration::from_millis(config.commit_delay_ms)).await;
-            return Ok(error(StatusCode::GATEWAY_TIMEOUT, "api_error", "timeout", "injected timeout"));
-        }
-        Some(Fault::ConnectionReset) => return Err(DropConnection),
-        Some(Fault::CommitThenTimeout | Fault::Latency) | None => {}
+    if let Some(answer) = refusal(fault, &config).await {
+        return answer;
     }
 
     {
@@ -300,25 +281,13 @@ async fn lookup(shared: &Shared, query: &str) -> Answer {
         fault
     };
     match fault {
-        Some(Fault::InternalError) => {
-            return Ok(error(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "internal_error", "injected 500"));
-        }
-        Some(Fault::Unavailable) => {
-            return Ok(error(StatusCode::SERVICE_UNAVAILABLE, "api_error", "unavailable", "injected 503"));
-        }
-        Some(Fault::RateLimited) => {
-            return Ok(error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "rate_limited", "injected 429"));
-        }
-        Some(Fault::Conflict) => {
-            return Ok(error(StatusCode::CONFLICT, "idempotency_error", "request_in_flight", "injected 409"));
-        }
-        Some(Fault::ConnectionReset) => return Err(DropConnection),
-        Some(Fault::Timeout | Fault::CommitThenTimeout) => {
-            tokio::time::sleep(Duration::from_millis(config.commit_delay_ms)).await;
-            return Ok(error(StatusCode::GATEWAY_TIMEOUT, "api_error", "timeout", "injected timeout"));
-        }
+        Some(Fault::CommitThenTimeout) => return timed_out(&config).await,
         Some(Fault::Latency) => tokio::time::sleep(Duration::from_millis(config.latency_ms)).await,
-        None => {}
+        other => {
+            if let Some(answer) = refusal(other, &config).await {
+                return answer;
+            }
+        }
     }
     let state = shared.state();
     if by_key && matches!(state.keys.get(&value), Some(KeyEntry::InFlight)) {
@@ -340,6 +309,32 @@ async fn lookup(shared: &Shared, query: &str) -> Answer {
         })
         .collect();
     Ok(json(StatusCode::OK, &serde_json::json!({"object": "list", "data": data})))
+}
+
+/// The answer of a fault that refuses the request without touching the ledger; `None` for the
+/// faults that let it through (commit-then-timeout, latency) and for no fault.
+async fn refusal(fault: Option<Fault>, config: &SimConfig) -> Option<Answer> {
+    Some(match fault? {
+        Fault::InternalError => {
+            Ok(error(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "internal_error", "injected 500"))
+        }
+        Fault::Unavailable => Ok(error(StatusCode::SERVICE_UNAVAILABLE, "api_error", "unavailable", "injected 503")),
+        Fault::RateLimited => {
+            let mut response = error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "rate_limited", "injected 429");
+            response.headers_mut().insert("retry-after", http::HeaderValue::from_static("1"));
+            Ok(response)
+        }
+        Fault::Conflict => Ok(error(StatusCode::CONFLICT, "idempotency_error", "request_in_flight", "injected 409")),
+        Fault::Timeout => timed_out(config).await,
+        Fault::ConnectionReset => Err(DropConnection),
+        Fault::CommitThenTimeout | Fault::Latency => return None,
+    })
+}
+
+/// No answer until the client has given up (then a 504 nobody reads).
+async fn timed_out(config: &SimConfig) -> Answer {
+    tokio::time::sleep(Duration::from_millis(config.commit_delay_ms)).await;
+    Ok(error(StatusCode::GATEWAY_TIMEOUT, "api_error", "timeout", "injected timeout"))
 }
 
 fn stored_response(response: &StoredResponse) -> Response<Full<Bytes>> {

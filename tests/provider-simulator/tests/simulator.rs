@@ -94,3 +94,32 @@ async fn a_request_while_the_first_is_in_flight_gets_409() {
     assert_eq!(first.await.unwrap(), 200);
     assert_eq!(ledger(&client, &base).await.charges.len(), 1);
 }
+
+#[tokio::test]
+async fn lookups_find_a_charge_by_key_or_reference_and_answer_409_while_the_key_is_in_flight() {
+    let sim = Simulator::start(SimConfig { latency_ms: 600, ..SimConfig::default() }).await.unwrap();
+    let client = reqwest::Client::new();
+    let base = sim.base_url();
+    let list = |query: &'static str| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let response = client.get(format!("{base}/v1/charges?{query}")).send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    // A slow charge: while it runs, a lookup by its key cannot say.
+    let slow = tokio::spawn({
+        let (client, base) = (client.clone(), base.clone());
+        async move { post(&client, &base, "k-look", &charge(700, json!({"simulate": "latency"}))).await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(list("idempotency_key=k-look").await.0, 409);
+    let (status, charged) = slow.await.unwrap();
+    assert_eq!(status, 200);
+    let (status, by_key) = list("idempotency_key=k-look").await;
+    assert_eq!((status, by_key["data"][0]["id"].clone()), (200, charged["id"].clone()));
+    assert_eq!(list("merchant_reference=o-1").await.1["data"].as_array().map(Vec::len), Some(1));
+    assert_eq!(list("idempotency_key=never-sent").await.1["data"], json!([]));
+    assert_eq!(list("").await.0, 400);
+    assert_eq!(ledger(&client, &base).await.lookups, 4, "the malformed one is not a lookup");
+}
