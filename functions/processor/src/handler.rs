@@ -313,7 +313,7 @@ impl<A: Adapters> Processor<A> {
         }
         let receive_count = attempt.delivery.receive_count;
         match charged {
-            Ok(charge) => self.complete(&attempt.lease, charge, receive_count).await,
+            Ok(charge) => self.complete(attempt, charge).await,
             Err(ref error @ GatewayError::Retryable { ref kind, ref detail }) => {
                 let floor = match kind {
                     RetryableKind::RateLimited { retry_after } => *retry_after,
@@ -353,13 +353,38 @@ impl<A: Adapters> Processor<A> {
         }
     }
 
-    async fn complete(&self, lease: &Lease, charge: Charge, receive_count: u32) -> Handled {
+    async fn complete(&self, attempt: &Attempt<'_>, charge: Charge) -> Handled {
+        let receive_count = attempt.delivery.receive_count;
         let result = ChargeResult { charge_id: charge.id.clone(), amount: charge.amount, currency: charge.currency };
         let stored = serde_json::to_value(&result).expect("a charge result serialises");
-        match self.idempotency.complete(lease, &stored).await {
-            Ok(Settlement::Recorded) => Handled::Charged { charge_id: charge.id },
+        match self.idempotency.complete(&attempt.lease, &stored).await {
+            Ok(Settlement::Recorded) => {
+                if attempt.lease.resumed {
+                    self.resolve_failure_records(attempt.message, &charge.id).await;
+                }
+                Handled::Charged { charge_id: charge.id }
+            }
             Ok(Settlement::NotOwner { current }) => self.lost_lease(current.as_deref(), &charge.id, receive_count),
             Err(e) => self.retry("completion_not_recorded", &e.to_string(), receive_count, None),
+        }
+    }
+
+    /// A payment tried before may have been dead-lettered and recorded as not charged by an
+    /// earlier copy; now that it is charged, its open failure records would tell operators a
+    /// payment is dead that succeeded (the model checker found this, once the payment's record
+    /// outlives nothing but the failure record). One query, on the retry path only.
+    async fn resolve_failure_records(&self, message: &PaymentMessage, charge_id: &str) {
+        let note = format!("the payment succeeded later (charge {charge_id})");
+        let now = self.clock.now_ms();
+        match self.failures.for_payment(&message.scope, &message.idempotency_key).await {
+            Ok(records) => {
+                for record in records.iter().filter(|r| r.state == FailureState::Open) {
+                    if let Err(e) = self.failures.resolve(&record.partition, &record.message_id, &note, now).await {
+                        tracing::warn!(error = %e, "could not resolve a failure record of a payment that succeeded");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not look for failure records of a payment that succeeded"),
         }
     }
 
@@ -412,11 +437,10 @@ impl<A: Adapters> Processor<A> {
             let health = (!matches!(lookup, Lookup::Unknown(_))).then_some(CallHealth::Healthy);
             self.breaker.record(&attempt.permit, health).await;
         }
-        let receive_count = attempt.delivery.receive_count;
         match lookup {
             Lookup::Charged(charge) => {
                 tracing::warn!(charge_id = charge.id, "outcome resolved by lookup: charged; completing with it");
-                self.complete(&attempt.lease, charge, receive_count).await
+                self.complete(attempt, charge).await
             }
             Lookup::NotCharged => {
                 self.release(&attempt.lease, last_error, refund).await;

@@ -438,3 +438,37 @@ async fn a_conflict_for_one_key_says_nothing_of_the_provider_and_rate_limits_hon
     let handled = run(&p, &[record("r", &body("r", 10), 1)]).await;
     assert!(matches!(&handled[0], Handled::Retry { after, .. } if *after >= Duration::from_secs(45)), "{handled:?}");
 }
+
+#[tokio::test]
+async fn a_payment_that_succeeds_after_it_was_recorded_dead_has_its_failure_record_resolved() {
+    use payments_core::failures::{FailureKind, FailureRecord, FailureState, record::payment_partition};
+    let clock = ManualClock::at(NOW);
+    let p = processor(scripted([unavailable()]), &clock);
+    assert!(matches!(&run(&p, &[record("m1", &body("k", 10), 1)]).await[..], [Handled::Retry { .. }]));
+    // Meanwhile a copy was dead-lettered and recorded as not charged.
+    let (scope, key) = (Scope::new("acme").unwrap(), IdempotencyKey::new("k").unwrap());
+    let dead = FailureRecord {
+        partition: payment_partition(&scope, &key),
+        message_id: "dead-copy".into(),
+        scope: Some(scope.clone()),
+        idempotency_key: Some(key.clone()),
+        body: body("k", 10),
+        receive_count: 5,
+        first_attempt_at_ms: None,
+        last_attempt_at_ms: None,
+        last_error: Some("provider_503; provider: not charged".into()),
+        failure_class: "provider_503".into(),
+        source_queue: "q".into(),
+        recorded_at_ms: NOW,
+        kind: FailureKind::DeadLetter,
+        state: FailureState::Open,
+    };
+    p.failures().record(&dead).await.unwrap();
+    clock.advance_ms(61_000);
+    assert!(matches!(&run(&p, &[record("m1", &body("k", 10), 2)]).await[..], [Handled::Charged { .. }]));
+    let after = p.failures().for_payment(&scope, &key).await.unwrap();
+    assert!(
+        matches!(&after[0].state, FailureState::Resolved { note, .. } if note.starts_with("the payment succeeded later")),
+        "{after:?}"
+    );
+}

@@ -125,13 +125,13 @@ impl DynamoDbStore {
             .await;
         match result {
             Ok(out) => {
-                let attempts = out
-                    .attributes()
-                    .and_then(|a| a.get("attempts"))
-                    .and_then(|v| v.as_n().ok())
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(1);
-                Ok(Ok(claimed(request, attempts)))
+                let number = |name: &str| -> Option<i64> {
+                    out.attributes().and_then(|a| a.get(name)).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
+                };
+                let attempts = number("attempts").and_then(|n| u32::try_from(n).ok()).unwrap_or(1);
+                // `created_at` is kept on a take-over: an older one means the record existed.
+                let resumed = number("created_at").is_some_and(|created| created != request.now_ms);
+                Ok(Ok(claimed(request, attempts, resumed)))
             }
             Err(SdkError::ServiceError(e))
                 if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
@@ -161,7 +161,7 @@ impl DynamoDbStore {
             .send()
             .await;
         match result {
-            Ok(_) => Ok(Ok(claimed(request, 1))),
+            Ok(_) => Ok(Ok(claimed(request, 1, false))),
             Err(SdkError::ServiceError(e)) if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) => {
                 let PutItemError::ConditionalCheckFailedException(failed) = e.err() else { unreachable!() };
                 Ok(Err(failed.item().map(|item| record_from_item(pk, item)).transpose()?))
@@ -171,12 +171,13 @@ impl DynamoDbStore {
     }
 }
 
-fn claimed(request: &ClaimRequest, attempt: u32) -> ClaimOutcome {
+fn claimed(request: &ClaimRequest, attempt: u32, resumed: bool) -> ClaimOutcome {
     ClaimOutcome::Claimed(Lease {
         key: request.key.clone(),
         owner: request.owner.clone(),
         lease_until_ms: request.lease_until_ms,
         attempt,
+        resumed,
     })
 }
 

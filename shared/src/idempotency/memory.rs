@@ -45,6 +45,7 @@ impl IdempotencyStore for InMemoryStore {
                     owner: request.owner.clone(),
                     lease_until_ms: record.lease_until_ms,
                     attempt: record.attempts,
+                    resumed: decision == ClaimDecision::TakeOver,
                 };
                 records.insert(pk, record);
                 Ok(ClaimOutcome::Claimed(lease))

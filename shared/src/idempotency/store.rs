@@ -38,6 +38,9 @@ pub struct Lease {
     pub lease_until_ms: i64,
     /// Which claim this is (1 for the first).
     pub attempt: u32,
+    /// The record existed before this claim (a take-over of a released or lapsed claim): the
+    /// operation was tried before, and may have left traces to clean up (a failure record).
+    pub resumed: bool,
 }
 
 /// What a settlement (complete, fail, release) found.

@@ -53,7 +53,7 @@ async fn every_claim_outcome() {
     // Claimed, then in progress elsewhere with the lease end.
     let k = key(&scope, "k-complete");
     let lease = claimed(g.claim(&k, &payload, T0 + 30_000).await.unwrap());
-    assert_eq!(lease.attempt, 1);
+    assert_eq!((lease.attempt, lease.resumed), (1, false));
     assert_eq!(
         g.claim(&k, &payload, T0 + 30_000).await.unwrap(),
         ClaimOutcome::InProgressElsewhere { lease_until_ms: T0 + 30_000 }
@@ -139,7 +139,7 @@ async fn a_released_claim_is_claimable_at_once_and_keeps_its_history() {
 
     clock.advance_ms(10);
     let second = claimed(g.claim(&k, &payload, T0 + 60_000).await.unwrap());
-    assert_eq!(second.attempt, 2);
+    assert_eq!((second.attempt, second.resumed), (2, true), "a take-over resumes the record");
     let record = g.get(&k).await.unwrap().unwrap();
     assert_eq!(record.created_at_ms, T0);
     assert_eq!(record.last_error.as_deref(), Some("provider answered 503"));
@@ -159,7 +159,7 @@ async fn a_record_past_its_ttl_counts_as_absent() {
     assert!(g.get(&k).await.unwrap().is_some());
     // ...but a claim treats it as absent: a fresh record, even for another payload.
     let fresh = claimed(g.claim(&k, &hash(json!({"v": 2})), T0 + 100_000).await.unwrap());
-    assert_eq!(fresh.attempt, 1);
+    assert_eq!((fresh.attempt, fresh.resumed), (1, false), "a record past its TTL is replaced afresh");
     let record = g.get(&k).await.unwrap().unwrap();
     assert_eq!(record.result, None);
     assert_eq!(record.created_at_ms, clock.now_ms());

@@ -642,6 +642,12 @@ impl Model for ProtocolModel {
                 let recorded = self.allowed(stored.as_ref(), w);
                 if recorded {
                     let current = stored.clone().expect("allowed settlements need a record");
+                    if matches!(answer, Answer::Charged(_)) && current.attempts >= 2 {
+                        // A payment tried before: the processor resolves its open failure records.
+                        for m in s.messages.iter_mut().filter(|m| usize::from(m.key) == k && m.failure_recorded) {
+                            m.resolved_charged = true;
+                        }
+                    }
                     if current.owner != Some(token(w)) {
                         s.stale_write = true;
                     }
