@@ -102,7 +102,7 @@ impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl, G: PaymentGatew
         };
         let settled = process.as_ref().filter(|r| matches!(r.status, RecordStatus::Completed | RecordStatus::Failed));
         let resolution = match (settled, PaymentMessage::parse(&body)) {
-            (None, Ok(payment)) => Some(self.resolve(&payment, message).await?),
+            (None, Ok(payment)) => Some(self.resolve(&payment, message, metrics).await?),
             _ => None,
         };
         let class = failure_class(hint.is_some(), process.as_ref());
@@ -181,11 +181,18 @@ impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl, G: PaymentGatew
     /// What the provider holds for a payment that is not settled: the processor's own answer
     /// when it asked just before giving up, otherwise the resolver's (which records a charge it
     /// finds on the payment). `Err` when unknown: record nothing now, retry the dead message.
-    async fn resolve(&self, payment: &PaymentMessage, message: &SqsMessage) -> Result<Resolution, String> {
+    async fn resolve(
+        &self,
+        payment: &PaymentMessage,
+        message: &SqsMessage,
+        metrics: &Metrics,
+    ) -> Result<Resolution, String> {
         if message_attribute(message, dead_letter::RESOLUTION) == Some("not_charged") {
             return Ok(Resolution::NotCharged);
         }
-        match self.resolver.resolve(payment).await {
+        let resolution = self.resolver.resolve(payment).await;
+        metrics.count_with("OutcomeLookup", 1, &[("Result", resolution.label())]);
+        match resolution {
             Resolution::Unknown(detail) => Err(format!("outcome unknown, not recorded yet: {detail}")),
             known => Ok(known),
         }

@@ -206,6 +206,8 @@ pub struct Reconciliation {
     pub deferred: BTreeMap<String, f64>,
     /// Circuit breaker transitions, by the phase entered.
     pub circuit_transitions: BTreeMap<String, f64>,
+    /// Lookups of payments whose outcome was unknown (processor and DLQ consumer), by answer.
+    pub outcome_lookups: BTreeMap<String, f64>,
     /// Broken invariants: empty on a good run.
     pub violations: Vec<String>,
 }
@@ -255,6 +257,18 @@ impl Reconciliation {
         rows.push(("given up by the processor (to the DLQ)".to_owned(), list(&self.given_up)));
         rows.push(("deferred without a provider call".to_owned(), list(&self.deferred)));
         rows.push(("circuit breaker transitions".to_owned(), list(&self.circuit_transitions)));
+        let looked = |answer: &str| self.outcome_lookups.get(answer).copied().unwrap_or(0.0);
+        rows.push((
+            "unknown outcomes".to_owned(),
+            format!(
+                "{} resolved by lookup (charged {}, not charged {}), {} lookups unanswered and retried, {} left unknown",
+                looked("charged") + looked("not_charged"),
+                looked("charged"),
+                looked("not_charged"),
+                looked("unknown"),
+                self.accepted - status("SUCCEEDED") - status("FAILED") - status("DEAD_LETTERED"),
+            ),
+        ));
         rows.push((
             "provider requests per payment".to_owned(),
             format!("{:.2}", self.provider_requests as f64 / self.accepted.max(1) as f64),
@@ -744,6 +758,13 @@ async fn reconcile(
         given_up: m.by_dimension("processor", "GivenUp"),
         deferred: m.by_dimension("processor", "Deferred"),
         circuit_transitions: m.by_dimension("processor", "CircuitTransition"),
+        outcome_lookups: {
+            let mut lookups = m.by_dimension("processor", "OutcomeLookup");
+            for (answer, n) in m.by_dimension("dlq-consumer", "OutcomeLookup") {
+                *lookups.entry(answer).or_default() += n;
+            }
+            lookups
+        },
         ..Reconciliation::default()
     };
     for status in statuses.values() {
