@@ -319,7 +319,7 @@ impl<A: Adapters> Processor<A> {
                     RetryableKind::RateLimited { retry_after } => *retry_after,
                     _ => None,
                 };
-                self.after_retryable(attempt, &error.reason(), detail, floor).await
+                self.after_retryable(attempt, kind, &error.reason(), detail, floor).await
             }
             Err(permanent) => {
                 let failure = StoredFailure { code: permanent.reason(), reason: permanent.to_string() };
@@ -394,13 +394,17 @@ impl<A: Adapters> Processor<A> {
     async fn after_retryable(
         &self,
         attempt: &Attempt<'_>,
+        kind: &RetryableKind,
         reason: &str,
         detail: &str,
         floor: Option<Duration>,
     ) -> Handled {
         let lease = &attempt.lease;
-        let provider_down = matches!(attempt.permit, Permit::Probe(_))
-            || self.breaker.cached().is_some_and(|s| s.phase(self.clock.now_ms()) != Phase::Closed);
+        // Only a failure that speaks of the provider's health (not a 409 for this one key) is
+        // the provider's to blame.
+        let provider_down = !matches!(kind, RetryableKind::InFlight)
+            && (matches!(attempt.permit, Permit::Probe(_))
+                || self.breaker.cached().is_some_and(|s| s.phase(self.clock.now_ms()) != Phase::Closed));
         let spent = lease.attempt - u32::from(provider_down);
         let wait = match self.breaker.cached().filter(|_| provider_down) {
             Some(state) => self.breaker_wait(state.open_until_ms, state.phase(self.clock.now_ms())),

@@ -472,3 +472,15 @@ async fn a_payment_that_succeeds_after_it_was_recorded_dead_has_its_failure_reco
         "{after:?}"
     );
 }
+
+#[tokio::test]
+async fn a_conflict_for_one_key_spends_its_budget_even_while_the_circuit_is_not_closed() {
+    let clock = ManualClock::at(NOW);
+    let in_flight = Err(GatewayError::Retryable { kind: RetryableKind::InFlight, detail: "409".into() });
+    let p = processor(scripted([in_flight]), &clock);
+    // Half-open: this record is the probe, and its 409 says nothing of the provider.
+    p.breaker().force(Circuit::Open, Duration::ZERO).await.unwrap();
+    let handled = run(&p, &[record("m1", &body("k", 10), 1)]).await;
+    assert!(matches!(&handled[..], [Handled::Retry { reason, .. }] if reason == "provider_in_flight"), "{handled:?}");
+    assert_eq!(attempts_of(&p, "k").await, 1, "the payment's own failure: not refunded");
+}
