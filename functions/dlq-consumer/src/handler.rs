@@ -13,7 +13,9 @@ use std::sync::Arc;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_runtime::LambdaEvent;
 use payments_core::clock::{Clock, rfc3339_ms};
-use payments_core::failures::{FailureKind, FailureRecord, FailureState, FailureStore, Recorded, failure_partition};
+use payments_core::failures::{
+    FailureKind, FailureRecord, FailureState, FailureStore, Recorded, failure_partition, resolve_open_records,
+};
 use payments_core::idempotency::{Idempotency, IdempotencyRecord, IdempotencyStore, RecordStatus};
 use payments_core::observability::{Metrics, MetricsSink, Unit};
 use payments_core::payment::{KeyHint, OutcomeResolver, PaymentGateway, PaymentMessage, Resolution, process_key};
@@ -137,6 +139,13 @@ impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl, G: PaymentGatew
             },
         };
         let written = self.failures.record(&record).await.map_err(|e| e.to_string())?;
+        if let (Some(Resolution::Charged(charge_id)), Some(h)) = (&resolution, &hint) {
+            // Earlier dead copies may have been recorded "not charged" before this one charged.
+            let note = format!("the payment succeeded later (charge {charge_id})");
+            resolve_open_records(&self.failures, &h.scope, &h.idempotency_key, &note, now)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         let outcome = match (written, settled, resolution) {
             (Recorded::AlreadyRecorded, _, _) => DeadLetterOutcome::Duplicate,
             (Recorded::New, Some(_), _) => DeadLetterOutcome::AlreadySettled,

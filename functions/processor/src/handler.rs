@@ -9,7 +9,9 @@ use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_runtime::LambdaEvent;
 use payments_core::breaker::{Admitted, BreakerStore, CallHealth, CircuitBreaker, Permit, Phase, Transition};
 use payments_core::clock::{Clock, epoch_ms};
-use payments_core::failures::{FailureKind, FailureRecord, FailureState, FailureStore, failure_partition};
+use payments_core::failures::{
+    FailureKind, FailureRecord, FailureState, FailureStore, failure_partition, resolve_open_records,
+};
 use payments_core::idempotency::{
     ClaimOutcome, Idempotency, IdempotencyRecord, IdempotencyStore, Lease, PayloadHash, RecordStatus, Settlement,
     StoredFailure,
@@ -371,20 +373,13 @@ impl<A: Adapters> Processor<A> {
 
     /// A payment tried before may have been dead-lettered and recorded as not charged by an
     /// earlier copy; now that it is charged, its open failure records would tell operators a
-    /// payment is dead that succeeded (the model checker found this, once the payment's record
-    /// outlives nothing but the failure record). One query, on the retry path only.
+    /// payment is dead that succeeded (found by the model checker). One query, on the retry path
+    /// only.
     async fn resolve_failure_records(&self, message: &PaymentMessage, charge_id: &str) {
         let note = format!("the payment succeeded later (charge {charge_id})");
-        let now = self.clock.now_ms();
-        match self.failures.for_payment(&message.scope, &message.idempotency_key).await {
-            Ok(records) => {
-                for record in records.iter().filter(|r| r.state == FailureState::Open) {
-                    if let Err(e) = self.failures.resolve(&record.partition, &record.message_id, &note, now).await {
-                        tracing::warn!(error = %e, "could not resolve a failure record of a payment that succeeded");
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "could not look for failure records of a payment that succeeded"),
+        let (scope, key, now) = (&message.scope, &message.idempotency_key, self.clock.now_ms());
+        if let Err(e) = resolve_open_records(&self.failures, scope, key, &note, now).await {
+            tracing::warn!(error = %e, "could not resolve the failure records of a payment that succeeded");
         }
     }
 

@@ -389,6 +389,10 @@ impl ProtocolModel {
                 ClaimDecision::Refuse(Refusal::InProgress { .. }) => return None,
                 ClaimDecision::Refuse(_) => {}
             }
+            // This record, and any earlier dead copy's recorded before the charge, are resolved.
+            for m in s.messages.iter_mut().filter(|m| usize::from(m.key) == k && m.failure_recorded) {
+                m.resolved_charged = true;
+            }
             s.messages[usize::from(i)].resolved_charged = true;
         }
         s.messages[usize::from(i)].failure_recorded = true;
@@ -396,8 +400,12 @@ impl ProtocolModel {
     }
 
     /// Whether payment `k` shows FAILED or DEAD_LETTERED (an open failure record and no
-    /// completed record), as the status query derives it.
+    /// completed record), as the status query derives it. Past the record's TTL the payment is
+    /// unknown (404): its intake record, written first with the same retention, is gone too.
     fn reported_failed(state: &State, k: usize) -> bool {
+        if state.expired[k] {
+            return false;
+        }
         let status = state.records[k].as_ref().map(|r| r.status);
         let dead = state
             .messages
