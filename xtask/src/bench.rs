@@ -51,6 +51,8 @@ fn last_json(stdout: &str) -> Result<Value, String> {
 }
 
 fn batches(scope: &str, run: &str, count: usize) -> Value {
+    // Accepted now: a payment older than the processor's maximum age would only be looked up.
+    let accepted = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
     let batches: Vec<Vec<Value>> = (0..count)
         .map(|b| {
             (0..10)
@@ -59,7 +61,7 @@ fn batches(scope: &str, run: &str, count: usize) -> Value {
                         "schema_version": 1, "idempotency_key": format!("{run}-{b}-{i}"), "scope": scope,
                         "payment": {"amount": 1000 + i, "currency": "EUR", "payment_method": "pm_card_visa",
                                     "merchant_reference": format!("order-{b}-{i}"), "metadata": {}},
-                        "created_at": "2026-11-27T00:00:00.000Z", "correlation_id": format!("bench-{b}-{i}")
+                        "created_at": accepted, "correlation_id": format!("bench-{b}-{i}")
                     });
                     json!({
                         "messageId": format!("{run}-{b}-{i}"), "receiptHandle": "bench", "body": body.to_string(),

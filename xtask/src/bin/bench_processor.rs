@@ -73,7 +73,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let message = PaymentMessage::parse(
                     &json!({"schema_version": 1, "idempotency_key": key, "scope": scope,
                         "payment": {"amount": 100, "currency": "EUR", "payment_method": "pm_card_visa", "merchant_reference": "floor"},
-                        "created_at": "2026-11-27T00:00:00Z", "correlation_id": "floor"})
+                        "created_at": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                        "correlation_id": "floor"})
                     .to_string(),
                 )?;
                 let started = Instant::now();
