@@ -73,12 +73,15 @@ pub struct CircuitBreaker<B> {
     config: BreakerConfig,
     clock: Arc<dyn Clock>,
     cache: Mutex<Option<(BreakerState, i64)>>,
+    /// One read at a time when the cache runs out: the records of a batch that all find it
+    /// stale wait for that read instead of each making their own.
+    refresh: tokio::sync::Mutex<()>,
 }
 
 impl<B: BreakerStore> CircuitBreaker<B> {
     /// A breaker over `store`; validate the policy first ([`BreakerPolicy::validate`]).
     pub fn new(store: B, config: BreakerConfig, clock: Arc<dyn Clock>) -> Self {
-        Self { store, config, clock, cache: Mutex::new(None) }
+        Self { store, config, clock, cache: Mutex::new(None), refresh: tokio::sync::Mutex::new(()) }
     }
 
     /// The configuration.
@@ -171,14 +174,22 @@ impl<B: BreakerStore> CircuitBreaker<B> {
     }
 
     async fn current(&self, now_ms: i64) -> Result<BreakerState, BreakerStoreError> {
-        if let Some((state, read_at)) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).clone()
-            && now_ms.saturating_sub(read_at) < ms(self.config.cache_for)
-        {
+        if let Some(state) = self.fresh(now_ms) {
+            return Ok(state);
+        }
+        let _one_reader = self.refresh.lock().await;
+        if let Some(state) = self.fresh(now_ms) {
             return Ok(state);
         }
         let state = self.store.read(&self.config.name).await?;
         self.remember(&state);
         Ok(state)
+    }
+
+    /// The cached state, if read less than `cache_for` ago.
+    fn fresh(&self, now_ms: i64) -> Option<BreakerState> {
+        let cached = self.cache.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        cached.filter(|(_, read_at)| now_ms.saturating_sub(*read_at) < ms(self.config.cache_for)).map(|(s, _)| s)
     }
 
     fn remember(&self, state: &BreakerState) {
@@ -275,6 +286,41 @@ mod tests {
         assert_eq!(store.read("provider").await.unwrap().circuit, Circuit::Closed);
         clock.advance_ms(6_000);
         assert_eq!(a.admit().await, Admitted::Go(Permit::Call));
+    }
+
+    /// Counts reads, to show that a batch finding the cache stale makes one.
+    #[derive(Clone, Default)]
+    struct CountingStore(InMemoryBreakerStore, Arc<std::sync::atomic::AtomicUsize>);
+
+    impl BreakerStore for CountingStore {
+        async fn read(&self, name: &str) -> Result<BreakerState, BreakerStoreError> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            self.0.read(name).await
+        }
+
+        async fn write(&self, name: &str, next: &BreakerState) -> Result<Written, BreakerStoreError> {
+            self.0.write(name, next).await
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_admissions_share_one_read_of_a_stale_cache() {
+        let store = CountingStore::default();
+        let config = BreakerConfig {
+            name: "provider".into(),
+            policy: BreakerPolicy::default(),
+            cache_for: Duration::from_secs(5),
+            half_open_wait: Duration::from_secs(2),
+        };
+        let clock = ManualClock::at(0);
+        let breaker = CircuitBreaker::new(store.clone(), config, Arc::new(clock.clone()));
+        for round in 1..=3 {
+            let admitted = futures::future::join_all((0..10).map(|_| breaker.admit())).await;
+            assert!(admitted.iter().all(|a| *a == Admitted::Go(Permit::Call)));
+            assert_eq!(store.1.load(std::sync::atomic::Ordering::SeqCst), round, "one read per expiry");
+            clock.advance_ms(5_000);
+        }
     }
 
     #[tokio::test]
