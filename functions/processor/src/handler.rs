@@ -465,13 +465,17 @@ impl<A: Adapters> Processor<A> {
     }
 
     /// Until `until_ms`, plus a jitter that spreads the crowd coming back for the probe.
+    /// Never longer than the breaker's longest wait: an operator's forced open may be longer,
+    /// and a forced close must not leave messages hidden until then.
     fn breaker_wait(&self, until_ms: i64, phase: Phase) -> Duration {
+        let policy = &self.breaker.config().policy;
         let spread = match phase {
             Phase::HalfOpen => self.breaker.config().half_open_wait,
-            Phase::Open | Phase::Closed => self.breaker.config().policy.open_base,
+            Phase::Open | Phase::Closed => policy.open_base,
         };
         let until = Duration::from_millis(u64::try_from(until_ms.saturating_sub(self.clock.now_ms())).unwrap_or(0));
-        round_up_secs(until + self.jitter.spread(spread)).max(Duration::from_secs(1)).min(SQS_MAX_VISIBILITY)
+        let wait = until.min(policy.open_max) + self.jitter.spread(spread);
+        round_up_secs(wait).max(Duration::from_secs(1)).min(SQS_MAX_VISIBILITY)
     }
 
     /// Sends the message to the dead-letter queue with its context, then it is deleted. If the

@@ -484,3 +484,14 @@ async fn a_conflict_for_one_key_spends_its_budget_even_while_the_circuit_is_not_
     assert!(matches!(&handled[..], [Handled::Retry { reason, .. }] if reason == "provider_in_flight"), "{handled:?}");
     assert_eq!(attempts_of(&p, "k").await, 1, "the payment's own failure: not refunded");
 }
+
+#[tokio::test]
+async fn a_forced_long_open_hides_messages_no_longer_than_the_longest_breaker_wait() {
+    let clock = ManualClock::at(NOW);
+    let p = processor(ScriptedGateway::default(), &clock);
+    p.breaker().force(Circuit::Open, Duration::from_secs(3600)).await.unwrap();
+    let handled = run(&p, &[record("m1", &body("k", 10), 1)]).await;
+    let Handled::Deferred { after, .. } = &handled[0] else { panic!("{handled:?}") };
+    // 5 min at most, plus a jitter of up to the first wait (30 s).
+    assert!(*after <= Duration::from_secs(330), "{after:?}: a forced close would leave it hidden");
+}
