@@ -57,6 +57,11 @@ fn start_if_needed() -> Result<(), LocalStackError> {
             }
         }
     }
+    run_ensure()
+}
+
+/// `localstack.sh ensure` under a lock: sets LocalStack up and starts it unless one answers.
+fn run_ensure() -> Result<(), LocalStackError> {
     let root = repo_root();
     let lock = cache_dir().join("localstack-ensure.lock");
     std::fs::create_dir_all(lock.parent().expect("lock path has a parent"))?;
@@ -76,22 +81,43 @@ fn start_if_needed() -> Result<(), LocalStackError> {
     }
 }
 
-/// A LocalStack this process started (stopped on [`OwnedLocalStack::stop`]), or `None` inside
-/// when one was already running and is left alone.
+/// The pipelines of this process using LocalStack, and whether this process started it: the
+/// last one to finish stops it, not the first (several pipelines run at once in one test
+/// binary, and the first to finish used to stop LocalStack under the others).
+static USERS: std::sync::Mutex<Users> = std::sync::Mutex::new(Users { count: 0, started_here: false, stopped: false });
+
+struct Users {
+    count: usize,
+    started_here: bool,
+    /// This process stopped it once already: a later first use must start it again.
+    stopped: bool,
+}
+
+/// A use of LocalStack by one pipeline: LocalStack is started for the first use in this process
+/// if none answers, and stopped after the last use ([`OwnedLocalStack::stop`]) if it was started
+/// here; one that was already running is left alone.
 pub struct OwnedLocalStack {
     started_here: bool,
 }
 
 impl OwnedLocalStack {
-    /// Uses a running LocalStack, or starts one and remembers to stop it.
+    /// Uses a running LocalStack, or starts one and remembers to stop it after the last use.
     pub fn acquire() -> Result<Self, LocalStackError> {
-        let healthy = Command::new("curl")
-            .args(["-fsS", "--max-time", "2", &format!("{}/_localstack/health", endpoint())])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
+        let mut users = USERS.lock().unwrap_or_else(|p| p.into_inner());
+        if users.count == 0 {
+            let healthy = Command::new("curl")
+                .args(["-fsS", "--max-time", "2", &format!("{}/_localstack/health", endpoint())])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            users.started_here = !healthy;
+        }
         ensure().map_err(|e| LocalStackError::Script { status: "ensure".into(), stderr: e.to_string() })?;
-        Ok(Self { started_here: !healthy })
+        if users.count == 0 && users.stopped {
+            run_ensure()?;
+        }
+        users.count += 1;
+        Ok(Self { started_here: users.started_here })
     }
 
     /// Whether this process started it.
@@ -99,9 +125,12 @@ impl OwnedLocalStack {
         self.started_here
     }
 
-    /// Stops LocalStack if this process started it.
+    /// Ends this use; the last use stops LocalStack if this process started it.
     pub fn stop(self) {
-        if self.started_here {
+        let mut users = USERS.lock().unwrap_or_else(|p| p.into_inner());
+        users.count = users.count.saturating_sub(1);
+        if users.count == 0 && users.started_here {
+            (users.started_here, users.stopped) = (false, true);
             let _ = Command::new(repo_root().join("infra/localstack/localstack.sh"))
                 .arg("stop")
                 .env("LOCALSTACK_PORT", port().to_string())
