@@ -65,7 +65,10 @@ fn run_ensure() -> Result<(), LocalStackError> {
     let root = repo_root();
     let lock = cache_dir().join("localstack-ensure.lock");
     std::fs::create_dir_all(lock.parent().expect("lock path has a parent"))?;
+    // `-o`: the lock's descriptor is closed for the script, so a LocalStack it starts in the
+    // background does not inherit it (and hold the lock, blocking every later test process).
     let output = Command::new("flock")
+        .arg("-o")
         .arg(&lock)
         .arg(root.join("infra/localstack/localstack.sh"))
         .arg("ensure")
