@@ -148,9 +148,8 @@ pub async fn run(ops: Ops) -> Result<ExitCode, String> {
             }
         }
         OpsCommand::Resolve { ref partition, ref message_id, ref note } => {
-            if !failures.resolve(partition, message_id, note, now).await.map_err(|e| e.to_string())? {
-                return Err(format!("{partition} / {message_id}: no such open failure record"));
-            }
+            let ops_redriver = redriver(&ops, &sdk, &stack, false)?;
+            ops_redriver.resolve(partition, message_id, note, now).await.map_err(|e| e.to_string())?;
             println!("resolved");
         }
         OpsCommand::Circuit { action, for_, ref provider } => {
@@ -164,8 +163,8 @@ pub async fn run(ops: Ops) -> Result<ExitCode, String> {
 }
 
 /// The redriver: SQS, the failure records, and the provider asked before anything is re-sent
-/// (`asks_provider`; moving the DLQ back re-sends nothing itself and asks nothing, so it needs no
-/// provider: its lookups would answer "unknown").
+/// (`asks_provider`; moving the DLQ back or resolving a record by hand asks nothing, so they need
+/// no provider: its lookups would answer "unknown").
 fn redriver(
     ops: &Ops,
     sdk: &aws_config::SdkConfig,

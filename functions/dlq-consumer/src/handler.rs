@@ -16,7 +16,7 @@ use payments_core::clock::{Clock, rfc3339_ms};
 use payments_core::failures::{
     FailureKind, FailureRecord, FailureState, FailureStore, Recorded, failure_partition, resolve_open_records,
 };
-use payments_core::idempotency::{Idempotency, IdempotencyRecord, IdempotencyStore, RecordStatus};
+use payments_core::idempotency::{IdempotencyRecord, IdempotencyStore, RecordStatus};
 use payments_core::observability::{Metrics, MetricsSink, Unit};
 use payments_core::payment::{KeyHint, OutcomeResolver, PaymentGateway, PaymentMessage, Resolution, process_key};
 use payments_core::sqs::{
@@ -25,10 +25,9 @@ use payments_core::sqs::{
 
 /// Everything the DLQ consumer builds once per cold start.
 pub struct DlqConsumer<S, F, V, G> {
-    /// Idempotency records, read for the last error and attempt times.
-    pub idempotency: Idempotency<S>,
     /// Asks the provider what it holds for a payment before it is reported dead, and completes
-    /// the payment with a charge it finds.
+    /// the payment with a charge it finds; its idempotency guard is also where the last error and
+    /// attempt times are read.
     pub resolver: OutcomeResolver<S, G>,
     /// Where failure records go.
     pub failures: F,
@@ -98,7 +97,8 @@ impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl, G: PaymentGatew
         let hint = KeyHint::find(&body);
         let process = match &hint {
             Some(h) => {
-                self.idempotency.get(&process_key(&h.scope, &h.idempotency_key)).await.map_err(|e| e.to_string())?
+                let key = process_key(&h.scope, &h.idempotency_key);
+                self.resolver.idempotency().get(&key).await.map_err(|e| e.to_string())?
             }
             None => None,
         };

@@ -25,10 +25,6 @@ pub type AwsDlqConsumer = DlqConsumer<DynamoDbStore, DynamoDbFailureStore, SqsVi
 pub fn build(config: &DlqConsumerConfig, sdk: &aws_config::SdkConfig) -> Result<AwsDlqConsumer, BuildError> {
     let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
     Ok(DlqConsumer {
-        idempotency: Idempotency::new(
-            DynamoDbStore::new(dynamodb.clone(), &config.idempotency_table),
-            config.idempotency(),
-        ),
         resolver: OutcomeResolver::new(
             Idempotency::new(DynamoDbStore::new(dynamodb.clone(), &config.idempotency_table), config.idempotency()),
             HttpGateway::new(&config.provider)?,

@@ -395,13 +395,14 @@ impl<A: Adapters> Processor<A> {
         floor: Option<Duration>,
     ) -> Handled {
         let lease = &attempt.lease;
+        let circuit = self.breaker.cached();
         // Only a failure that speaks of the provider's health (not a 409 for this one key) is
         // the provider's to blame.
         let provider_down = !matches!(kind, RetryableKind::InFlight)
             && (matches!(attempt.permit, Permit::Probe(_))
-                || self.breaker.cached().is_some_and(|s| s.phase(self.clock.now_ms()) != Phase::Closed));
+                || circuit.as_ref().is_some_and(|s| s.phase(self.clock.now_ms()) != Phase::Closed));
         let spent = lease.attempt - u32::from(provider_down);
-        let wait = match self.breaker.cached().filter(|_| provider_down) {
+        let wait = match circuit.filter(|_| provider_down) {
             Some(state) => self.breaker_wait(state.open_until_ms, state.phase(self.clock.now_ms())),
             None => {
                 let drawn = self.jitter.delay(&self.backoff, lease.attempt);
