@@ -25,6 +25,10 @@ pub struct IntakeConfig {
     /// Record retention (`IDEMPOTENCY_RETENTION_DAYS`) and the lease: how long an acceptance may
     /// take before a retry may take it over (`INTAKE_LEASE_MS`).
     pub idempotency: IdempotencyConfig,
+    /// How long after an acceptance's lease ends, unfinished, the completer enqueues it on the
+    /// intake's behalf (`RECOVERY_GRACE_SECONDS`, default 120): time for the client's own retry,
+    /// which would finish it first.
+    pub recovery_grace: Duration,
     /// Metrics namespace (`METRICS_NAMESPACE`).
     pub metrics_namespace: String,
 }
@@ -53,6 +57,7 @@ impl IntakeConfig {
                 retention: Duration::from_secs(env.parse_or::<u64>("IDEMPOTENCY_RETENTION_DAYS", 14)? * 24 * 3600),
                 max_lease: lease,
             },
+            recovery_grace: env.secs_or("RECOVERY_GRACE_SECONDS", 120)?,
             metrics_namespace: env.string_or("METRICS_NAMESPACE", "PaymentsPipeline"),
         })
     }

@@ -9,15 +9,16 @@ use lambda_http::{Body, Request, RequestExt, Response};
 use payments_core::clock::rfc3339_ms;
 use payments_core::failures::FailureStore;
 use payments_core::idempotency::{
-    ClaimOutcome, Idempotency, IdempotencyKey, IdempotencyStore, PayloadHash, Scope, Settlement,
+    ClaimOutcome, Idempotency, IdempotencyKey, IdempotencyStore, PayloadHash, Recovery, Scope, Settlement,
 };
 use payments_core::observability::{Metrics, MetricsSink};
 use payments_core::payment::envelope::{SCHEMA_VERSION, parse_strict};
 use payments_core::payment::{
-    PaymentMessage, PaymentQueue, PaymentRequest, PaymentStatus, PaymentView, derive_view, intake_key, process_key,
+    PaymentMessage, PaymentQueue, PaymentRequest, PaymentView, acceptance, derive_view, intake_key, process_key,
+    status_path,
 };
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
-use serde_json::{Value, json};
+use percent_encoding::percent_decode_str;
+use serde_json::Value;
 
 use crate::config::IntakeConfig;
 use crate::problem::Problem;
@@ -27,9 +28,6 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The local-run header naming the caller, honoured only when `ALLOW_SCOPE_HEADER=true`.
 pub const SCOPE_HEADER: &str = "x-local-scope";
-
-/// Characters left as they are in a key inside a URL path (RFC 3986 unreserved).
-const KEY_IN_PATH: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
 /// Everything the intake builds once per cold start.
 pub struct Intake<S, F, Q> {
@@ -146,8 +144,19 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
             .lambda_context_ref()
             .map(|c| payments_core::clock::invocation_deadline_ms(c.deadline, now))
             .unwrap_or(i64::MAX);
+        let message = PaymentMessage {
+            schema_version: SCHEMA_VERSION,
+            idempotency_key: key.clone(),
+            scope: scope.clone(),
+            payment,
+            created_at: rfc3339_ms(now),
+            correlation_id: correlation_id.to_owned(),
+        };
+        // The claim keeps the message: should this invocation die before it enqueues and
+        // completes, the completer enqueues it once the recovery is due.
+        let recovery = Recovery { due_ms: self.recovery_due_ms(now, deadline), input: Some(message.to_body()) };
         let record_key = intake_key(&scope, &key);
-        let lease = match self.idempotency.claim(&record_key, &hash, deadline).await {
+        let lease = match self.idempotency.claim_recoverable(&record_key, &hash, deadline, Some(recovery)).await {
             Ok(ClaimOutcome::Claimed(lease)) => lease,
             Ok(ClaimOutcome::AlreadyCompleted { result }) => {
                 metrics.count("Replayed", 1);
@@ -170,15 +179,6 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
             }
         };
 
-        let accepted_at = rfc3339_ms(now);
-        let message = PaymentMessage {
-            schema_version: SCHEMA_VERSION,
-            idempotency_key: key.clone(),
-            scope: scope.clone(),
-            payment,
-            created_at: accepted_at.clone(),
-            correlation_id: correlation_id.to_owned(),
-        };
         if let Err(e) = self.queue.enqueue(&message).await {
             // Nothing was enqueued: give the key back so the client's retry proceeds at once.
             if let Err(release) = self.idempotency.release(&lease, &e.detail).await {
@@ -187,12 +187,7 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
             tracing::error!(correlation_id, error = %e, "enqueue failed");
             return Err(Problem::ServiceUnavailable { retry_after_s: 1 });
         }
-        let body = json!({
-            "idempotency_key": key.as_str(),
-            "status": PaymentStatus::Received,
-            "accepted_at": accepted_at,
-            "status_url": status_path(&key),
-        });
+        let body = acceptance(&message);
         match self.idempotency.complete(&lease, &body).await {
             Ok(Settlement::Recorded) => {}
             // Enqueued but not recorded: the lease runs out and a client retry enqueues again,
@@ -204,6 +199,14 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
         }
         metrics.count("Accepted", 1);
         Ok(accepted(&key, &body, false))
+    }
+
+    /// When an acceptance claimed at `now` with this deadline counts as abandoned: the end of its
+    /// lease plus the grace left for the client's own retry.
+    fn recovery_due_ms(&self, now: i64, deadline: i64) -> i64 {
+        let as_ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let lease_end = deadline.min(now.saturating_add(as_ms(self.config.idempotency.max_lease)));
+        lease_end.saturating_add(as_ms(self.config.recovery_grace))
     }
 
     /// The stored 202 again, marked as a replay, with the payment's current status.
@@ -275,10 +278,6 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
             Problem::Unauthenticated
         })
     }
-}
-
-fn status_path(key: &IdempotencyKey) -> String {
-    format!("/payments/{}", utf8_percent_encode(key.as_str(), KEY_IN_PATH))
 }
 
 fn accepted(key: &IdempotencyKey, body: &Value, replayed: bool) -> Response<Body> {

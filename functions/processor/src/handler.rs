@@ -13,8 +13,8 @@ use payments_core::failures::{
     FailureKind, FailureRecord, FailureState, FailureStore, failure_partition, resolve_open_records,
 };
 use payments_core::idempotency::{
-    ClaimOutcome, Idempotency, IdempotencyRecord, IdempotencyStore, Lease, PayloadHash, RecordStatus, Settlement,
-    StoredFailure,
+    ClaimOutcome, Idempotency, IdempotencyRecord, IdempotencyStore, Lease, PayloadHash, RecordStatus, Recovery,
+    Settlement, StoredFailure,
 };
 use payments_core::observability::{Metrics, MetricsSink, Unit};
 use payments_core::payment::{
@@ -285,7 +285,11 @@ impl<A: Adapters> Processor<A> {
                 return Handled::Deferred { reason: format!("circuit_{}", phase.as_str()), after };
             }
         };
-        let lease = match self.idempotency.claim(&key, &hash, delivery.deadline_ms).await {
+        // Past the payment's maximum age no delivery retries it: if the record is still
+        // IN_PROGRESS then, and stays untouched, its message is gone and the completer takes over.
+        let age_limit = self.clock.now_ms() - as_ms(self.age_of(message)) + as_ms(self.budget.max_age());
+        let recovery = Recovery { due_ms: age_limit, input: None };
+        let lease = match self.idempotency.claim_recoverable(&key, &hash, delivery.deadline_ms, Some(recovery)).await {
             Ok(ClaimOutcome::Claimed(lease)) => lease,
             other => {
                 // No call after all: a probe lease goes back at once.
@@ -609,6 +613,10 @@ pub fn provider_health(charged: &Result<Charge, GatewayError>) -> Option<CallHea
 fn count_transition(metrics: &Metrics, transition: Transition) {
     metrics.count_with("CircuitTransition", 1, &[("To", transition.to.as_str())]);
     tracing::warn!(from = transition.from.as_str(), to = transition.to.as_str(), "provider circuit changed");
+}
+
+fn as_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn round_up_secs(d: Duration) -> Duration {

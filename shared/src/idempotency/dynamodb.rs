@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 
-use super::key::RecordKey;
+use super::key::{Operation, RecordKey};
 use super::protocol::{
     ClaimDecision, ClaimRequest, IdempotencyRecord, OwnerToken, RecordStatus, Settle, decide_claim, now_s,
 };
@@ -19,7 +19,9 @@ use crate::aws::errors::sort_error;
 
 pub mod attributes;
 
-use attributes::{n, record_from_item, s};
+use attributes::{
+    RECOVERY_DUE, RECOVERY_INDEX, RECOVERY_SHARD, RECOVERY_SHARDS, n, record_from_item, recovery_shard, s,
+};
 
 /// The claim's condition: absent, or IN_PROGRESS with the lease over for the same payload and
 /// not past TTL (a record past TTL is replaced by a fresh one, see `replace_expired`).
@@ -35,8 +37,14 @@ const CLAIM_UPDATE: &str = "SET #status = :in_progress, #owner = :owner, lease_u
 /// Replacing a record that is past its TTL but not yet deleted by DynamoDB.
 const REPLACE_CONDITION: &str = "attribute_not_exists(pk) OR expires_at < :now_s";
 
+/// What a claim asking for recovery adds to [`CLAIM_UPDATE`]'s SET clause.
+const CLAIM_RECOVERY: &str = ", recovery_shard = :shard, recovery_due = :due";
+
 /// Only the owner of an IN_PROGRESS record may settle it.
 const SETTLE_CONDITION: &str = "#owner = :owner AND #status = :in_progress";
+
+/// A completer's rescheduling: only of an IN_PROGRESS record unchanged since it was read.
+const RESCHEDULE_CONDITION: &str = "updated_at = :seen AND #status = :in_progress";
 
 /// A claim loses a race at most this many times before reporting the store as busy.
 const MAX_CLAIM_ROUNDS: usize = 4;
@@ -100,13 +108,21 @@ impl DynamoDbStore {
         request: &ClaimRequest,
         pk: &str,
     ) -> Result<Result<ClaimOutcome, Option<IdempotencyRecord>>, StoreError> {
-        let result = self
-            .client
-            .update_item()
+        let (set_recovery, set_input) = match &request.recovery {
+            None => ("", ""),
+            Some(recovery) => (CLAIM_RECOVERY, if recovery.input.is_some() { ", #input = :input" } else { "" }),
+        };
+        let (set, remove) = CLAIM_UPDATE.split_once(" REMOVE ").expect("the claim update removes settled fields");
+        let mut update = self.client.update_item();
+        if !set_input.is_empty() {
+            update = update.expression_attribute_names("#input", "input");
+        }
+        let result = update
             .table_name(&self.table)
             .key("pk", s(pk))
-            .update_expression(CLAIM_UPDATE)
+            .update_expression(format!("{set}{set_recovery}{set_input} REMOVE {remove}"))
             .condition_expression(CLAIM_CONDITION)
+            .set_expression_attribute_values(recovery_values(request, pk))
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#owner", "owner")
             .expression_attribute_names("#result", "result")
@@ -169,6 +185,16 @@ impl DynamoDbStore {
             Err(err) => Err(store_error(&err)),
         }
     }
+}
+
+/// The values of [`CLAIM_RECOVERY`] and the input, when the claim asks for recovery.
+fn recovery_values(request: &ClaimRequest, pk: &str) -> Option<HashMap<String, AttributeValue>> {
+    let recovery = request.recovery.as_ref()?;
+    let mut values = HashMap::from([(":shard".to_owned(), s(recovery_shard(pk))), (":due".to_owned(), n(recovery.due_ms))]);
+    if let Some(input) = &recovery.input {
+        values.insert(":input".to_owned(), s(input));
+    }
+    Some(values)
 }
 
 fn claimed(request: &ClaimRequest, attempt: u32, resumed: bool) -> ClaimOutcome {
@@ -235,7 +261,8 @@ impl IdempotencyStore for DynamoDbStore {
         request = match settle {
             Settle::Complete { result } => request
                 .update_expression(
-                    "SET #status = :completed, #result = :result, updated_at = :now_ms, expires_at = :exp",
+                    "SET #status = :completed, #result = :result, updated_at = :now_ms, expires_at = :exp \
+                     REMOVE recovery_shard, recovery_due",
                 )
                 .expression_attribute_names("#result", "result")
                 .expression_attribute_values(":completed", s(RecordStatus::Completed.as_str()))
@@ -244,7 +271,7 @@ impl IdempotencyStore for DynamoDbStore {
             Settle::Fail(failure) => request
                 .update_expression(
                     "SET #status = :failed, error_code = :code, error_reason = :reason, last_error = :reason, \
-                     updated_at = :now_ms, expires_at = :exp",
+                     updated_at = :now_ms, expires_at = :exp REMOVE recovery_shard, recovery_due",
                 )
                 .expression_attribute_values(":failed", s(RecordStatus::Failed.as_str()))
                 .expression_attribute_values(":code", s(&failure.code))
@@ -290,6 +317,80 @@ impl IdempotencyStore for DynamoDbStore {
             .await
             .map_err(|e| store_error(&e))?;
         out.item().map(|item| record_from_item(&pk, item)).transpose()
+    }
+
+    async fn due_for_recovery(
+        &self,
+        operation: &Operation,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<RecordKey>, StoreError> {
+        let mut due = Vec::new();
+        for shard in 0..RECOVERY_SHARDS {
+            let mut start = None;
+            while due.len() < limit {
+                let out = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(RECOVERY_INDEX)
+                    .key_condition_expression("#shard = :shard AND #due <= :now_ms")
+                    .expression_attribute_names("#shard", RECOVERY_SHARD)
+                    .expression_attribute_names("#due", RECOVERY_DUE)
+                    .expression_attribute_values(":shard", s(format!("{}#{shard:02}", operation.as_str())))
+                    .expression_attribute_values(":now_ms", n(now_ms))
+                    .limit(i32::try_from(limit - due.len()).unwrap_or(i32::MAX))
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .map_err(|e| store_error(&e))?;
+                for item in out.items() {
+                    let pk = item.get("pk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+                    let key = RecordKey::from_partition_key(&pk)
+                        .map_err(|e| StoreError::Malformed { key: pk.clone(), reason: e.to_string() })?;
+                    due.push(key);
+                }
+                match out.last_evaluated_key() {
+                    Some(key) if !key.is_empty() => start = Some(key.clone()),
+                    _ => break,
+                }
+            }
+        }
+        Ok(due)
+    }
+
+    async fn reschedule_recovery(
+        &self,
+        key: &RecordKey,
+        seen_updated_at_ms: i64,
+        due_ms: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let pk = key.partition_key();
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&pk))
+            .condition_expression(RESCHEDULE_CONDITION)
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":seen", n(seen_updated_at_ms))
+            .expression_attribute_values(":in_progress", s(RecordStatus::InProgress.as_str()));
+        update = match due_ms {
+            None => update.update_expression("REMOVE recovery_shard, recovery_due"),
+            Some(due) => update
+                .update_expression("SET recovery_shard = :shard, recovery_due = :due")
+                .expression_attribute_values(":shard", s(recovery_shard(&pk)))
+                .expression_attribute_values(":due", n(due)),
+        };
+        match update.send().await {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e))
+                if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(store_error(&err)),
+        }
     }
 }
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::hash::PayloadHash;
-use super::key::RecordKey;
-use super::protocol::{ClaimRequest, IdempotencyRecord, OwnerToken, Settle, StoredFailure, now_s};
+use super::key::{Operation, RecordKey};
+use super::protocol::{ClaimRequest, IdempotencyRecord, OwnerToken, Recovery, Settle, StoredFailure, now_s};
 use super::store::{ClaimOutcome, IdempotencyStore, Lease, Settlement, StoreError};
 use crate::clock::{Clock, SystemClock};
 
@@ -70,6 +70,18 @@ impl<S: IdempotencyStore> Idempotency<S> {
         payload_hash: &PayloadHash,
         deadline_ms: i64,
     ) -> Result<ClaimOutcome, StoreError> {
+        self.claim_recoverable(key, payload_hash, deadline_ms, None).await
+    }
+
+    /// The same, leaving what a completer needs ([`Recovery`]) should this claim's work never be
+    /// settled: the record then shows up in [`Self::due_for_recovery`] once the recovery is due.
+    pub async fn claim_recoverable(
+        &self,
+        key: &RecordKey,
+        payload_hash: &PayloadHash,
+        deadline_ms: i64,
+        recovery: Option<Recovery>,
+    ) -> Result<ClaimOutcome, StoreError> {
         let now_ms = self.now_ms();
         let max_lease_ms = i64::try_from(self.config.max_lease.as_millis()).unwrap_or(i64::MAX);
         let request = ClaimRequest {
@@ -79,6 +91,7 @@ impl<S: IdempotencyStore> Idempotency<S> {
             now_ms,
             lease_until_ms: deadline_ms.min(now_ms.saturating_add(max_lease_ms)),
             expires_at_s: self.expires_at_s(now_ms),
+            recovery,
         };
         self.store.claim(&request).await
     }
@@ -107,6 +120,24 @@ impl<S: IdempotencyStore> Idempotency<S> {
     /// Reads the record as stored.
     pub async fn get(&self, key: &RecordKey) -> Result<Option<IdempotencyRecord>, StoreError> {
         self.store.get(key).await
+    }
+
+    /// Up to `limit` records of `operation` whose recovery is due now, as keys (the index may lag
+    /// the table: read each record back and check [`IdempotencyRecord::is_due_for_recovery`]).
+    pub async fn due_for_recovery(&self, operation: &Operation, limit: usize) -> Result<Vec<RecordKey>, StoreError> {
+        self.store.due_for_recovery(operation, self.now_ms(), limit).await
+    }
+
+    /// Moves `record`'s recovery to `due_ms`, or ends it (`None`: someone else owns the record's
+    /// fate), unless the record changed since it was read. Whether it was moved.
+    pub async fn reschedule_recovery(
+        &self,
+        record: &IdempotencyRecord,
+        due_ms: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let key = RecordKey::from_partition_key(&record.partition_key)
+            .map_err(|e| StoreError::Malformed { key: record.partition_key.clone(), reason: e.to_string() })?;
+        self.store.reschedule_recovery(&key, record.updated_at_ms, due_ms).await
     }
 
     async fn settle(&self, lease: &Lease, settle: Settle) -> Result<Settlement, StoreError> {

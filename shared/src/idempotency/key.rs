@@ -24,6 +24,9 @@ pub enum KeyError {
         /// The allowed characters, in words.
         allowed: &'static str,
     },
+    /// A stored partition key that is not `{operation}#{scope}#{key}`.
+    #[error("not a record's partition key (operation#scope#key)")]
+    PartitionKey,
 }
 
 fn check_len(what: &'static str, value: &str, max: usize) -> Result<(), KeyError> {
@@ -163,6 +166,17 @@ impl RecordKey {
     pub fn partition_key(&self) -> String {
         format!("{}#{}#{}", self.operation.as_str(), escape_scope(self.scope.as_str()), self.key.as_str())
     }
+
+    /// Reads a partition key back (the inverse of [`Self::partition_key`]): a completer finds
+    /// records by an index that holds only their keys.
+    pub fn from_partition_key(pk: &str) -> Result<Self, KeyError> {
+        let mut parts = pk.splitn(3, '#');
+        let (Some(operation), Some(scope), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(KeyError::PartitionKey);
+        };
+        let scope = scope.replace("%23", "#").replace("%25", "%");
+        Ok(Self::new(Operation::new(operation)?, Scope::new(&scope)?, IdempotencyKey::new(key)?))
+    }
 }
 
 impl fmt::Display for RecordKey {
@@ -217,6 +231,12 @@ mod tests {
         ) {
             prop_assume!((a.as_str(), b.as_str()) != (c.as_str(), d.as_str()));
             prop_assert_ne!(record(&a, &b).partition_key(), record(&c, &d).partition_key());
+        }
+
+        #[test]
+        fn partition_keys_read_back_to_the_same_record_key(scope in "[!-~]{1,20}", key in "[ -~]{1,40}") {
+            let original = record(&scope, &key);
+            prop_assert_eq!(RecordKey::from_partition_key(&original.partition_key()).unwrap(), original);
         }
     }
 }

@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::key::RecordKey;
+use super::key::{Operation, RecordKey};
 use super::protocol::{
-    ClaimDecision, ClaimRequest, IdempotencyRecord, OwnerToken, Settle, claimed_record, decide_claim, may_settle,
-    settled_record,
+    ClaimDecision, ClaimRequest, IdempotencyRecord, OwnerToken, Settle, claimed_record, decide_claim, may_reschedule_recovery,
+    may_settle, settled_record,
 };
 use super::store::{ClaimOutcome, IdempotencyStore, Lease, Settlement, StoreError, refused_outcome};
 
@@ -74,5 +74,45 @@ impl IdempotencyStore for InMemoryStore {
 
     async fn get(&self, key: &RecordKey) -> Result<Option<IdempotencyRecord>, StoreError> {
         Ok(self.lock().get(&key.partition_key()).cloned())
+    }
+
+    async fn due_for_recovery(
+        &self,
+        operation: &Operation,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<RecordKey>, StoreError> {
+        let prefix = format!("{}#", operation.as_str());
+        let records = self.lock();
+        let mut due: Vec<(i64, &String)> = records
+            .iter()
+            .filter(|(pk, _)| pk.starts_with(&prefix))
+            .filter_map(|(pk, r)| r.recovery_due_ms.filter(|due| *due <= now_ms).map(|due| (due, pk)))
+            .collect();
+        due.sort();
+        due.into_iter()
+            .take(limit)
+            .map(|(_, pk)| {
+                RecordKey::from_partition_key(pk)
+                    .map_err(|e| StoreError::Malformed { key: pk.clone(), reason: e.to_string() })
+            })
+            .collect()
+    }
+
+    async fn reschedule_recovery(
+        &self,
+        key: &RecordKey,
+        seen_updated_at_ms: i64,
+        due_ms: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let mut records = self.lock();
+        let stored = records.get_mut(&key.partition_key());
+        if !may_reschedule_recovery(stored.as_deref(), seen_updated_at_ms) {
+            return Ok(false);
+        }
+        if let Some(record) = stored {
+            record.recovery_due_ms = due_ms;
+        }
+        Ok(true)
     }
 }

@@ -16,5 +16,5 @@ pub mod store;
 pub use guard::{Idempotency, IdempotencyConfig};
 pub use hash::{HashError, PayloadHash};
 pub use key::{IdempotencyKey, KeyError, Operation, RecordKey, Scope};
-pub use protocol::{IdempotencyRecord, OwnerToken, RecordStatus, StoredFailure};
+pub use protocol::{IdempotencyRecord, OwnerToken, RecordStatus, Recovery, StoredFailure};
 pub use store::{ClaimOutcome, IdempotencyStore, Lease, Settlement, StoreError};

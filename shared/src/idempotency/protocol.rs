@@ -101,9 +101,25 @@ pub struct IdempotencyRecord {
     /// TTL (epoch seconds): past it the record counts as absent, whether or not DynamoDB has
     /// deleted it yet (TTL deletion can lag by up to 48 hours).
     pub expires_at_s: i64,
+    /// From when (epoch ms) this record, if still IN_PROGRESS with its lease over, counts as
+    /// abandoned and a completer may finish it. Set by a claim that asks for [`Recovery`];
+    /// cleared by completion, permanent failure and by a completer that dismissed it.
+    pub recovery_due_ms: Option<i64>,
+    /// The operation's input (JSON text), kept so that a completer can redo the operation when
+    /// its claimer never finished it (the intake keeps the message it was about to enqueue).
+    pub input: Option<String>,
 }
 
 impl IdempotencyRecord {
+    /// Abandoned: IN_PROGRESS, its lease over, and its recovery due. Mirrors the completer's
+    /// query (`recovery_due <= :now`) plus the checks it makes on the record it reads back.
+    pub fn is_due_for_recovery(&self, now_ms: i64) -> bool {
+        self.status == RecordStatus::InProgress
+            && self.lease_is_over(now_ms)
+            && !self.is_expired(now_ms)
+            && self.recovery_due_ms.is_some_and(|due| due <= now_ms)
+    }
+
     /// Past its TTL: counts as absent. Mirrors `expires_at < :now_s` in the store's conditions.
     pub fn is_expired(&self, now_ms: i64) -> bool {
         self.expires_at_s < now_s(now_ms)
@@ -136,6 +152,19 @@ pub struct ClaimRequest {
     pub lease_until_ms: i64,
     /// TTL of the record (epoch s).
     pub expires_at_s: i64,
+    /// What a completer needs if this claim's work is never finished; `None` keeps what the
+    /// record had.
+    pub recovery: Option<Recovery>,
+}
+
+/// What lets a completer finish an operation whose claimer never settled it: a time from which
+/// the claim counts as abandoned, and the input to redo the operation from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Recovery {
+    /// From when (epoch ms) the record, still IN_PROGRESS with its lease over, is abandoned.
+    pub due_ms: i64,
+    /// The operation's input (JSON text), if the record must carry it; `None` keeps any stored.
+    pub input: Option<String>,
 }
 
 /// What a claim may do, given what is stored.
@@ -209,6 +238,12 @@ pub fn claimed_record(
         created_at_ms: kept.map_or(req.now_ms, |r| r.created_at_ms),
         updated_at_ms: req.now_ms,
         expires_at_s: req.expires_at_s,
+        recovery_due_ms: req.recovery.as_ref().map(|r| r.due_ms).or_else(|| kept.and_then(|r| r.recovery_due_ms)),
+        input: req
+            .recovery
+            .as_ref()
+            .and_then(|r| r.input.clone())
+            .or_else(|| kept.and_then(|r| r.input.clone())),
     }
 }
 
@@ -239,6 +274,14 @@ pub enum Settle {
     },
 }
 
+/// The rescheduling rule: a completer moves a record's recovery (later, after it re-enqueued the
+/// work; or away, when someone else owns the record's fate) only if the record has not changed
+/// since it was read (`updated_at` as the version), so a newer claim's recovery is never lost.
+/// Mirrors `updated_at = :seen AND #status = :in_progress`.
+pub fn may_reschedule_recovery(stored: Option<&IdempotencyRecord>, seen_updated_at_ms: i64) -> bool {
+    matches!(stored, Some(r) if r.status == RecordStatus::InProgress && r.updated_at_ms == seen_updated_at_ms)
+}
+
 /// The record a permitted settlement leaves behind.
 pub fn settled_record(
     current: &IdempotencyRecord,
@@ -253,12 +296,14 @@ pub fn settled_record(
             next.status = RecordStatus::Completed;
             next.result = Some(result.clone());
             next.expires_at_s = expires_at_s;
+            next.recovery_due_ms = None;
         }
         Settle::Fail(failure) => {
             next.status = RecordStatus::Failed;
             next.failure = Some(failure.clone());
             next.last_error = Some(failure.reason.clone());
             next.expires_at_s = expires_at_s;
+            next.recovery_due_ms = None;
         }
         Settle::Release { reason, refund } => {
             next.owner = None;
@@ -293,6 +338,7 @@ mod tests {
             now_ms,
             lease_until_ms: now_ms + 30_000,
             expires_at_s: now_s(now_ms) + 3600,
+            recovery: None,
         }
     }
 
@@ -367,5 +413,27 @@ mod tests {
         assert_eq!(failed.status, RecordStatus::Failed);
         assert!(!may_settle(Some(&failed), &owner));
         assert!(!may_settle(None, &owner));
+    }
+
+    #[test]
+    fn recovery_is_due_only_for_abandoned_claims_and_ends_with_settlement() {
+        let mut req = request("h", 1_000);
+        req.recovery = Some(Recovery { due_ms: 40_000, input: Some("{\"m\":1}".into()) });
+        let claimed = claimed_record(None, ClaimDecision::Create, &req);
+        assert!(!claimed.is_due_for_recovery(39_999), "not due yet");
+        assert!(claimed.is_due_for_recovery(40_000), "lease over (31 s) and due");
+        let live = IdempotencyRecord { lease_until_ms: 50_000, ..claimed.clone() };
+        assert!(!live.is_due_for_recovery(45_000), "a live lease is nobody's to recover");
+        // A take-over without recovery keeps the stored input and due time.
+        let released = settled_record(&claimed, &Settle::Release { reason: "x".into(), refund: false }, 2_000, 0);
+        let retry = request("h", 3_000);
+        let again = claimed_record(Some(&released), ClaimDecision::TakeOver, &retry);
+        assert_eq!((again.recovery_due_ms, again.input.as_deref()), (Some(40_000), Some("{\"m\":1}")));
+        let done = settled_record(&again, &Settle::Complete { result: "{}".into() }, 4_000, 99);
+        assert!(!done.is_due_for_recovery(100_000) && done.recovery_due_ms.is_none());
+        assert_eq!(done.input.as_deref(), Some("{\"m\":1}"), "the input outlives completion");
+        assert!(may_reschedule_recovery(Some(&again), again.updated_at_ms));
+        assert!(!may_reschedule_recovery(Some(&again), again.updated_at_ms - 1), "changed since read");
+        assert!(!may_reschedule_recovery(Some(&done), done.updated_at_ms), "settled records are not watched");
     }
 }

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use super::key::RecordKey;
+use super::key::{Operation, RecordKey};
 use super::protocol::{ClaimRequest, IdempotencyRecord, OwnerToken, Settle, StoredFailure};
 
 /// What a claim found. A refused claim is an outcome, not an error: the caller decides what a
@@ -100,6 +100,26 @@ pub trait IdempotencyStore: Send + Sync {
 
     /// Reads a record (strongly consistent), expired or not: for status queries and operators.
     fn get(&self, key: &RecordKey) -> impl Future<Output = Result<Option<IdempotencyRecord>, StoreError>> + Send;
+
+    /// Up to `limit` keys of `operation`'s records whose recovery is due at `now_ms`, without
+    /// reading the whole table (DynamoDB: a sparse index). May include records that changed since
+    /// (an index is eventually consistent): callers read each one back.
+    fn due_for_recovery(
+        &self,
+        operation: &Operation,
+        now_ms: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<RecordKey>, StoreError>> + Send;
+
+    /// Moves the record's recovery to `due_ms` (`None`: no recovery any more) if it is
+    /// IN_PROGRESS and unchanged since `seen_updated_at_ms`
+    /// ([`super::protocol::may_reschedule_recovery`]). Whether it was moved.
+    fn reschedule_recovery(
+        &self,
+        key: &RecordKey,
+        seen_updated_at_ms: i64,
+        due_ms: Option<i64>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
 /// Maps what a claim refusal found to the outcome a caller sees.

@@ -1,5 +1,6 @@
 //! The payment domain: money, the request, the queued message, and the payment provider port.
 
+pub mod acceptance;
 pub mod card_data;
 pub mod envelope;
 pub mod gateway;
@@ -10,6 +11,7 @@ pub mod request;
 pub mod resolve;
 pub mod status;
 
+pub use acceptance::{acceptance, status_path};
 pub use envelope::{EnvelopeError, KeyHint, PaymentMessage};
 pub use gateway::{Charge, ChargeLookup, ChargeRequest, GatewayError, Lookup, PaymentGateway, RetryableKind};
 pub use money::{Currency, MinorUnits};

@@ -142,6 +142,8 @@ mod tests {
             created_at_ms: 1_000,
             updated_at_ms: 2_000,
             expires_at_s: 0,
+            recovery_due_ms: None,
+            input: None,
         }
     }
 

@@ -1,7 +1,8 @@
 //! The DynamoDB adapter against the protocol's pure rules, on generated cases, in LocalStack: for
 //! any stored record (or none), any time relative to its lease and TTL, same or different payload,
 //! owner or not, the adapter's conditional writes decide and write exactly what
-//! `decide_claim`/`claimed_record` and `may_settle`/`settled_record` say. The in-memory store and
+//! `decide_claim`/`claimed_record`, `may_settle`/`settled_record` and `may_reschedule_recovery`
+//! say (recovery due times and stored inputs included). The in-memory store and
 //! the model checker use those functions directly, so the three cannot disagree unnoticed.
 
 use aws_sdk_dynamodb::Client;
@@ -9,8 +10,8 @@ use integration_tests::{aws, shared_stack};
 use payments_core::idempotency::dynamodb::DynamoDbStore;
 use payments_core::idempotency::dynamodb::attributes::item_from_record;
 use payments_core::idempotency::protocol::{
-    ClaimDecision, ClaimRequest, IdempotencyRecord, OwnerToken, RecordStatus, Refusal, Settle, StoredFailure,
-    claimed_record, decide_claim, may_settle, now_s, settled_record,
+    ClaimDecision, ClaimRequest, IdempotencyRecord, OwnerToken, RecordStatus, Recovery, Refusal, Settle,
+    StoredFailure, claimed_record, decide_claim, may_reschedule_recovery, may_settle, now_s, settled_record,
 };
 use payments_core::idempotency::{
     ClaimOutcome, IdempotencyKey, IdempotencyStore, Operation, PayloadHash, RecordKey, Scope, Settlement,
@@ -30,6 +31,8 @@ struct Shape {
     same_payload: bool,
     attempts: u32,
     last_error: Option<&'static str>,
+    recovery_due_rel_ms: Option<i64>,
+    input: Option<&'static str>,
 }
 
 fn shape() -> impl Strategy<Value = Shape> {
@@ -41,16 +44,30 @@ fn shape() -> impl Strategy<Value = Shape> {
         any::<bool>(),
         1u32..4,
         prop_oneof![Just(None), Just(Some("provider_503"))],
+        (proptest::option::of(-60_000i64..60_000), prop_oneof![Just(None), Just(Some(r#"{"m":1}"#))]),
     )
-        .prop_map(|(status, owner, lease_rel_ms, expires_rel_s, same_payload, attempts, last_error)| Shape {
-            status,
-            owner,
-            lease_rel_ms,
-            expires_rel_s,
-            same_payload,
-            attempts,
-            last_error,
-        })
+        .prop_map(
+            |(status, owner, lease_rel_ms, expires_rel_s, same_payload, attempts, last_error, (due, input))| Shape {
+                status,
+                owner,
+                lease_rel_ms,
+                expires_rel_s,
+                same_payload,
+                attempts,
+                last_error,
+                recovery_due_rel_ms: due,
+                input,
+            },
+        )
+}
+
+/// What a claim may ask for: nothing, a due time only, or a due time and an input.
+fn recovery() -> impl Strategy<Value = Option<Recovery>> {
+    prop_oneof![
+        Just(None),
+        Just(Some(Recovery { due_ms: NOW + 70_000, input: None })),
+        Just(Some(Recovery { due_ms: NOW + 70_000, input: Some(r#"{"m":2}"#.into()) })),
+    ]
 }
 
 fn record(key: &RecordKey, shape: &Shape) -> IdempotencyRecord {
@@ -68,6 +85,8 @@ fn record(key: &RecordKey, shape: &Shape) -> IdempotencyRecord {
         created_at_ms: NOW - 100_000,
         updated_at_ms: NOW - 50_000,
         expires_at_s: now_s(NOW) + shape.expires_rel_s,
+        recovery_due_ms: shape.recovery_due_rel_ms.map(|rel| NOW + rel),
+        input: shape.input.map(str::to_owned),
     }
 }
 
@@ -118,7 +137,7 @@ fn claims_in_dynamodb_follow_decide_claim_and_claimed_record() {
     let h = Harness::new();
     let mut runner = TestRunner::new(Config { cases: 96, ..Config::default() });
     runner
-        .run(&proptest::option::weighted(0.85, shape()), |shape| {
+        .run(&(proptest::option::weighted(0.85, shape()), recovery()), |(shape, recovery)| {
             h.runtime.block_on(async {
                 let key = h.fresh_key();
                 let stored = shape.as_ref().map(|s| record(&key, s));
@@ -130,6 +149,7 @@ fn claims_in_dynamodb_follow_decide_claim_and_claimed_record() {
                     now_ms: NOW,
                     lease_until_ms: NOW + 30_000,
                     expires_at_s: now_s(NOW) + 3600,
+                    recovery,
                 };
                 let outcome = h.store.claim(&request).await.unwrap();
                 let after = h.store.get(&key).await.unwrap();
@@ -193,6 +213,29 @@ fn settlements_in_dynamodb_follow_may_settle_and_settled_record() {
                     prop_assert_eq!(outcome, Settlement::NotOwner { current: stored.clone().map(Box::new) });
                     prop_assert_eq!(after, stored, "a refused settlement writes nothing");
                 }
+                Ok(())
+            })
+        })
+        .unwrap();
+}
+
+#[test]
+fn recovery_rescheduling_in_dynamodb_follows_may_reschedule_recovery() {
+    let h = Harness::new();
+    let seen = prop_oneof![Just(NOW - 50_000), Just(NOW - 49_999)];
+    let due = proptest::option::of(Just(NOW + 3_600_000));
+    let mut runner = TestRunner::new(Config { cases: 48, ..Config::default() });
+    runner
+        .run(&(proptest::option::weighted(0.9, shape()), seen, due), |(shape, seen, due)| {
+            h.runtime.block_on(async {
+                let key = h.fresh_key();
+                let stored = shape.as_ref().map(|s| record(&key, s));
+                h.seed(stored.as_ref()).await;
+                let moved = h.store.reschedule_recovery(&key, seen, due).await.unwrap();
+                let after = h.store.get(&key).await.unwrap();
+                prop_assert_eq!(moved, may_reschedule_recovery(stored.as_ref(), seen));
+                let expected = stored.map(|r| if moved { IdempotencyRecord { recovery_due_ms: due, ..r } } else { r });
+                prop_assert_eq!(after, expected);
                 Ok(())
             })
         })

@@ -377,6 +377,7 @@ impl ProtocolModel {
                         now_ms: NOW_MS,
                         lease_until_ms: 1000,
                         expires_at_s: i64::from(self.timing.retention),
+                        recovery: None,
                     };
                     let claimed = claimed_record(stored.as_ref(), decision, &request);
                     let complete = Settle::Complete { result: format!("ch{charges}") };
@@ -601,6 +602,7 @@ impl Model for ProtocolModel {
                             now_ms: NOW_MS,
                             lease_until_ms: lease,
                             expires_at_s: i64::from(t.retention),
+                            recovery: None,
                         };
                         if matches!(&stored, Some(r) if r.status != RecordStatus::InProgress && !r.is_expired(NOW_MS)) {
                             s.settled_changed = true;

@@ -42,7 +42,35 @@ pub fn item_from_record(record: &IdempotencyRecord) -> Item {
     item.insert("created_at".into(), n(record.created_at_ms));
     item.insert("updated_at".into(), n(record.updated_at_ms));
     item.insert("expires_at".into(), n(record.expires_at_s));
+    if let Some(due) = record.recovery_due_ms {
+        item.insert(RECOVERY_SHARD.into(), s(recovery_shard(&record.partition_key)));
+        item.insert(RECOVERY_DUE.into(), n(due));
+    }
+    if let Some(input) = &record.input {
+        item.insert("input".into(), s(input));
+    }
     item
+}
+
+/// The sparse index of records a completer may have to finish: only items with a recovery
+/// (IN_PROGRESS, claimed with one) have its key attributes, so it holds nothing else.
+pub const RECOVERY_INDEX: &str = "recovery";
+/// The index's partition key: `{operation}#{shard}`.
+pub const RECOVERY_SHARD: &str = "recovery_shard";
+/// The index's sort key: when the recovery is due (epoch ms).
+pub const RECOVERY_DUE: &str = "recovery_due";
+/// Shards per operation. One index partition takes about 1,000 writes per second, and every
+/// claim and settlement of a recoverable record writes the index: 16 shards keep the index far
+/// from limiting the table; a completer queries all of them (16 small queries per operation).
+pub const RECOVERY_SHARDS: u8 = 16;
+
+/// The shard of a record: stable (from the SHA-256 of its partition key), so that every write of
+/// one record goes to the same index partition.
+pub fn recovery_shard(partition_key: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(partition_key.as_bytes());
+    let operation = partition_key.split('#').next().unwrap_or_default();
+    format!("{operation}#{:02}", digest[0] % RECOVERY_SHARDS)
 }
 
 /// Reads a stored item back; a missing or mistyped attribute is [`StoreError::Malformed`].
@@ -81,6 +109,8 @@ pub fn record_from_item(pk: &str, item: &Item) -> Result<IdempotencyRecord, Stor
         created_at_ms: number("created_at")?,
         updated_at_ms: number("updated_at")?,
         expires_at_s: number("expires_at")?,
+        recovery_due_ms: item.contains_key(RECOVERY_DUE).then(|| number(RECOVERY_DUE)).transpose()?,
+        input: text("input")?,
     })
 }
 
@@ -103,6 +133,8 @@ mod tests {
             created_at_ms: 1,
             updated_at_ms: 2,
             expires_at_s: 3,
+            recovery_due_ms: Some(4),
+            input: Some("{}".into()),
         };
         let item = item_from_record(&record);
         assert_eq!(record_from_item("process#acme#k", &item).unwrap(), record);

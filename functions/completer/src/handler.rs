@@ -1,0 +1,242 @@
+//! One sweep over the records whose recovery is due, oldest first.
+//!
+//! - **intake** records (the intake claimed, kept the message it was about to enqueue, and never
+//!   completed): claim the record as the intake's client retry would, enqueue the stored message,
+//!   and complete the record with the same `202` body the intake would have stored. A client that
+//!   retries later gets that `202` replayed; the processor deduplicates a message the dead intake
+//!   did manage to send.
+//! - **process** records (IN_PROGRESS past the payment's maximum age, and untouched for the quiet
+//!   period, so no live message is hiding behind a backoff): a payment with a failure record
+//!   belongs to an operator and is no longer watched; any other is re-enqueued from the message
+//!   in its intake record, and the processor — which asks the provider before any verdict on a
+//!   payment that old — settles it. Its recovery moves a quiet period on, so a slow queue does
+//!   not collect copies.
+
+use std::time::Duration;
+
+use lambda_runtime::LambdaEvent;
+use payments_core::clock::{Clock, SystemClock};
+use payments_core::failures::FailureStore;
+use payments_core::idempotency::{
+    ClaimOutcome, Idempotency, IdempotencyRecord, IdempotencyStore, Operation, RecordKey,
+};
+use payments_core::observability::MetricsSink;
+use payments_core::payment::status::{INTAKE_OPERATION, PROCESS_OPERATION};
+use payments_core::payment::{PaymentMessage, PaymentQueue, acceptance, intake_key};
+
+use crate::config::CompleterConfig;
+
+/// Time kept back at the end of an invocation: no record is started closer to the deadline.
+const DEADLINE_MARGIN_MS: i64 = 2_000;
+
+/// Finds and finishes abandoned records; built once per cold start.
+pub struct Completer<S, F, Q> {
+    idempotency: Idempotency<S>,
+    failures: F,
+    queue: Q,
+    quiet: Duration,
+    batch_limit: usize,
+    metrics: MetricsSink,
+}
+
+/// What one sweep did, by outcome (also the function's answer, for operators and tests).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Sweep {
+    /// Intake records finished: their message enqueued and their acceptance completed.
+    pub enqueued: u64,
+    /// Processor records whose payment was sent to the queue again.
+    pub re_enqueued: u64,
+    /// Processor records of dead-lettered payments: left to an operator, no longer watched.
+    pub dismissed: u64,
+    /// Records found finished, still worked on, or not quiet yet: nothing to do now.
+    pub skipped: u64,
+    /// Records that cannot be redone (no stored message, or one that no longer parses): no
+    /// longer watched, logged as errors for an operator (`ops stuck-intake` lists such intakes).
+    pub unrecoverable: u64,
+    /// Store or queue failures: the record stays due and the next run tries again.
+    pub errors: u64,
+}
+
+/// What happened to one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recovered {
+    Enqueued,
+    ReEnqueued,
+    Dismissed,
+    Skipped,
+    Unrecoverable,
+}
+
+impl Recovered {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Enqueued => "enqueued",
+            Self::ReEnqueued => "re_enqueued",
+            Self::Dismissed => "dismissed",
+            Self::Skipped => "skipped",
+            Self::Unrecoverable => "unrecoverable",
+        }
+    }
+}
+
+impl Sweep {
+    fn count(&mut self, outcome: Result<Recovered, String>) {
+        let slot = match outcome {
+            Ok(Recovered::Enqueued) => &mut self.enqueued,
+            Ok(Recovered::ReEnqueued) => &mut self.re_enqueued,
+            Ok(Recovered::Dismissed) => &mut self.dismissed,
+            Ok(Recovered::Skipped) => &mut self.skipped,
+            Ok(Recovered::Unrecoverable) => &mut self.unrecoverable,
+            Err(_) => &mut self.errors,
+        };
+        *slot += 1;
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Completer<S, F, Q> {
+    /// Assembles a completer from its adapters and validated configuration.
+    pub fn new(idempotency: Idempotency<S>, failures: F, queue: Q, config: &CompleterConfig) -> Self {
+        Self {
+            idempotency,
+            failures,
+            queue,
+            quiet: config.quiet,
+            batch_limit: config.batch_limit,
+            metrics: MetricsSink::new(&config.metrics_namespace, "completer"),
+        }
+    }
+
+    /// The idempotency guard (tests read records through it).
+    pub fn idempotency(&self) -> &Idempotency<S> {
+        &self.idempotency
+    }
+
+    /// The Lambda handler: the scheduler's event carries nothing the sweep needs.
+    pub async fn handle(&self, event: LambdaEvent<serde_json::Value>) -> Result<Sweep, lambda_runtime::Error> {
+        let now = SystemClock.now_ms();
+        Ok(self.sweep(payments_core::clock::invocation_deadline_ms(event.context.deadline, now)).await)
+    }
+
+    /// Handles every due record (up to the batch limit per operation) before `deadline_ms`.
+    pub async fn sweep(&self, deadline_ms: i64) -> Sweep {
+        let metrics = self.metrics.invocation();
+        let mut sweep = Sweep::default();
+        for operation in [INTAKE_OPERATION, PROCESS_OPERATION] {
+            let operation = Operation::new(operation).expect("valid operation name");
+            let due = match self.idempotency.due_for_recovery(&operation, self.batch_limit).await {
+                Ok(due) => due,
+                Err(e) => {
+                    tracing::warn!(operation = operation.as_str(), error = %e, "could not list due records");
+                    sweep.errors += 1;
+                    continue;
+                }
+            };
+            for key in due {
+                if self.idempotency.now_ms() + DEADLINE_MARGIN_MS > deadline_ms {
+                    break;
+                }
+                let outcome = match operation.as_str() {
+                    INTAKE_OPERATION => self.finish_intake(&key, deadline_ms).await,
+                    _ => self.re_enqueue_payment(&key).await,
+                };
+                match &outcome {
+                    Ok(recovered) => {
+                        metrics.count_with("Recovery", 1, &[("Outcome", recovered.label())]);
+                        if *recovered != Recovered::Skipped {
+                            tracing::info!(
+                                record = %key,
+                                idempotency_key = key.key.as_str(),
+                                outcome = recovered.label(),
+                                "abandoned record handled"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        metrics.count_with("Recovery", 1, &[("Outcome", "error")]);
+                        tracing::warn!(record = %key, idempotency_key = key.key.as_str(), error = e, "recovery failed; next run retries");
+                    }
+                }
+                sweep.count(outcome);
+            }
+        }
+        metrics.flush();
+        sweep
+    }
+
+    /// The intake's unfinished acceptance: claim, enqueue the stored message, complete.
+    async fn finish_intake(&self, key: &RecordKey, deadline_ms: i64) -> Result<Recovered, String> {
+        let now = self.idempotency.now_ms();
+        let Some(record) = self.due_record(key, now).await? else { return Ok(Recovered::Skipped) };
+        let message = match stored_message(Some(&record)) {
+            Ok(message) => message,
+            Err(why) => return self.give_up(&record, &why).await,
+        };
+        let lease = match self.idempotency.claim(key, &record.payload_hash, deadline_ms).await.map_err(unavailable)? {
+            ClaimOutcome::Claimed(lease) => lease,
+            // A client retry got there first (or holds it now).
+            _ => return Ok(Recovered::Skipped),
+        };
+        if let Err(e) = self.queue.enqueue(&message).await {
+            if let Err(release) = self.idempotency.release(&lease, &e.detail).await {
+                tracing::warn!(error = %release, "release failed; the lease frees the record when it ends");
+            }
+            return Err(e.to_string());
+        }
+        if let Err(e) = self.idempotency.complete(&lease, &acceptance(&message)).await {
+            // Enqueued: the record stays due, and a second copy is deduplicated by the processor.
+            tracing::warn!(error = %e, "enqueued, but the intake record was not completed");
+        }
+        Ok(Recovered::Enqueued)
+    }
+
+    /// A processor record left behind: to the operator if dead-lettered, else back to the queue.
+    async fn re_enqueue_payment(&self, key: &RecordKey) -> Result<Recovered, String> {
+        let now = self.idempotency.now_ms();
+        let Some(record) = self.due_record(key, now).await? else { return Ok(Recovered::Skipped) };
+        let quiet_ms = i64::try_from(self.quiet.as_millis()).unwrap_or(i64::MAX);
+        if now - record.updated_at_ms < quiet_ms {
+            // Touched recently: a message is still carrying it (a backoff, a lookup retry).
+            return Ok(Recovered::Skipped);
+        }
+        let failures = self.failures.for_payment(&key.scope, &key.key).await.map_err(unavailable)?;
+        if !failures.is_empty() {
+            self.idempotency.reschedule_recovery(&record, None).await.map_err(unavailable)?;
+            return Ok(Recovered::Dismissed);
+        }
+        let intake = self.idempotency.get(&intake_key(&key.scope, &key.key)).await.map_err(unavailable)?;
+        let message = match stored_message(intake.as_ref()) {
+            Ok(message) => message,
+            Err(why) => return self.give_up(&record, &why).await,
+        };
+        self.queue.enqueue(&message).await.map_err(|e| e.to_string())?;
+        // Not before another quiet period: the processor claims it long before that.
+        self.idempotency.reschedule_recovery(&record, Some(now.saturating_add(quiet_ms))).await.map_err(unavailable)?;
+        Ok(Recovered::ReEnqueued)
+    }
+
+    /// The record behind an index entry, if it is still due (the index lags the table).
+    async fn due_record(&self, key: &RecordKey, now: i64) -> Result<Option<IdempotencyRecord>, String> {
+        let record = self.idempotency.get(key).await.map_err(unavailable)?;
+        Ok(record.filter(|r| r.is_due_for_recovery(now)))
+    }
+
+    /// Stops watching `record`, which cannot be redone: an operator must settle it.
+    async fn give_up(&self, record: &IdempotencyRecord, why: &str) -> Result<Recovered, String> {
+        tracing::error!(record = record.partition_key, why, "abandoned record cannot be redone: an operator must settle it");
+        self.idempotency.reschedule_recovery(record, None).await.map_err(unavailable)?;
+        Ok(Recovered::Unrecoverable)
+    }
+}
+
+/// The message kept in an intake record, or why there is none to redo the payment from.
+fn stored_message(intake: Option<&IdempotencyRecord>) -> Result<PaymentMessage, String> {
+    let Some(intake) = intake else { return Err("no intake record".into()) };
+    let Some(input) = intake.input.as_deref() else {
+        return Err("no stored message (accepted before the completer existed)".into());
+    };
+    PaymentMessage::parse(input).map_err(|e| e.to_string())
+}

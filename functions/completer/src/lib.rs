@@ -1,0 +1,30 @@
+//! The completer: a scheduled function that finishes what was claimed and then abandoned with
+//! nothing left to retry it — a payment the intake claimed but never enqueued (its invocation
+//! died between the claim and `SendMessage`, and the client never retried), or a payment whose
+//! processor record stayed IN_PROGRESS after its message was gone. It finds them through the
+//! idempotency records' sparse recovery index, never by scanning the table.
+
+pub mod config;
+pub mod handler;
+
+use payments_core::failures::dynamodb::DynamoDbFailureStore;
+use payments_core::idempotency::Idempotency;
+use payments_core::idempotency::dynamodb::DynamoDbStore;
+use payments_core::payment::queue::SqsPaymentQueue;
+
+pub use config::CompleterConfig;
+pub use handler::{Completer, Sweep};
+
+/// The completer as deployed.
+pub type AwsCompleter = Completer<DynamoDbStore, DynamoDbFailureStore, SqsPaymentQueue>;
+
+/// Builds the deployed completer.
+pub fn build(config: &CompleterConfig, sdk: &aws_config::SdkConfig) -> AwsCompleter {
+    let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+    Completer::new(
+        Idempotency::new(DynamoDbStore::new(dynamodb.clone(), &config.idempotency_table), config.idempotency),
+        DynamoDbFailureStore::new(dynamodb, &config.failures_table),
+        SqsPaymentQueue::new(aws_sdk_sqs::Client::new(sdk), &config.queue_url),
+        config,
+    )
+}
