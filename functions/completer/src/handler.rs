@@ -226,7 +226,11 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Completer<S, F, Q> {
 
     /// Stops watching `record`, which cannot be redone: an operator must settle it.
     async fn give_up(&self, record: &IdempotencyRecord, why: &str) -> Result<Recovered, String> {
-        tracing::error!(record = record.partition_key, why, "abandoned record cannot be redone: an operator must settle it");
+        tracing::error!(
+            record = record.partition_key,
+            why,
+            "abandoned record cannot be redone: an operator must settle it"
+        );
         self.idempotency.reschedule_recovery(record, None).await.map_err(unavailable)?;
         Ok(Recovered::Unrecoverable)
     }

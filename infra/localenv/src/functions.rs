@@ -14,8 +14,8 @@ use tokio::process::{Child, Command};
 use crate::emf_log::MetricTotals;
 use crate::{cache_dir, repo_root};
 
-/// The three functions of the template.
-pub const FUNCTIONS: [&str; 3] = ["intake", "processor", "dlq-consumer"];
+/// The functions of the template.
+pub const FUNCTIONS: [&str; 4] = ["intake", "processor", "dlq-consumer", "completer"];
 
 /// Why the local functions could not run.
 #[derive(Debug, thiserror::Error)]

@@ -10,15 +10,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use payments_core::clock::rfc3339_ms;
 use payments_core::failures::dynamodb::DynamoDbFailureStore;
 use payments_core::failures::{FailureState, FailureStore};
-use payments_core::idempotency::{IdempotencyKey, Scope};
-use payments_core::payment::provider_idempotency_key;
+use payments_core::idempotency::dynamodb::DynamoDbStore;
+use payments_core::idempotency::{Idempotency, IdempotencyConfig, IdempotencyKey, PayloadHash, Recovery, Scope};
+use payments_core::payment::envelope::{SCHEMA_VERSION, parse_strict};
+use payments_core::payment::{PaymentMessage, intake_key, provider_idempotency_key};
 use provider_simulator::{LedgerSnapshot, SimConfig, Simulator};
 
 use crate::cache_dir;
 use crate::emf_log::MetricTotals;
-use crate::event_source::{PollerConfig, PollerStats, queue_depth, spawn_poller};
+use crate::event_source::{PollerConfig, PollerStats, ScheduleStats, queue_depth, spawn_poller, spawn_schedule};
 use crate::functions::{Emulator, FunctionProcess};
 use crate::localstack::OwnedLocalStack;
 use crate::stack::{Stack, deploy, unique_name};
@@ -81,6 +84,16 @@ impl Scenario {
 /// Records the local processor runs at once (`BATCH_CONCURRENCY`): the outage scenario's bound
 /// on provider requests during an outage is computed from it.
 pub const PROCESSOR_CONCURRENCY: u64 = 10;
+
+/// Local runs: how long after an acceptance's lease ends, unfinished, the completer takes it
+/// (`RECOVERY_GRACE_SECONDS`; 120 s in the template).
+const LOCAL_RECOVERY_GRACE_S: i64 = 3;
+
+/// Local runs: how often the completer runs (`rate(1 minute)` in the template).
+const COMPLETER_EVERY: Duration = Duration::from_secs(3);
+
+/// The intake's lease (`INTAKE_LEASE_MS`, default 10 s): an abandoned acceptance's lease ends then.
+const INTAKE_LEASE_MS: i64 = 10_000;
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -208,6 +221,10 @@ pub struct Reconciliation {
     pub circuit_transitions: BTreeMap<String, f64>,
     /// Lookups of payments whose outcome was unknown (processor and DLQ consumer), by answer.
     pub outcome_lookups: BTreeMap<String, f64>,
+    /// Abandoned records the completer handled, by outcome.
+    pub recovered: BTreeMap<String, f64>,
+    /// Payments left as abandoned acceptances (an intake that died after its claim).
+    pub abandoned: usize,
     /// Broken invariants: empty on a good run.
     pub violations: Vec<String>,
 }
@@ -257,6 +274,14 @@ impl Reconciliation {
         rows.push(("given up by the processor (to the DLQ)".to_owned(), list(&self.given_up)));
         rows.push(("deferred without a provider call".to_owned(), list(&self.deferred)));
         rows.push(("circuit breaker transitions".to_owned(), list(&self.circuit_transitions)));
+        rows.push((
+            "abandoned acceptances (intake died after its claim)".to_owned(),
+            format!(
+                "{}; the completer: {}",
+                self.abandoned,
+                list(&self.recovered.iter().filter(|(k, _)| *k != "skipped").map(|(k, v)| (k.clone(), *v)).collect())
+            ),
+        ));
         let looked = |answer: &str| self.outcome_lookups.get(answer).copied().unwrap_or(0.0);
         rows.push((
             "unknown outcomes".to_owned(),
@@ -333,6 +358,8 @@ pub struct Running {
     pub payments_poller: Arc<PollerStats>,
     /// DLQ poller statistics.
     pub dlq_poller: Arc<PollerStats>,
+    /// Completer runs (the scheduler stand-in).
+    pub completer_runs: Arc<ScheduleStats>,
     /// EMF totals from every function's logs.
     pub metrics: MetricTotals,
     /// Where the logs go.
@@ -404,7 +431,15 @@ pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> 
     let specific = [
         (
             "intake",
-            with(&[("PAYMENTS_QUEUE_URL", stack.queue_url().to_owned()), ("ALLOW_SCOPE_HEADER", "true".into())]),
+            with(&[
+                ("PAYMENTS_QUEUE_URL", stack.queue_url().to_owned()),
+                ("ALLOW_SCOPE_HEADER", "true".into()),
+                ("RECOVERY_GRACE_SECONDS", LOCAL_RECOVERY_GRACE_S.to_string()),
+            ]),
+        ),
+        (
+            "completer",
+            with(&[("PAYMENTS_QUEUE_URL", stack.queue_url().to_owned()), ("RECOVERY_QUIET_SECONDS", "60".into())]),
         ),
         (
             "processor",
@@ -447,6 +482,7 @@ pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> 
 
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let stop = Arc::new(AtomicBool::new(false));
+    let completer_runs = Arc::new(ScheduleStats::default());
     let (payments_poller, dlq_poller) = (Arc::new(PollerStats::default()), Arc::new(PollerStats::default()));
     let pollers = vec![
         spawn_poller(
@@ -473,6 +509,7 @@ pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> 
             dlq_poller.clone(),
             stop.clone(),
         ),
+        spawn_schedule(emulator.invoke_url("completer"), COMPLETER_EVERY, completer_runs.clone(), stop.clone()),
     ];
     Ok(Running {
         stack,
@@ -481,6 +518,7 @@ pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> 
         functions,
         payments_poller,
         dlq_poller,
+        completer_runs,
         metrics,
         log_dir,
         sdk,
@@ -506,7 +544,8 @@ async fn drive(running: &Running, options: &PipelineOptions) -> Result<Reconcili
     send_poison(running, &plan).await?;
     let incident_over = AtomicBool::new(false);
     let (incident, settled) = tokio::join!(play_incident(running, options, &incident_over), async {
-        let submission = submit_and_kill(running, options, &plan).await;
+        let mut submission = submit_and_kill(running, options, &plan).await;
+        abandon_acceptances(running, &plan, &mut submission).await?;
         say(options, &format!("intake answered {:?}; waiting for the system to settle", submission.statuses));
         let statuses = settle(running, options, &submission, started, &incident_over).await?;
         Ok::<_, PipelineError>((submission, statuses, Instant::now()))
@@ -521,6 +560,35 @@ async fn drive(running: &Running, options: &PipelineOptions) -> Result<Reconcili
     let mut r = reconcile(running, options, &plan, &submission, statuses, settled_at - started).await?;
     judge_incident(&mut r, options, incident);
     Ok(r)
+}
+
+/// The plan's abandoned payments, written as an intake that died right after its claim leaves
+/// them: a recoverable claim holding the message, never enqueued, never completed, no answer to
+/// the client. They count as accepted (their status reads RECEIVED): the completer must finish
+/// them.
+async fn abandon_acceptances(running: &Running, plan: &Plan, submission: &mut Submission) -> Result<(), PipelineError> {
+    let store = DynamoDbStore::new(aws_sdk_dynamodb::Client::new(&running.sdk), running.stack.idempotency_table());
+    let idempotency = Idempotency::new(store, IdempotencyConfig::default());
+    let invalid = |e: &dyn std::fmt::Display| PipelineError::Other(format!("abandoned payment: {e}"));
+    for &i in &plan.abandoned {
+        let planned = &plan.payments[i];
+        let now = idempotency.now_ms();
+        let message = PaymentMessage {
+            schema_version: SCHEMA_VERSION,
+            idempotency_key: IdempotencyKey::new(&planned.key).map_err(|e| invalid(&e))?,
+            scope: Scope::new(&planned.scope).map_err(|e| invalid(&e))?,
+            payment: parse_strict(&planned.body.to_string()).map_err(|e| invalid(&e))?,
+            created_at: rfc3339_ms(now),
+            correlation_id: format!("abandoned-{i}"),
+        };
+        let hash = PayloadHash::of(&message.payment).map_err(|e| invalid(&e))?;
+        let lease_end = now + INTAKE_LEASE_MS;
+        let recovery = Recovery { due_ms: lease_end + LOCAL_RECOVERY_GRACE_S * 1000, input: Some(message.to_body()) };
+        let key = intake_key(&message.scope, &message.idempotency_key);
+        idempotency.claim_recoverable(&key, &hash, lease_end, Some(recovery)).await.map_err(|e| invalid(&e))?;
+        submission.accepted.insert((planned.scope.clone(), planned.key.clone()), planned.amount());
+    }
+    Ok(())
 }
 
 /// Poison bodies go straight to the queue, as a forged or corrupted message would.
@@ -758,6 +826,8 @@ async fn reconcile(
         given_up: m.by_dimension("processor", "GivenUp"),
         deferred: m.by_dimension("processor", "Deferred"),
         circuit_transitions: m.by_dimension("processor", "CircuitTransition"),
+        recovered: m.by_dimension("completer", "Recovery"),
+        abandoned: plan.abandoned.len(),
         outcome_lookups: {
             let mut lookups = m.by_dimension("processor", "OutcomeLookup");
             for (answer, n) in m.by_dimension("dlq-consumer", "OutcomeLookup") {
@@ -778,6 +848,14 @@ async fn reconcile(
     r.metrics.insert("dlq-consumer.DeadLettered".into(), m.sum("dlq-consumer", "DeadLettered"));
     r.metrics.insert("intake.Accepted".into(), m.sum("intake", "Accepted"));
 
+    // Every abandoned acceptance was found and finished by the completer, and nothing else was.
+    let finished = r.recovered.get("enqueued").copied().unwrap_or(0.0) as usize;
+    if finished != plan.abandoned.len() {
+        r.violations.push(format!(
+            "the completer finished {finished} abandoned acceptances, {} were left",
+            plan.abandoned.len()
+        ));
+    }
     // At most one charge per provider key.
     let mut per_key: BTreeMap<&str, usize> = BTreeMap::new();
     for charge in &ledger.charges {
@@ -837,9 +915,12 @@ async fn reconcile(
             r.metrics["dlq-consumer.DeadLettered"]
         ));
     }
-    if r.metrics["intake.Accepted"] != r.accepted as f64 {
-        r.violations
-            .push(format!("metric Accepted = {}, but {} payments accepted", r.metrics["intake.Accepted"], r.accepted));
+    // The intake counts what it answered 202; the completer what it finished for a dead intake.
+    if r.metrics["intake.Accepted"] + finished as f64 != r.accepted as f64 {
+        r.violations.push(format!(
+            "metric Accepted = {} (+ {finished} finished by the completer), but {} payments accepted",
+            r.metrics["intake.Accepted"], r.accepted
+        ));
     }
     if r.poison < plan.poison.len() as u64 && !options.kill_processor {
         r.violations.push(format!("{} poison messages sent, {} recorded", plan.poison.len(), r.poison));

@@ -118,7 +118,8 @@ pub async fn deploy(
             cfn.describe_stacks().stack_name(name).send().await.map_err(|e| StackError::Api(format!("{e:?}")))?;
         let stack = described.stacks().first().ok_or_else(|| StackError::Api(format!("stack {name} vanished")))?;
         match stack.stack_status() {
-            Some(StackStatus::CreateComplete | StackStatus::UpdateComplete) => {
+            // LocalStack can end a stack "complete" with a resource failed and no outputs.
+            Some(StackStatus::CreateComplete | StackStatus::UpdateComplete) if !stack.outputs().is_empty() => {
                 let outputs = stack
                     .outputs()
                     .iter()

@@ -29,6 +29,9 @@ pub struct WorkloadSpec {
     pub commit_timeouts: usize,
     /// Raw invalid messages sent straight to the queue.
     pub poison: usize,
+    /// Payments whose acceptance is left as an intake that died right after its claim (never
+    /// enqueued, never answered): the completer must find and finish them.
+    pub abandoned: usize,
     /// Seed of every random choice.
     pub seed: u64,
 }
@@ -44,6 +47,7 @@ impl Default for WorkloadSpec {
             dead_letters: 3,
             commit_timeouts: 5,
             poison: 3,
+            abandoned: 3,
             seed: 42,
         }
     }
@@ -80,6 +84,8 @@ pub struct Plan {
     pub reused: Vec<usize>,
     /// Raw poison bodies.
     pub poison: Vec<String>,
+    /// Indexes never submitted over HTTP: left as abandoned acceptances for the completer.
+    pub abandoned: Vec<usize>,
 }
 
 /// Builds the plan for `spec`. `max_provider_attempts` sizes the dead-letter scripts: a 409 on
@@ -119,8 +125,9 @@ pub fn plan(spec: &WorkloadSpec, max_provider_attempts: u32) -> Plan {
             }
         })
         .collect();
+    let first_abandoned = payments.len() - spec.abandoned.min(payments.len());
     let mut pick = |count: usize, from: usize| -> Vec<usize> {
-        let mut chosen: Vec<usize> = (from..payments.len()).collect();
+        let mut chosen: Vec<usize> = (from..first_abandoned.max(from)).collect();
         for i in 0..chosen.len() {
             let j = rng.random_range(i..chosen.len());
             chosen.swap(i, j);
@@ -143,6 +150,7 @@ pub fn plan(spec: &WorkloadSpec, max_provider_attempts: u32) -> Plan {
                 _ => json!({"schema_version": 99, "note": "a message from the future"}).to_string(),
             })
             .collect(),
+        abandoned: (first_abandoned..payments.len()).collect(),
         payments,
     }
 }
@@ -193,7 +201,7 @@ pub async fn submit(plan: &Plan, intake_url: &str, parallelism: usize) -> Submis
     };
     // First submissions, with the concurrent duplicates fired three at a time.
     let mut requests = Vec::new();
-    for (i, payment) in plan.payments.iter().enumerate() {
+    for (i, payment) in plan.payments.iter().enumerate().filter(|(i, _)| !plan.abandoned.contains(i)) {
         let copies = if plan.concurrent.contains(&i) { 3 } else { 1 };
         for _ in 0..copies {
             requests.push(post(payment.clone(), payment.body.clone()));
@@ -231,5 +239,9 @@ mod tests {
         assert_eq!(a.payments[0].body["metadata"]["simulate"], "409,409,409,409,409,409");
         assert!(a.reused.iter().all(|i| *i >= spec.dead_letters + spec.commit_timeouts));
         assert_eq!(a.poison.len(), 3);
+        assert_eq!(a.abandoned, vec![147, 148, 149]);
+        for chosen in [&a.client_retries, &a.concurrent, &a.reused] {
+            assert!(chosen.iter().all(|i| !a.abandoned.contains(i)), "abandoned payments are never submitted");
+        }
     }
 }

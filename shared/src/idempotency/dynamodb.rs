@@ -190,7 +190,8 @@ impl DynamoDbStore {
 /// The values of [`CLAIM_RECOVERY`] and the input, when the claim asks for recovery.
 fn recovery_values(request: &ClaimRequest, pk: &str) -> Option<HashMap<String, AttributeValue>> {
     let recovery = request.recovery.as_ref()?;
-    let mut values = HashMap::from([(":shard".to_owned(), s(recovery_shard(pk))), (":due".to_owned(), n(recovery.due_ms))]);
+    let mut values =
+        HashMap::from([(":shard".to_owned(), s(recovery_shard(pk))), (":due".to_owned(), n(recovery.due_ms))]);
     if let Some(input) = &recovery.input {
         values.insert(":input".to_owned(), s(input));
     }

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::key::{Operation, RecordKey};
 use super::protocol::{
-    ClaimDecision, ClaimRequest, IdempotencyRecord, OwnerToken, Settle, claimed_record, decide_claim, may_reschedule_recovery,
-    may_settle, settled_record,
+    ClaimDecision, ClaimRequest, IdempotencyRecord, OwnerToken, Settle, claimed_record, decide_claim,
+    may_reschedule_recovery, may_settle, settled_record,
 };
 use super::store::{ClaimOutcome, IdempotencyStore, Lease, Settlement, StoreError, refused_outcome};
 

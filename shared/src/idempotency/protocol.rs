@@ -239,11 +239,7 @@ pub fn claimed_record(
         updated_at_ms: req.now_ms,
         expires_at_s: req.expires_at_s,
         recovery_due_ms: req.recovery.as_ref().map(|r| r.due_ms).or_else(|| kept.and_then(|r| r.recovery_due_ms)),
-        input: req
-            .recovery
-            .as_ref()
-            .and_then(|r| r.input.clone())
-            .or_else(|| kept.and_then(|r| r.input.clone())),
+        input: req.recovery.as_ref().and_then(|r| r.input.clone()).or_else(|| kept.and_then(|r| r.input.clone())),
     }
 }
 

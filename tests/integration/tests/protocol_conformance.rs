@@ -10,8 +10,8 @@ use integration_tests::{aws, shared_stack};
 use payments_core::idempotency::dynamodb::DynamoDbStore;
 use payments_core::idempotency::dynamodb::attributes::item_from_record;
 use payments_core::idempotency::protocol::{
-    ClaimDecision, ClaimRequest, IdempotencyRecord, OwnerToken, RecordStatus, Recovery, Refusal, Settle,
-    StoredFailure, claimed_record, decide_claim, may_reschedule_recovery, may_settle, now_s, settled_record,
+    ClaimDecision, ClaimRequest, IdempotencyRecord, OwnerToken, RecordStatus, Recovery, Refusal, Settle, StoredFailure,
+    claimed_record, decide_claim, may_reschedule_recovery, may_settle, now_s, settled_record,
 };
 use payments_core::idempotency::{
     ClaimOutcome, IdempotencyKey, IdempotencyStore, Operation, PayloadHash, RecordKey, Scope, Settlement,
