@@ -15,7 +15,6 @@
 use std::time::Duration;
 
 use lambda_runtime::LambdaEvent;
-use payments_core::clock::{Clock, SystemClock};
 use payments_core::failures::FailureStore;
 use payments_core::idempotency::{
     ClaimOutcome, Idempotency, IdempotencyRecord, IdempotencyStore, Operation, RecordKey,
@@ -117,7 +116,7 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Completer<S, F, Q> {
 
     /// The Lambda handler: the scheduler's event carries nothing the sweep needs.
     pub async fn handle(&self, event: LambdaEvent<serde_json::Value>) -> Result<Sweep, lambda_runtime::Error> {
-        let now = SystemClock.now_ms();
+        let now = self.idempotency.now_ms();
         Ok(self.sweep(payments_core::clock::invocation_deadline_ms(event.context.deadline, now)).await)
     }
 

@@ -7,6 +7,9 @@
 pub mod config;
 pub mod handler;
 
+use std::sync::Arc;
+
+use payments_core::clock::{Clock, SystemClock};
 use payments_core::failures::dynamodb::DynamoDbFailureStore;
 use payments_core::idempotency::Idempotency;
 use payments_core::idempotency::dynamodb::DynamoDbStore;
@@ -20,9 +23,18 @@ pub type AwsCompleter = Completer<DynamoDbStore, DynamoDbFailureStore, SqsPaymen
 
 /// Builds the deployed completer.
 pub fn build(config: &CompleterConfig, sdk: &aws_config::SdkConfig) -> AwsCompleter {
+    build_on_clock(config, sdk, Arc::new(SystemClock))
+}
+
+/// The same, on another clock (tests move time by hand to make records due).
+pub fn build_on_clock(config: &CompleterConfig, sdk: &aws_config::SdkConfig, clock: Arc<dyn Clock>) -> AwsCompleter {
     let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
     Completer::new(
-        Idempotency::new(DynamoDbStore::new(dynamodb.clone(), &config.idempotency_table), config.idempotency),
+        Idempotency::with_clock(
+            DynamoDbStore::new(dynamodb.clone(), &config.idempotency_table),
+            config.idempotency,
+            clock,
+        ),
         DynamoDbFailureStore::new(dynamodb, &config.failures_table),
         SqsPaymentQueue::new(aws_sdk_sqs::Client::new(sdk), &config.queue_url),
         config,

@@ -203,3 +203,20 @@ pub fn redriver(
         dlq_arn: stack.dlq_arn().to_owned(),
     }
 }
+
+/// The completer as the tests run it, over `stack`, on `clock` (ahead of real time to make
+/// records due without waiting).
+pub fn completer(
+    stack: &Stack,
+    sdk: &aws_config::SdkConfig,
+    clock: std::sync::Arc<dyn payments_core::clock::Clock>,
+) -> completer::AwsCompleter {
+    let base = [
+        ("IDEMPOTENCY_TABLE", stack.idempotency_table()),
+        ("FAILURES_TABLE", stack.failures_table()),
+        ("PAYMENTS_QUEUE_URL", stack.queue_url()),
+        ("METRICS_NAMESPACE", "PaymentsPipelineTest"),
+    ];
+    let config = completer::CompleterConfig::from_env(&env_of(&base, &[])).expect("valid config");
+    completer::build_on_clock(&config, sdk, clock)
+}
