@@ -29,13 +29,13 @@ struct World {
 fn world() -> World {
     let clock = ManualClock::at(NOW);
     let config = CompleterConfig::from_env(&Env::from_lookup(|name| {
-        Some(match name {
+        let value = match name {
             "IDEMPOTENCY_TABLE" => "idem",
             "FAILURES_TABLE" => "fail",
             "PAYMENTS_QUEUE_URL" => "http://127.0.0.1:1/q",
             _ => return None,
-        })
-        .map(str::to_owned)
+        };
+        Some(value.to_owned())
     }))
     .unwrap();
     let (failures, queue) = (InMemoryFailureStore::default(), InMemoryPaymentQueue::default());
