@@ -10,6 +10,7 @@ use localenv::stack::Stack;
 use payments_core::breaker::dynamodb::DynamoDbBreakerStore;
 use payments_core::breaker::{BreakerConfig, BreakerPolicy, BreakerStore, Circuit, CircuitBreaker};
 use payments_core::clock::{Clock, SystemClock, rfc3339_ms};
+use payments_core::config::Env;
 use payments_core::failures::dynamodb::DynamoDbFailureStore;
 use payments_core::failures::redrive::{Redriven, Redriver};
 use payments_core::failures::{FailureRecord, FailureState, FailureStore};
@@ -87,8 +88,18 @@ pub enum OpsCommand {
         #[arg(long, default_value = "payment-provider")]
         provider: String,
     },
+    /// Runs the completer's sweep now (it runs on a schedule anyway): abandoned acceptances are
+    /// enqueued, abandoned payments re-enqueued or left to an operator when dead-lettered.
+    Complete {
+        /// Quiet period before a processor record counts as abandoned (the deployed function's
+        /// `RECOVERY_QUIET_SECONDS`).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        quiet: Duration,
+    },
     /// Payments accepted but possibly never enqueued: intake records still IN_PROGRESS long
     /// after their lease (a crash between claim and SendMessage that no client retry fixed).
+    /// The completer finishes those it can; this lists every one, those it could not included
+    /// (accepted before it existed). It scans the table: an operator's query.
     StuckIntake {
         /// How long past its lease a record must be.
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
@@ -154,6 +165,19 @@ pub async fn run(ops: Ops) -> Result<ExitCode, String> {
         }
         OpsCommand::Circuit { action, for_, ref provider } => {
             circuit(dynamodb, stack.idempotency_table(), provider, action, for_).await?;
+        }
+        OpsCommand::Complete { quiet } => {
+            let quiet = quiet.as_secs().to_string();
+            let vars = [
+                ("IDEMPOTENCY_TABLE", stack.idempotency_table()),
+                ("FAILURES_TABLE", stack.failures_table()),
+                ("PAYMENTS_QUEUE_URL", stack.queue_url()),
+                ("RECOVERY_QUIET_SECONDS", quiet.as_str()),
+            ];
+            let env = Env::from_lookup(|name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned()));
+            let config = completer::CompleterConfig::from_env(&env).map_err(|e| e.to_string())?;
+            let sweep = completer::build(&config, &sdk).sweep(now + 60_000).await;
+            println!("{}", serde_json::to_string_pretty(&sweep).map_err(|e| e.to_string())?);
         }
         OpsCommand::StuckIntake { older_than } => {
             stuck_intake(DynamoDbStore::new(dynamodb, stack.idempotency_table()), older_than, now).await?;

@@ -6,6 +6,9 @@
 //! answers, fails, declines, or commits and then times out. The DLQ consumer asks the provider
 //! before it records a dead payment: charged → it completes the payment's record with that
 //! charge; a request still in flight → unknown, it waits; not charged → an open failure record.
+//! In the completer's configuration a message may vanish, and the completer re-enqueues a
+//! payment whose record is abandoned with no message left (a payment claimed before is past its
+//! age limit by then, so its new message only asks the provider), or leaves it to the operator.
 //!
 //! The model does not restate the rules: every claim and settlement goes through
 //! `payments_core::idempotency::protocol` (`decide_claim`, `claimed_record`, `may_settle`,
@@ -19,7 +22,7 @@
 //! Promela transcription that could drift.
 
 use payments_core::idempotency::protocol::{
-    ClaimDecision, ClaimRequest, IdempotencyRecord, OwnerToken, RecordStatus, Refusal, Settle, StoredFailure,
+    ClaimDecision, ClaimRequest, IdempotencyRecord, OwnerToken, RecordStatus, Recovery, Refusal, Settle, StoredFailure,
     claimed_record, decide_claim, may_settle, settled_record,
 };
 use payments_core::idempotency::{IdempotencyKey, Operation, PayloadHash, RecordKey, Scope};
@@ -111,6 +114,12 @@ pub struct ProtocolModel {
     pub faults: bool,
     /// Whether the provider declines.
     pub declines: bool,
+    /// Messages that may vanish in a run (an intake that died before `SendMessage`, a purged
+    /// queue, a message deleted by mistake): what the completer exists for.
+    pub max_losses: u8,
+    /// Times the completer may re-enqueue each payment in a run (0: no completer). The real one
+    /// runs every minute without a bound; the model bounds it to stay finite.
+    pub max_completions: u8,
 }
 
 impl ProtocolModel {
@@ -127,6 +136,22 @@ impl ProtocolModel {
             timing: Timing::default(),
             faults: true,
             declines: true,
+            max_losses: 0,
+            max_completions: 0,
+        }
+    }
+
+    /// The completer's configuration: 2 workers, 2 payments, one crash, one message lost at any
+    /// point, and a completer that may re-enqueue once. (Duplicate deliveries are left to the
+    /// standard configuration: a re-enqueued payment is already a second message.)
+    pub fn with_completer(provider: Provider, rules: Rules) -> Self {
+        Self {
+            workers: 2,
+            duplicated: 0,
+            max_crashes: 1,
+            max_losses: 1,
+            max_completions: 1,
+            ..Self::standard(provider, rules)
         }
     }
 }
@@ -186,6 +211,11 @@ pub struct Message {
     pub failure_recorded: bool,
     /// ... resolved, because the provider held the payment's charge (the record is completed).
     pub resolved_charged: bool,
+    /// Vanished without being processed to the end (see [`ProtocolModel::max_losses`]).
+    pub lost: bool,
+    /// Sent by the completer for a payment past its age limit: the processor only asks the
+    /// provider, it never charges such a payment again.
+    pub lookup_only: bool,
 }
 
 /// The provider's memory of one key.
@@ -223,6 +253,10 @@ pub struct State {
     pub stale_write: bool,
     /// History: a COMPLETED or FAILED record changed afterwards (other than by TTL).
     pub settled_changed: bool,
+    /// Messages lost so far.
+    pub losses: u8,
+    /// Re-enqueues by the completer so far, per payment.
+    pub completions: Vec<u8>,
 }
 
 /// Everything that can happen.
@@ -247,6 +281,11 @@ pub enum Action {
     TtlDelete(u8),
     /// The DLQ consumer records a dead message (by index).
     RecordDeadLetter(u8),
+    /// A message vanishes (by index).
+    Lose(u8),
+    /// The completer handles payment `k`'s abandoned record: re-enqueues the payment, or, when a
+    /// failure record exists, stops watching it.
+    Complete(u8),
 }
 
 fn record_key(key: u8) -> RecordKey {
@@ -295,12 +334,35 @@ impl ProtocolModel {
     }
 
     /// A message is done when deleted with its payment settled (the record COMPLETED or FAILED,
-    /// or past its TTL after that), or dead with a failure record.
+    /// or past its TTL after that), or dead with a failure record. A lost message is done when
+    /// its payment is settled or recorded dead by any other path.
     pub fn message_done(&self, state: &State, msg: usize) -> bool {
         let m = &state.messages[msg];
         let k = usize::from(m.key);
         let settled = matches!(&state.records[k], Some(r) if r.status != RecordStatus::InProgress);
+        if m.lost {
+            return settled || state.expired[k] || Self::recorded_dead(state, k);
+        }
         (m.deleted && (settled || state.expired[k])) || (m.dead && m.failure_recorded)
+    }
+
+    /// Payment `k` has a failure record (an operator owns it).
+    fn recorded_dead(state: &State, k: usize) -> bool {
+        state.messages.iter().any(|m| usize::from(m.key) == k && m.dead && m.failure_recorded)
+    }
+
+    /// The completer's guard for payment `k`: its record abandoned (absent — the intake never
+    /// enqueued — or IN_PROGRESS with the lease over and its recovery due) and no message of it
+    /// left in the queue. The real completer knows the last by time (past the payment's age
+    /// limit and an hour of quiet, no delivery can still carry it); a dead message whose failure
+    /// record is still being written does not stop it, as it would not stop the real one.
+    fn abandoned(&self, state: &State, k: usize) -> bool {
+        let record = &state.records[k];
+        let due = match record {
+            None => !state.expired[k],
+            Some(r) => r.is_due_for_recovery(NOW_MS),
+        };
+        due && state.messages.iter().filter(|m| usize::from(m.key) == k).all(|m| m.deleted || m.dead)
     }
 
     fn all_done(&self, state: &State) -> bool {
@@ -415,6 +477,36 @@ impl ProtocolModel {
         status == Some(RecordStatus::Failed) || (dead && status != Some(RecordStatus::Completed))
     }
 
+    /// A delivery of a payment past its age limit, by the claim `record` of worker `w` (as one
+    /// step: a crash within it is a crash after the claim, covered elsewhere): ask the provider.
+    /// Charged: complete with that charge. A request still in flight: unknown, release and retry.
+    /// Not charged: release and dead-letter (the DLQ consumer records it).
+    fn look_up_only(&self, mut s: State, w: u8, msg: u8, record: IdempotencyRecord) -> State {
+        let k = usize::from(s.messages[usize::from(msg)].key);
+        let (charges, in_flight) = (s.provider[k].charges, s.provider[k].in_flight);
+        let settle = if charges >= 1 {
+            Settle::Complete { result: format!("ch{charges}") }
+        } else {
+            Settle::Release { reason: "looked up".into(), refund: true }
+        };
+        let mut next = settled_record(&record, &settle, NOW_MS, i64::from(self.timing.retention));
+        abstract_history(&mut next);
+        s.records[k] = Some(next);
+        if charges >= 1 {
+            // As the processor does on completion: the payment's open failure records resolve.
+            for m in s.messages.iter_mut().filter(|m| usize::from(m.key) == k && m.failure_recorded) {
+                m.resolved_charged = true;
+            }
+            Self::delete(&mut s, w, msg);
+        } else if in_flight > 0 {
+            Self::hide(&mut s, w, msg, self.timing.backoff as i8);
+        } else {
+            let m = &mut s.messages[usize::from(msg)];
+            (m.dead, m.holder) = (true, None);
+        }
+        s
+    }
+
     fn start_call(state: &mut State, key: u8) {
         let p = &mut state.provider[usize::from(key)];
         p.in_flight += 1;
@@ -476,6 +568,8 @@ impl Model for ProtocolModel {
                     dead: false,
                     failure_recorded: false,
                     resolved_charged: false,
+                    lost: false,
+                    lookup_only: false,
                 })
                 .collect(),
             expired: vec![false; usize::from(self.keys)],
@@ -485,6 +579,8 @@ impl Model for ProtocolModel {
             crashes: 0,
             stale_write: false,
             settled_changed: false,
+            losses: 0,
+            completions: vec![0; usize::from(self.keys)],
         }]
     }
 
@@ -530,6 +626,22 @@ impl Model for ProtocolModel {
                 Some(r) if r.is_expired(NOW_MS) => actions.push(Action::TtlDelete(k as u8)),
                 Some(r) if r.status != RecordStatus::InProgress => actions.push(Action::Expire(k as u8)),
                 _ => {}
+            }
+        }
+        for (i, m) in s.messages.iter().enumerate() {
+            if s.losses < self.max_losses && !m.deleted && !m.dead {
+                actions.push(Action::Lose(i as u8));
+            }
+        }
+        for k in 0..s.records.len() {
+            // A record it stopped watching, or a payment never claimed that an operator owns,
+            // gives the completer nothing to do.
+            let watched = match &s.records[k] {
+                Some(r) => r.recovery_due_ms.is_some(),
+                None => !Self::recorded_dead(s, k),
+            };
+            if s.completions[k] < self.max_completions && watched && self.abandoned(s, k) {
+                actions.push(Action::Complete(k as u8));
             }
         }
         for (i, m) in s.messages.iter().enumerate() {
@@ -602,13 +714,18 @@ impl Model for ProtocolModel {
                             now_ms: NOW_MS,
                             lease_until_ms: lease,
                             expires_at_s: i64::from(t.retention),
-                            recovery: None,
+                            // Due as soon as abandoned: the guard in `abandoned` stands for the
+                            // real due time (the payment's age limit) and the quiet period.
+                            recovery: (self.max_completions > 0).then_some(Recovery { due_ms: PAST_MS, input: None }),
                         };
                         if matches!(&stored, Some(r) if r.status != RecordStatus::InProgress && !r.is_expired(NOW_MS)) {
                             s.settled_changed = true;
                         }
                         let mut record = claimed_record(stored.as_ref(), decision, &request);
                         abstract_history(&mut record);
+                        if s.messages[usize::from(msg)].lookup_only {
+                            return Some(self.look_up_only(s, w, msg, record));
+                        }
                         s.records[k] = Some(record);
                         Self::start_call(&mut s, key);
                         s.workers[usize::from(w)] =
@@ -699,6 +816,36 @@ impl Model for ProtocolModel {
             }
             Action::TtlDelete(k) => s.records[usize::from(k)] = None,
             Action::RecordDeadLetter(i) => return self.record_dead_letter(s, i),
+            Action::Lose(i) => {
+                let m = &mut s.messages[usize::from(i)];
+                (m.deleted, m.lost, m.holder) = (true, true, None);
+                s.losses += 1;
+            }
+            Action::Complete(k) => {
+                let k = usize::from(k);
+                if Self::recorded_dead(&s, k) {
+                    // The operator's: no longer watched.
+                    if let Some(r) = &mut s.records[k] {
+                        r.recovery_due_ms = None;
+                    }
+                } else {
+                    s.completions[k] += 1;
+                    s.messages.push(Message {
+                        key: k as u8,
+                        receives: 0,
+                        visible_in: 0,
+                        holder: None,
+                        deleted: false,
+                        dead: false,
+                        failure_recorded: false,
+                        resolved_charged: false,
+                        lost: false,
+                        // A payment the processor claimed before is past its age limit by the
+                        // time the completer takes it; one never enqueued is a fresh payment.
+                        lookup_only: s.records[k].is_some(),
+                    });
+                }
+            }
         }
         Some(s)
     }
@@ -755,6 +902,12 @@ impl Model for ProtocolModel {
             Property::sometimes("a dead payment is found charged and completed", |_: &ProtocolModel, s: &State| {
                 s.messages.iter().any(|m| m.resolved_charged)
             }),
+            Property::sometimes(
+                "a lost payment is re-enqueued by the completer and settles",
+                |m: &ProtocolModel, s: &State| {
+                    s.completions.iter().any(|n| *n > 0) && s.messages.iter().any(|msg| msg.lost) && m.all_done(s)
+                },
+            ),
         ]
     }
 }

@@ -135,3 +135,22 @@ fn dead_lettering_without_asking_the_provider_reports_a_charged_payment_dead() {
     );
     counterexample(&checker, REPORTED);
 }
+
+#[test]
+fn a_completer_finishes_what_a_lost_message_left_without_breaking_any_rule() {
+    // Lose one message at any point (before the intake's SendMessage, mid-retry, after a crash),
+    // let the completer re-enqueue once: every property holds, and a lost payment settles.
+    let checker = explore(
+        ProtocolModel::with_completer(Provider::HonoursKeys, Rules::Real),
+        "honouring provider, a lost message, the completer",
+    );
+    checker.assert_properties();
+}
+
+#[test]
+fn without_the_completer_a_lost_message_leaves_its_payment_unsettled() {
+    let model =
+        ProtocolModel { max_completions: 0, ..ProtocolModel::with_completer(Provider::HonoursKeys, Rules::Real) };
+    let checker = find(model, TERMINAL, "a lost message, no completer");
+    counterexample(&checker, TERMINAL);
+}
