@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use aws_lambda_events::sqs::SqsEvent;
 use integration_tests::http::parts;
-use integration_tests::pipeline::{dlq_consumer, intake, processor, test_config};
+use integration_tests::pipeline::{completer, dlq_consumer, intake, processor, test_config};
 use integration_tests::{aws, own_stack};
 use payments_core::clock::{Clock, SystemClock};
 use payments_core::payment::http_gateway::HttpGateway;
@@ -48,4 +48,12 @@ async fn every_sample_event_runs_through_its_handler() {
     assert!(response.batch_item_failures.is_empty());
     let records = payments_core::failures::FailureStore::list(&consumer.failures, true).await.unwrap();
     assert!(records.iter().any(|r| r.source_queue.ends_with("payments-payments") && r.receive_count == 6));
+
+    // The scheduler's event through the Lambda handler: nothing is abandoned in this stack.
+    let schedule: serde_json::Value = serde_json::from_str(&sample("scheduler-completer.json")).unwrap();
+    let mut context = lambda_runtime::Context::default();
+    context.deadline = u64::try_from(deadline).unwrap();
+    let sweeper = completer(&stack, &sdk, std::sync::Arc::new(SystemClock));
+    let sweep = sweeper.handle(lambda_runtime::LambdaEvent::new(schedule, context)).await.unwrap();
+    assert_eq!((sweep.enqueued, sweep.re_enqueued, sweep.errors), (0, 0, 0), "{sweep:?}");
 }
