@@ -15,6 +15,7 @@ use lambda_runtime::LambdaEvent;
 use payments_core::clock::{Clock, rfc3339_ms};
 use payments_core::failures::{
     FailureKind, FailureRecord, FailureState, FailureStore, Recorded, failure_partition, resolve_open_records,
+    stored_body, stored_error,
 };
 use payments_core::idempotency::{IdempotencyRecord, IdempotencyStore, RecordStatus};
 use payments_core::observability::{Metrics, MetricsSink, Unit};
@@ -114,11 +115,11 @@ impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl, G: PaymentGatew
             message_id: message_id.clone(),
             scope: hint.as_ref().map(|h| h.scope.clone()),
             idempotency_key: hint.as_ref().map(|h| h.idempotency_key.clone()),
-            body,
+            body: stored_body(&body),
             receive_count: receive_count(message).unwrap_or(0),
             first_attempt_at_ms: process.as_ref().map(|r| r.created_at_ms),
             last_attempt_at_ms: process.as_ref().map(|r| r.updated_at_ms),
-            last_error: last_error(process.as_ref(), given_up, resolution.as_ref()),
+            last_error: last_error(process.as_ref(), given_up, resolution.as_ref()).map(|e| stored_error(&e)),
             failure_class: class.clone(),
             source_queue: attribute(message, "DeadLetterQueueSourceArn")
                 .or_else(|| message_attribute(message, dead_letter::SOURCE_QUEUE))

@@ -12,7 +12,8 @@ use payments_core::idempotency::{
     ClaimOutcome, Idempotency, IdempotencyKey, IdempotencyStore, PayloadHash, Recovery, Scope, Settlement,
 };
 use payments_core::observability::{Metrics, MetricsSink};
-use payments_core::payment::envelope::{SCHEMA_VERSION, parse_strict};
+use payments_core::payment::card_data::{contains_card_number, redact_card_data};
+use payments_core::payment::envelope::{SCHEMA_VERSION, parse_strict, safe_path};
 use payments_core::payment::{
     PaymentMessage, PaymentQueue, PaymentRequest, PaymentView, acceptance, derive_view, intake_key, process_key,
     status_path,
@@ -48,7 +49,8 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
     /// response, unexpected ones a 500 whose correlation id is in the logs.
     pub async fn handle(&self, request: Request) -> Result<Response<Body>, lambda_http::Error> {
         let correlation_id = correlation_id(&request);
-        let path = request.uri().path().to_owned();
+        // The path may carry a key, so it is shown (problem `instance`, logs) only made safe.
+        let path = safe_path(request.uri().path());
         let metrics = self.metrics.invocation();
         metrics.property("CorrelationId", correlation_id.as_str());
         let outcome = AssertUnwindSafe(self.route(&request, &correlation_id, &metrics)).catch_unwind().await;
@@ -74,7 +76,9 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
             method = %request.method(),
             path,
             status = response.status().as_u16(),
-            idempotency_key = request.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or(""),
+            idempotency_key = redact_card_data(
+                request.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("")
+            ),
             "request handled"
         );
         metrics.flush();
@@ -93,7 +97,7 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
             (_, "/payments") => Err(Problem::MethodNotAllowed("POST")),
             (&Method::GET, p) if p.starts_with("/payments/") => self.status(request, &p["/payments/".len()..]).await,
             (_, p) if p.starts_with("/payments/") => Err(Problem::MethodNotAllowed("GET")),
-            _ => Err(Problem::NotFound(format!("no route for {path}"))),
+            _ => Err(Problem::NotFound(format!("no route for {}", safe_path(path)))),
         }
     }
 
@@ -110,10 +114,10 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
             Some(value) => value
                 .to_str()
                 .map_err(|_| Problem::InvalidIdempotencyKey("must be printable ASCII".into()))
-                .and_then(|v| IdempotencyKey::new(v).map_err(|e| Problem::InvalidIdempotencyKey(e.to_string())))?,
+                .and_then(client_key)?,
         };
-        if let Some(content_type) = request.headers().get("content-type").and_then(|v| v.to_str().ok())
-            && !content_type.trim_start().to_ascii_lowercase().starts_with("application/json")
+        if let Some(content_type) = request.headers().get("content-type")
+            && !content_type.to_str().is_ok_and(is_json_media_type)
         {
             return Err(Problem::UnsupportedMediaType);
         }
@@ -224,7 +228,7 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
         let decoded = percent_decode_str(encoded_key).decode_utf8().map_err(|_| {
             Problem::InvalidIdempotencyKey("the key in the path is not valid percent-encoded UTF-8".into())
         })?;
-        let key = IdempotencyKey::new(&decoded).map_err(|e| Problem::InvalidIdempotencyKey(e.to_string()))?;
+        let key = client_key(&decoded)?;
         let view =
             self.view(&scope, &key).await?.ok_or_else(|| Problem::NotFound("no payment with this key".into()))?;
         let body = serde_json::to_string(&view).map_err(|_| Problem::Internal)?;
@@ -273,11 +277,47 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
                 .flatten()
         };
         let raw = from_authorizer.or_else(from_header).ok_or(Problem::Unauthenticated)?;
+        if contains_card_number(&raw) {
+            tracing::warn!("caller identity looks like card data: refused");
+            return Err(Problem::Unauthenticated);
+        }
         Scope::new(&raw).map_err(|e| {
             tracing::warn!(error = %e, "caller identity is not a valid scope");
             Problem::Unauthenticated
         })
     }
+}
+
+/// A client's idempotency key (from the header or the path), refused with a reason that never
+/// quotes it: 1–255 printable ASCII, no card number, and not `.` or `..` (a URL path cannot carry
+/// those as a segment: clients and gateways normalise them away, so the status URL could never
+/// be served).
+fn client_key(raw: &str) -> Result<IdempotencyKey, Problem> {
+    let key = IdempotencyKey::new(raw).map_err(|e| Problem::InvalidIdempotencyKey(e.to_string()))?;
+    if contains_card_number(raw) {
+        return Err(Problem::InvalidIdempotencyKey(
+            "looks like a card number: card data is never accepted, not even as a key".into(),
+        ));
+    }
+    if raw == "." || raw == ".." {
+        return Err(Problem::InvalidIdempotencyKey("must not be \".\" or \"..\" (not addressable in a URL)".into()));
+    }
+    Ok(key)
+}
+
+/// `application/json`, in any letter case, with optional parameters (`; charset=utf-8`) and
+/// nothing else: `application/jsonx` or `application/json-seq` are other media types.
+pub fn is_json_media_type(value: &str) -> bool {
+    let mut parts = value.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
+        && parts.all(|p| {
+            p.trim().split_once('=').is_some_and(|(name, v)| {
+                !name.trim().is_empty()
+                    && name.trim().bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !v.is_empty()
+            })
+        })
 }
 
 fn accepted(key: &IdempotencyKey, body: &Value, replayed: bool) -> Response<Body> {

@@ -10,7 +10,8 @@ use lambda_runtime::LambdaEvent;
 use payments_core::breaker::{Admitted, BreakerStore, CallHealth, CircuitBreaker, Permit, Phase, Transition};
 use payments_core::clock::{Clock, epoch_ms};
 use payments_core::failures::{
-    FailureKind, FailureRecord, FailureState, FailureStore, failure_partition, resolve_open_records,
+    FailureKind, FailureRecord, FailureState, FailureStore, failure_partition, resolve_open_records, stored_body,
+    stored_error,
 };
 use payments_core::idempotency::{
     ClaimOutcome, Idempotency, IdempotencyRecord, IdempotencyStore, Lease, PayloadHash, RecordStatus, Recovery,
@@ -176,6 +177,9 @@ struct Attempt<'a> {
 }
 
 const ZERO: Duration = Duration::ZERO;
+
+/// Deliveries a message of an unknown schema version waits for a processor that reads it.
+pub const VERSION_WAIT_RECEIVES: u32 = 10;
 
 /// The SQS side of one record, as the decisions need it.
 struct Delivery<'a> {
@@ -557,6 +561,18 @@ impl<A: Adapters> Processor<A> {
         Handled::Poison { code: error.code().to_owned(), detail: error.to_string() }
     }
 
+    /// A message of a schema version this code does not read: during a rolling deploy the newer
+    /// processor is moments away, so it waits (at least a minute per try) for up to
+    /// [`VERSION_WAIT_RECEIVES`] deliveries; then it goes to the DLQ as `unsupported_schema_version`,
+    /// redrivable once the deploy is done. Its payment is never marked FAILED.
+    async fn unsupported_version(&self, error: &EnvelopeError, delivery: &Delivery<'_>) -> Handled {
+        let detail = error.to_string();
+        if delivery.receive_count < VERSION_WAIT_RECEIVES {
+            return self.retry(error.code(), &detail, delivery.receive_count, Some(Duration::from_secs(60)));
+        }
+        self.dead_letter(delivery, error.code(), &detail, "not_tried").await
+    }
+
     /// Writes the failure record of a poison message, for operators; a store failure turns the
     /// outcome into a retry so that nothing is lost.
     async fn record_poison(&self, delivery: &Delivery<'_>, handled: Handled) -> Handled {
@@ -569,11 +585,11 @@ impl<A: Adapters> Processor<A> {
             message_id,
             scope: hint.as_ref().map(|h| h.scope.clone()),
             idempotency_key: hint.as_ref().map(|h| h.idempotency_key.clone()),
-            body: delivery.body.to_owned(),
+            body: stored_body(delivery.body),
             receive_count: delivery.receive_count,
             first_attempt_at_ms: None,
             last_attempt_at_ms: Some(now),
-            last_error: Some(detail.clone()),
+            last_error: Some(stored_error(detail)),
             failure_class: code.clone(),
             source_queue: delivery.sqs.event_source_arn.clone().unwrap_or_default(),
             recorded_at_ms: now,
@@ -650,6 +666,9 @@ impl<A: Adapters> RecordHandler for Invocation<'_, A> {
         let parsed = PaymentMessage::parse(body);
         let handled = match &parsed {
             Ok(message) => self.processor.execute(message, &delivery, self.metrics).await,
+            Err(error @ EnvelopeError::UnsupportedVersion(_)) => {
+                self.processor.unsupported_version(error, &delivery).await
+            }
             Err(error) => self.processor.invalid(error, &delivery).await,
         };
         let handled = self.processor.record_poison(&delivery, handled).await;

@@ -16,7 +16,7 @@ use payments_core::payment::http_gateway::{BuildError, HttpGateway};
 use payments_core::sqs::{SqsDeadLetterQueue, SqsVisibility};
 
 pub use config::ProcessorConfig;
-pub use handler::{Adapters, BatchSummary, Handled, Ports, Processor, provider_health};
+pub use handler::{Adapters, BatchSummary, Handled, Ports, Processor, VERSION_WAIT_RECEIVES, provider_health};
 
 /// The deployed adapters: DynamoDB, SQS, and a provider gateway `G` (HTTP in production; tests
 /// put other gateways in front of the same AWS adapters).

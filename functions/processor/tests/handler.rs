@@ -495,3 +495,44 @@ async fn a_forced_long_open_hides_messages_no_longer_than_the_longest_breaker_wa
     // 5 min at most, plus a jitter of up to the first wait (30 s).
     assert!(*after <= Duration::from_secs(330), "{after:?}: a forced close would leave it hidden");
 }
+
+#[tokio::test]
+async fn a_forged_message_with_card_data_is_poison_stored_redacted_and_touches_no_record() {
+    let clock = ManualClock::at(NOW);
+    let p = processor(ScriptedGateway::default(), &clock);
+    let pan = "4242424242424242";
+    let forged = body(pan, 10).replace("\"correlation_id\":\"c\"", &format!("\"correlation_id\":\"{pan}\""));
+    let oversize = format!("{{\"junk\": \"{}\", \"card\": \"4242 4242 4242 4242\"}}", "x".repeat(200 * 1024));
+    let handled = run(&p, &[record("m1", &forged, 1), record("m2", &oversize, 1)]).await;
+    assert!(handled.iter().all(|h| matches!(h, Handled::Poison { .. })), "{handled:?}");
+    assert!(p.gateway().calls.lock().unwrap().is_empty());
+    let stored = p.failures().list(true).await.unwrap();
+    assert_eq!(stored.len(), 2);
+    for record in &stored {
+        let text = format!("{record:?}");
+        assert!(!text.contains(pan) && !text.contains("4242 4242"), "stored raw: {}", &text[..200.min(text.len())]);
+        assert!(record.body.len() <= payments_core::failures::MAX_STORED_BODY_BYTES + 32, "bounded body");
+        assert!(record.idempotency_key.is_none(), "a card number never becomes a record key");
+    }
+    assert!(p.idempotency().store().snapshot().is_empty(), "no idempotency record keyed by card data");
+}
+
+#[tokio::test]
+async fn a_message_of_an_unknown_schema_version_waits_then_dead_letters_without_failing_the_payment() {
+    let clock = ManualClock::at(NOW);
+    let p = processor(ScriptedGateway::default(), &clock);
+    let future = body("k-future", 10).replace("\"schema_version\":1", "\"schema_version\":2");
+    let early = run(&p, &[record("m1", &future, 1)]).await;
+    assert!(
+        matches!(&early[..], [Handled::Retry { reason, after }] if reason == "unsupported_schema_version" && *after >= Duration::from_secs(60)),
+        "{early:?}"
+    );
+    let late = run(&p, &[record("m1", &future, processor::VERSION_WAIT_RECEIVES)]).await;
+    assert!(
+        matches!(&late[..], [Handled::DeadLettered { reason, .. }] if reason == "unsupported_schema_version"),
+        "{late:?}"
+    );
+    assert_eq!(p.dead_letters().sent().len(), 1);
+    let key = process_key(&Scope::new("acme").unwrap(), &IdempotencyKey::new("k-future").unwrap());
+    assert!(p.idempotency().get(&key).await.unwrap().is_none(), "the payment is not marked FAILED");
+}

@@ -82,6 +82,36 @@ pub struct FailureRecord {
     pub state: FailureState,
 }
 
+/// Longest body a failure record keeps. Any body the intake enqueues (at most 64 KiB of request
+/// plus the envelope) fits whole, so it can be redriven; a larger one is forged or corrupt and is
+/// cut. DynamoDB's item limit (400 KB) is never approached.
+pub const MAX_STORED_BODY_BYTES: usize = 96 * 1024;
+
+/// Longest error text a failure record keeps (provider messages included).
+pub const MAX_STORED_ERROR_BYTES: usize = 1024;
+
+/// A message body as a failure record may keep it: card data redacted (a forged message is never
+/// stored raw), at most [`MAX_STORED_BODY_BYTES`].
+pub fn stored_body(body: &str) -> String {
+    truncated(&crate::payment::card_data::redact_card_data(body), MAX_STORED_BODY_BYTES)
+}
+
+/// An error text as stored and logged: card data redacted, at most [`MAX_STORED_ERROR_BYTES`].
+pub fn stored_error(text: &str) -> String {
+    truncated(&crate::payment::card_data::redact_card_data(text), MAX_STORED_ERROR_BYTES)
+}
+
+fn truncated(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…[truncated]", &text[..cut])
+}
+
 /// The partition of a payment's failure records: scope and key, `#`-separated with the scope's
 /// `#` and `%` escaped (the same rule as idempotency record keys).
 pub fn payment_partition(scope: &Scope, key: &IdempotencyKey) -> String {

@@ -141,6 +141,15 @@ impl<S: IdempotencyStore> Idempotency<S> {
     }
 
     async fn settle(&self, lease: &Lease, settle: Settle) -> Result<Settlement, StoreError> {
+        // Error texts may quote a remote answer of any length: bounded, a record stays far
+        // below DynamoDB's 400 KB item limit.
+        let settle = match settle {
+            Settle::Release { reason, refund } => Settle::Release { reason: bounded(reason), refund },
+            Settle::Fail(StoredFailure { code, reason }) => {
+                Settle::Fail(StoredFailure { code: bounded(code), reason: bounded(reason) })
+            }
+            complete @ Settle::Complete { .. } => complete,
+        };
         let now_ms = self.now_ms();
         self.store.settle(&lease.key, &lease.owner, &settle, now_ms, self.expires_at_s(now_ms)).await
     }
@@ -148,6 +157,21 @@ impl<S: IdempotencyStore> Idempotency<S> {
     fn expires_at_s(&self, now_ms: i64) -> i64 {
         now_s(now_ms).saturating_add(i64::try_from(self.config.retention.as_secs()).unwrap_or(i64::MAX))
     }
+}
+
+/// Longest error text (a release reason, a failure's code or reason) a record keeps.
+pub const MAX_ERROR_TEXT_BYTES: usize = 1024;
+
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_ERROR_TEXT_BYTES {
+        let mut cut = MAX_ERROR_TEXT_BYTES;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
 }
 
 #[cfg(test)]

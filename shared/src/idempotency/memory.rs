@@ -24,6 +24,11 @@ impl InMemoryStore {
         Self::default()
     }
 
+    /// Every record stored (tests assert on what was written).
+    pub fn snapshot(&self) -> Vec<IdempotencyRecord> {
+        self.lock().values().cloned().collect()
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, IdempotencyRecord>> {
         // A panic while holding the lock cannot leave a half-written record (every write is one
         // insert), so a poisoned lock is safe to keep using.

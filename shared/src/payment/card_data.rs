@@ -1,55 +1,155 @@
-//! Keeps card data out: detects primary account numbers (PANs) in free text and redacts digit
-//! runs from error messages before they reach a log or a response.
+//! Keeps card data out: one detector for primary account numbers (PANs), used on every string
+//! that enters (body fields, metadata keys and values, the idempotency key, the caller's scope,
+//! URL path segments, message envelopes), and one redaction for every string that goes out (error
+//! details, problem documents, logs, failure records).
+//!
+//! **Detection.** Text is read as digit groups: any Unicode decimal digit (Arabic-Indic,
+//! Devanagari, fullwidth … — every `Nd` block) and the super- and subscript digits count as
+//! digits; groups are joined across gaps of up to [`MAX_GAP`] characters that are neither letters
+//! nor digits (spaces of any kind, dashes, dots, slashes, underscores, zero-width and bidi
+//! format characters, repeated or mixed). A card number is any run of consecutive groups with 12
+//! to 19 digits in all that passes the Luhn check, so an ordinary 12–19 digit reference fails
+//! the check nine times in ten and is accepted, and a longer unbroken run of digits (a bank
+//! reference) is never taken for one.
+//!
+//! **Redaction** is broader on purpose: every run of joined groups with 12 or more digits
+//! becomes `[redacted]`, Luhn or not.
 
-/// A PAN is 12 to 19 digits; separators (space, dash) are allowed between them.
+/// Shortest PAN (ISO/IEC 7812 allows 8, but issued card numbers are 12 to 19 digits).
 const MIN_PAN_DIGITS: usize = 12;
+/// Longest PAN.
+const MAX_PAN_DIGITS: usize = 19;
+/// Most separator characters between two digit groups of one number.
+pub const MAX_GAP: usize = 8;
 
-/// Whether `text` contains something shaped like a card number: 12+ digits in a run, possibly
-/// split by single spaces or dashes. Deliberately broad: a false positive costs the client a 400,
-/// a false negative puts card data into queues and logs.
-pub fn looks_like_card_number(text: &str) -> bool {
-    let mut digits = 0;
-    let mut last_was_separator = false;
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            digits += 1;
-            last_was_separator = false;
-            if digits >= MIN_PAN_DIGITS {
-                return true;
-            }
-        } else if (c == ' ' || c == '-') && digits > 0 && !last_was_separator {
-            last_was_separator = true;
-        } else {
-            digits = 0;
-            last_was_separator = false;
-        }
+/// The zero of every Unicode `Nd` (decimal digit) block: each block is ten consecutive code
+/// points, zero to nine. Generated from the Unicode Character Database 14.0 (Python's
+/// `unicodedata`: every character of category `Nd` whose digit value is 0); no maintained crate
+/// exposes decimal digit values for all scripts (`char::to_digit` is ASCII only, NFKC
+/// normalisation leaves non-Latin digits as they are).
+const ND_ZEROS: [u32; 66] = [
+    0x30, 0x660, 0x6F0, 0x7C0, 0x966, 0x9E6, 0xA66, 0xAE6, 0xB66, 0xBE6, 0xC66, 0xCE6, 0xD66, 0xDE6, 0xE50, 0xED0,
+    0xF20, 0x1040, 0x1090, 0x17E0, 0x1810, 0x1946, 0x19D0, 0x1A80, 0x1A90, 0x1B50, 0x1BB0, 0x1C40, 0x1C50, 0xA620,
+    0xA8D0, 0xA900, 0xA9D0, 0xA9F0, 0xAA50, 0xABF0, 0xFF10, 0x104A0, 0x10D30, 0x11066, 0x110F0, 0x11136, 0x111D0,
+    0x112F0, 0x11450, 0x114D0, 0x11650, 0x116C0, 0x11730, 0x118E0, 0x11950, 0x11C50, 0x11D50, 0x11DA0, 0x16A60,
+    0x16AC0, 0x16B50, 0x1D7CE, 0x1D7D8, 0x1D7E2, 0x1D7EC, 0x1D7F6, 0x1E140, 0x1E2F0, 0x1E950, 0x1FBF0,
+];
+
+/// The value of a digit in any script, super- and subscripts included.
+pub fn digit_value(c: char) -> Option<u8> {
+    let cp = c as u32;
+    if c.is_ascii_digit() {
+        return Some((cp - 0x30) as u8);
     }
-    false
+    match c {
+        '\u{2070}' | '\u{2080}' => return Some(0),
+        '\u{00B9}' | '\u{2081}' => return Some(1),
+        '\u{00B2}' | '\u{2082}' => return Some(2),
+        '\u{00B3}' | '\u{2083}' => return Some(3),
+        '\u{2074}'..='\u{2079}' => return Some((cp - 0x2070) as u8),
+        '\u{2084}'..='\u{2089}' => return Some((cp - 0x2080) as u8),
+        _ => {}
+    }
+    let zero = ND_ZEROS[ND_ZEROS.partition_point(|z| *z <= cp).checked_sub(1)?];
+    (cp - zero < 10).then(|| (cp - zero) as u8)
 }
 
-/// `text` with every run of 12 or more digits replaced by `[redacted]`, so that an error message
-/// quoting a rejected value ("invalid type: string \"4242...\"") never carries a PAN onwards.
-pub fn redact_digit_runs(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut run = String::new();
-    let flush = |run: &mut String, out: &mut String| {
-        if run.len() >= MIN_PAN_DIGITS {
-            out.push_str("[redacted]");
-        } else {
-            out.push_str(run);
-        }
-        run.clear();
-    };
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            run.push(c);
-        } else {
-            flush(&mut run, &mut out);
-            out.push(c);
+/// One run of digits in a text: where it is (byte offsets) and its digits.
+#[derive(Debug)]
+struct Group {
+    start: usize,
+    end: usize,
+    digits: Vec<u8>,
+}
+
+/// The text's digit groups, chained: groups separated by at most [`MAX_GAP`] characters that are
+/// neither letters nor digits belong to one chain.
+fn chains(text: &str) -> Vec<Vec<Group>> {
+    let mut chains: Vec<Vec<Group>> = Vec::new();
+    let mut current: Vec<Group> = Vec::new();
+    let mut gap = 0usize;
+    for (at, c) in text.char_indices() {
+        if let Some(d) = digit_value(c) {
+            match current.last_mut() {
+                Some(group) if gap == 0 => {
+                    group.digits.push(d);
+                    group.end = at + c.len_utf8();
+                }
+                _ => current.push(Group { start: at, end: at + c.len_utf8(), digits: vec![d] }),
+            }
+            gap = 0;
+        } else if !c.is_alphanumeric() && !current.is_empty() && gap < MAX_GAP {
+            gap += 1;
+        } else if !current.is_empty() {
+            chains.push(std::mem::take(&mut current));
+            gap = 0;
         }
     }
-    flush(&mut run, &mut out);
+    if !current.is_empty() {
+        chains.push(current);
+    }
+    chains
+}
+
+/// The Luhn (mod 10) check that every issued card number passes.
+pub fn luhn(digits: &[u8]) -> bool {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, d)| {
+            let d = u32::from(*d);
+            if i % 2 == 1 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { d }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+/// Whether `text` contains a card number: 12 to 19 digits over consecutive groups of a chain,
+/// passing the Luhn check.
+pub fn contains_card_number(text: &str) -> bool {
+    chains(text).iter().any(|chain| {
+        (0..chain.len()).any(|first| {
+            let mut digits: Vec<u8> = Vec::with_capacity(MAX_PAN_DIGITS);
+            chain[first..].iter().any(|group| {
+                digits.extend_from_slice(&group.digits);
+                (MIN_PAN_DIGITS..=MAX_PAN_DIGITS).contains(&digits.len()) && luhn(&digits)
+            })
+        })
+    })
+}
+
+/// `text` with every chain of 12 or more digits replaced by `[redacted]`: for anything that
+/// quotes input on its way out (an error detail, a path, a log field, a stored body).
+pub fn redact_card_data(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for chain in chains(text) {
+        if chain.iter().map(|g| g.digits.len()).sum::<usize>() < MIN_PAN_DIGITS {
+            continue;
+        }
+        let (start, end) = (chain[0].start, chain[chain.len() - 1].end);
+        out.push_str(&text[copied..start]);
+        out.push_str("[redacted]");
+        copied = end;
+    }
+    out.push_str(&text[copied..]);
     out
+}
+
+/// Characters refused in every text field: controls, bidirectional overrides and isolates, and
+/// zero-width characters — they hide or reorder what an operator reads, and split digit runs.
+pub fn is_forbidden_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{FEFF}'
+        )
 }
 
 #[cfg(test)]
@@ -57,26 +157,138 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Known test card numbers (Visa, Amex, Mastercard, Diners 14, Visa 13, Maestro 19).
+    const CARDS: [&str; 6] = [
+        "4242424242424242",
+        "378282246310005",
+        "5555555555554444",
+        "30569309025904",
+        "4222222222222",
+        "6759649826438453003",
+    ];
+
     #[test]
-    fn finds_card_numbers_in_their_usual_spellings() {
-        for pan in ["4242424242424242", "4242 4242 4242 4242", "4242-4242-4242-4242", "note 378282246310005 x"] {
-            assert!(looks_like_card_number(pan), "{pan}");
+    fn finds_card_numbers_in_their_usual_and_unusual_spellings() {
+        for pan in [
+            "4242424242424242",
+            "4242 4242 4242 4242",
+            "4242-4242-4242-4242",
+            "4242  --  4242 / 4242.4242",
+            "note 378282246310005 x",
+            "pm_4242424242424242",
+            "4242\u{200B}4242\u{200B}4242\u{200B}4242",
+            "\u{0664}\u{0662}\u{0664}\u{0662}\u{0664}\u{0662}\u{0664}\u{0662}\u{0664}\u{0662}\u{0664}\u{0662}\u{0664}\u{0662}\u{0664}\u{0662}",
+            "４２４２４２４２４２４２４２４２",
+            "ref 1234 4242424242424242",
+        ] {
+            assert!(contains_card_number(pan), "{pan}");
         }
-        for ok in ["pm_card_visa", "order 12345", "2026-11-27", "+1 555 0100"] {
-            assert!(!looks_like_card_number(ok), "{ok}");
+        for ok in [
+            "pm_card_visa",
+            "order 12345",
+            "2026-11-27T12:00:00Z",
+            "+1 555 0100",
+            "4242424242424241",         // fails Luhn
+            "123456789012345678901234", // a 24-digit bank reference
+        ] {
+            assert!(!contains_card_number(ok), "{ok}");
         }
     }
 
     #[test]
-    fn redacts_long_digit_runs_only() {
-        assert_eq!(redact_digit_runs("invalid \"4242424242424242\" at 12"), "invalid \"[redacted]\" at 12");
+    fn redacts_long_digit_chains_whatever_their_spelling() {
+        assert_eq!(redact_card_data("invalid \"4242424242424242\" at 12"), "invalid \"[redacted]\" at 12");
+        assert_eq!(redact_card_data("a 4242 4242 4242 4241 b"), "a [redacted] b");
+        assert_eq!(redact_card_data("line 1 column 20"), "line 1 column 20");
+    }
+
+    #[test]
+    fn digits_of_every_script_have_their_value() {
+        assert_eq!(digit_value('7'), Some(7));
+        assert_eq!(digit_value('\u{0667}'), Some(7)); // Arabic-Indic
+        assert_eq!(digit_value('\u{096D}'), Some(7)); // Devanagari
+        assert_eq!(digit_value('\u{FF17}'), Some(7)); // fullwidth
+        assert_eq!(digit_value('\u{2077}'), Some(7)); // superscript
+        assert_eq!(digit_value('a'), None);
+        assert_eq!(digit_value('\u{0669}'), Some(9));
+        assert_eq!(digit_value('\u{066A}'), None, "Arabic percent sign, right after the digits");
+    }
+
+    #[test]
+    fn controls_bidi_and_zero_width_characters_are_forbidden() {
+        for c in ['\u{0}', '\n', '\u{202E}', '\u{2066}', '\u{200B}', '\u{FEFF}'] {
+            assert!(is_forbidden_char(c), "{:?}", c);
+        }
+        for c in ['a', ' ', 'é', '€', '-'] {
+            assert!(!is_forbidden_char(c), "{c:?}");
+        }
+    }
+
+    fn separator() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop::sample::select(vec![
+                " ", "-", ".", "/", "_", "\u{00A0}", "\u{2009}", "\u{200B}", "\u{2013}", "\u{202E}",
+            ]),
+            0..3,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    /// A Luhn-valid number of `len` digits.
+    fn card(len: usize) -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(0u8..10, len - 1).prop_map(|mut digits| {
+            let check = (0..10).find(|c| {
+                let mut all = digits.clone();
+                all.push(*c);
+                luhn(&all)
+            });
+            digits.push(check.expect("one check digit fits"));
+            digits
+        })
+    }
+
+    fn spell(digits: &[u8], zero: u32, separators: &[String]) -> String {
+        let mut out = String::new();
+        for (i, d) in digits.iter().enumerate() {
+            out.push(char::from_u32(zero + u32::from(*d)).unwrap());
+            if i + 1 < digits.len() {
+                out.push_str(&separators[i % separators.len()]);
+            }
+        }
+        out
     }
 
     proptest! {
         #[test]
-        fn no_long_digit_run_survives_redaction(text in "[0-9a-z \"]{0,60}") {
-            let redacted = redact_digit_runs(&text);
-            prop_assert!(!redacted.split(|c: char| !c.is_ascii_digit()).any(|run| run.len() >= MIN_PAN_DIGITS));
+        fn generated_card_numbers_are_caught_in_any_position_and_spelling(
+            digits in (12usize..=19).prop_flat_map(card),
+            zero in prop::sample::select(vec![0x30u32, 0x660, 0x966, 0xFF10, 0x1D7CE]),
+            separators in prop::collection::vec(separator(), 1..4),
+            before in "[a-z ]{0,10}",
+            after in "[a-z ]{0,10}",
+        ) {
+            let text = format!("{before}{}{after}", spell(&digits, zero, &separators));
+            prop_assert!(contains_card_number(&text), "{text:?}");
+            prop_assert!(!redact_card_data(&text).chars().any(|c| digit_value(c).is_some()), "{text:?}");
+        }
+
+        #[test]
+        fn digit_runs_that_fail_luhn_are_not_card_numbers(
+            digits in (12usize..=19).prop_flat_map(|len| prop::collection::vec(0u8..10, len)),
+            word in "[a-z]{1,8}",
+        ) {
+            prop_assume!(!luhn(&digits));
+            // Alone, and beside letters (which end a chain).
+            let text: String = digits.iter().map(|d| char::from(b'0' + d)).collect();
+            prop_assert!(!contains_card_number(&text), "{text}");
+            let framed = format!("{word}{text}{word}");
+            prop_assert!(!contains_card_number(&framed), "{framed}");
+        }
+
+        #[test]
+        fn every_known_test_card_is_caught(index in 0usize..CARDS.len(), separators in prop::collection::vec(separator(), 1..3)) {
+            let digits: Vec<u8> = CARDS[index].bytes().map(|b| b - b'0').collect();
+            prop_assert!(contains_card_number(&spell(&digits, 0x30, &separators)));
         }
     }
 }

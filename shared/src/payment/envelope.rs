@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::card_data::redact_digit_runs;
+use super::card_data::{contains_card_number, is_forbidden_char, redact_card_data};
 use super::request::PaymentRequest;
 use crate::idempotency::{IdempotencyKey, Scope};
 
@@ -54,18 +54,110 @@ impl EnvelopeError {
     }
 }
 
-/// A strict JSON parse reporting the path of the first offending field, with card-like digit runs
-/// redacted from the reason. Shared by the intake (request bodies) and the processor (messages).
+/// A strict JSON parse reporting the path of the first offending field. Nothing of the input is
+/// quoted back: the path goes through [`safe_path`], and serde's messages (which quote offending
+/// values and unknown field names) are reworded by [`own_wording`]. Shared by the intake (request
+/// bodies) and the processor (messages).
 pub fn parse_strict<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, EnvelopeError> {
+    // The payload hash assumes I-JSON (RFC 7493): no object may name a member twice.
+    let deserializer = &mut serde_json::Deserializer::from_str(body);
+    serde_path_to_error::deserialize::<_, UniqueKeys>(deserializer).map_err(|err| EnvelopeError::Invalid {
+        path: safe_path(&err.path().to_string()),
+        reason: own_wording(&err.into_inner().to_string()),
+    })?;
     let deserializer = &mut serde_json::Deserializer::from_str(body);
     serde_path_to_error::deserialize(deserializer).map_err(|err| {
-        let path = err.path().to_string();
-        let inner = err.into_inner();
-        // serde_json appends " at line L column C"; the path says more.
-        let reason = inner.to_string();
-        let reason = reason.split(" at line ").next().unwrap_or(&reason);
-        EnvelopeError::Invalid { path, reason: redact_digit_runs(reason) }
+        let path = safe_path(&err.path().to_string());
+        EnvelopeError::Invalid { path, reason: own_wording(&err.into_inner().to_string()) }
     })
+}
+
+/// Any JSON document in which no object names a member twice, at any depth.
+struct UniqueKeys;
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON document")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key) {
+                return Err(serde::de::Error::custom("duplicate member name"));
+            }
+            map.next_value::<UniqueKeys>()?;
+        }
+        Ok(UniqueKeys)
+    }
+}
+
+/// A JSON path fit to show: card data redacted, control/bidi/zero-width characters replaced,
+/// at most 100 characters (a path can hold a client's map keys).
+pub fn safe_path(path: &str) -> String {
+    let cleaned: String = redact_card_data(path).chars().map(|c| if is_forbidden_char(c) { '?' } else { c }).collect();
+    match cleaned.char_indices().nth(100) {
+        Some((cut, _)) => format!("{}…", &cleaned[..cut]),
+        None => cleaned,
+    }
+}
+
+/// serde's message in the project's words, without the quoted input serde puts in some of them
+/// (`invalid type: string "4242…", expected u64`; ``unknown field `4242…` ``). The names and
+/// types after "expected" are the project's own.
+pub fn own_wording(message: &str) -> String {
+    // serde_json appends " at line L column C"; the path says more.
+    let message = message.split(" at line ").next().unwrap_or(message);
+    let expected = message.split_once(", expected ").map(|(_, e)| e);
+    let worded = if message.starts_with("unknown field") {
+        format!("unknown field, expected {}", expected.unwrap_or("none"))
+    } else if message.starts_with("invalid type") {
+        format!("wrong type, expected {}", expected.unwrap_or("another type"))
+    } else if message.starts_with("invalid value") {
+        format!("invalid value, expected {}", expected.unwrap_or("another value"))
+    } else if message.starts_with("invalid length") {
+        format!("wrong number of elements, expected {}", expected.unwrap_or("another number"))
+    } else if message.starts_with("unknown variant") {
+        format!("unknown value, expected {}", expected.unwrap_or("another value"))
+    } else {
+        // Syntax errors and the project's own field errors quote nothing.
+        message.to_owned()
+    };
+    redact_card_data(&worded).chars().filter(|c| !is_forbidden_char(*c)).collect()
 }
 
 impl PaymentMessage {
@@ -87,6 +179,15 @@ impl PaymentMessage {
                 path: "created_at".into(),
                 reason: "must be an RFC 3339 UTC time".into(),
             });
+        }
+        for (path, text) in [
+            ("idempotency_key", message.idempotency_key.as_str()),
+            ("scope", message.scope.as_str()),
+            ("correlation_id", message.correlation_id.as_str()),
+        ] {
+            if contains_card_number(text) {
+                return Err(EnvelopeError::Invalid { path: path.into(), reason: "looks like card data".into() });
+            }
         }
         if message.correlation_id.is_empty() || message.correlation_id.len() > 128 {
             return Err(EnvelopeError::Invalid {
@@ -121,7 +222,11 @@ impl KeyHint {
             scope: Scope,
             idempotency_key: IdempotencyKey,
         }
-        serde_json::from_str::<Hint>(body).ok().map(|h| Self { scope: h.scope, idempotency_key: h.idempotency_key })
+        // A key or scope that carries card data must not become a record key.
+        serde_json::from_str::<Hint>(body)
+            .ok()
+            .filter(|h| !contains_card_number(h.scope.as_str()) && !contains_card_number(h.idempotency_key.as_str()))
+            .map(|h| Self { scope: h.scope, idempotency_key: h.idempotency_key })
     }
 }
 
@@ -204,5 +309,31 @@ mod tests {
         let hint = KeyHint::find(&doc.to_string()).unwrap();
         assert_eq!(hint.idempotency_key.as_str(), "order-42");
         assert_eq!(KeyHint::find("not json"), None);
+    }
+
+    #[test]
+    fn duplicate_member_names_are_refused_at_any_depth() {
+        let body = valid().to_string().replace(r#""channel":"web""#, r#""channel":"web","channel":"app""#);
+        assert!(body.contains(r#""channel":"app""#));
+        let err = PaymentMessage::parse(&body).unwrap_err();
+        assert!(matches!(&err, EnvelopeError::Invalid { reason, .. } if reason.contains("duplicate")), "{err}");
+    }
+
+    #[test]
+    fn serde_messages_are_reworded_without_the_input_they_quote() {
+        let quoted = "invalid type: string \"4242 4242 4242 4242\", expected u64 at line 1 column 30";
+        assert_eq!(own_wording(quoted), "wrong type, expected u64");
+        let unknown = "unknown field `4242424242424242`, expected one of `amount`, `currency`";
+        assert_eq!(own_wording(unknown), "unknown field, expected one of `amount`, `currency`");
+        assert_eq!(safe_path("payment.metadata.4242424242424242"), "payment.metadata.[redacted]");
+        assert_eq!(safe_path("metadata.a\u{202E}b"), "metadata.a?b");
+    }
+
+    #[test]
+    fn card_data_in_the_envelope_is_refused_and_never_becomes_a_key_hint() {
+        let mut doc = valid();
+        doc["idempotency_key"] = json!("4242424242424242");
+        assert!(matches!(error_of(doc.clone()), EnvelopeError::Invalid { path, .. } if path == "idempotency_key"));
+        assert_eq!(KeyHint::find(&doc.to_string()), None);
     }
 }

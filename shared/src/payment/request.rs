@@ -2,13 +2,16 @@
 
 use std::collections::BTreeMap;
 
-use super::card_data::looks_like_card_number;
+use super::card_data::{contains_card_number, is_forbidden_char};
 use super::money::{Currency, MinorUnits};
 
 /// A token naming a stored payment method at the provider (`pm_…`), never card data.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct PaymentMethodToken(String);
+
+/// The refusal of control, bidirectional and zero-width characters.
+const FORBIDDEN_CHARS: &str = "must not contain control, bidirectional-override or zero-width characters";
 
 /// Why a field of a payment request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,7 +22,7 @@ impl PaymentMethodToken {
     /// `pm_` followed by 1 to 120 letters, digits or underscores; nothing that looks like a card
     /// number.
     pub fn new(token: &str) -> Result<Self, FieldError> {
-        if looks_like_card_number(token) {
+        if contains_card_number(token) {
             return Err(FieldError(
                 "looks like a card number: send a payment method token (pm_...), never card data".into(),
             ));
@@ -63,10 +66,10 @@ impl MerchantReference {
         if reference.is_empty() || reference.chars().count() > 128 {
             return Err(FieldError("must be 1 to 128 characters".into()));
         }
-        if reference.chars().any(char::is_control) {
-            return Err(FieldError("must not contain control characters".into()));
+        if reference.chars().any(is_forbidden_char) {
+            return Err(FieldError(FORBIDDEN_CHARS.into()));
         }
-        if looks_like_card_number(reference) {
+        if contains_card_number(reference) {
             return Err(FieldError("looks like a card number: card data is never accepted".into()));
         }
         Ok(Self(reference.to_owned()))
@@ -113,15 +116,19 @@ impl TryFrom<BTreeMap<String, String>> for Metadata {
         if map.len() > Self::MAX_KEYS {
             return Err(FieldError(format!("at most {} keys", Self::MAX_KEYS)));
         }
+        // The messages never quote a key or a value: either may be the card data being refused.
         for (key, value) in &map {
             if key.is_empty() || key.chars().count() > 40 {
                 return Err(FieldError("keys must be 1 to 40 characters".into()));
             }
             if value.chars().count() > 500 {
-                return Err(FieldError(format!("value of {key} is longer than 500 characters")));
+                return Err(FieldError("values must be at most 500 characters".into()));
             }
-            if looks_like_card_number(key) || looks_like_card_number(value) {
-                return Err(FieldError(format!("{key} looks like card data: card data is never accepted")));
+            if key.chars().chain(value.chars()).any(is_forbidden_char) {
+                return Err(FieldError(FORBIDDEN_CHARS.into()));
+            }
+            if contains_card_number(key) || contains_card_number(value) {
+                return Err(FieldError("a key or value looks like a card number: card data is never accepted".into()));
             }
         }
         Ok(Self(map))
