@@ -7,7 +7,7 @@
 //! Devanagari, fullwidth … — every `Nd` block) and the super- and subscript digits count as
 //! digits; groups are joined across gaps of up to [`MAX_GAP`] characters that are neither letters
 //! nor digits (spaces of any kind, dashes, dots, slashes, underscores, zero-width and bidi
-//! format characters, repeated or mixed). A card number is any run of consecutive groups with 12
+//! format characters, repeated or mixed) — except the list and time delimiters `,` `;` `:`. A card number is any run of consecutive groups with 12
 //! to 19 digits in all that passes the Luhn check, so an ordinary 12–19 digit reference fails
 //! the check nine times in ten and is accepted, and a longer unbroken run of digits (a bank
 //! reference) is never taken for one.
@@ -78,7 +78,7 @@ fn chains(text: &str) -> Vec<Vec<Group>> {
                 _ => current.push(Group { start: at, end: at + c.len_utf8(), digits: vec![d] }),
             }
             gap = 0;
-        } else if !c.is_alphanumeric() && !current.is_empty() && gap < MAX_GAP {
+        } else if joins_groups(c) && !current.is_empty() && gap < MAX_GAP {
             gap += 1;
         } else if !current.is_empty() {
             chains.push(std::mem::take(&mut current));
@@ -89,6 +89,13 @@ fn chains(text: &str) -> Vec<Vec<Group>> {
         chains.push(current);
     }
     chains
+}
+
+/// Whether `c` may stand between two digit groups of one number: anything but letters, digits,
+/// and the list and time delimiters `,` `;` `:` (a list of status codes such as `409,409,409,409`
+/// or a time such as `05:01:51.724932` is not a card number; nobody writes one that way).
+fn joins_groups(c: char) -> bool {
+    !c.is_alphanumeric() && !matches!(c, ',' | ';' | ':')
 }
 
 /// The Luhn (mod 10) check that every issued card number passes.
