@@ -218,6 +218,24 @@ pub struct Message {
     pub lookup_only: bool,
 }
 
+impl Message {
+    /// A message just sent for payment `key`.
+    fn sent(key: u8, lookup_only: bool) -> Self {
+        Self {
+            key,
+            receives: 0,
+            visible_in: 0,
+            holder: None,
+            deleted: false,
+            dead: false,
+            failure_recorded: false,
+            resolved_charged: false,
+            lost: false,
+            lookup_only,
+        }
+    }
+}
+
 /// The provider's memory of one key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ProviderKey {
@@ -559,18 +577,7 @@ impl Model for ProtocolModel {
             records: vec![None; usize::from(self.keys)],
             messages: (0..self.keys)
                 .chain(0..self.duplicated.min(self.keys))
-                .map(|key| Message {
-                    key,
-                    receives: 0,
-                    visible_in: 0,
-                    holder: None,
-                    deleted: false,
-                    dead: false,
-                    failure_recorded: false,
-                    resolved_charged: false,
-                    lost: false,
-                    lookup_only: false,
-                })
+                .map(|key| Message::sent(key, false))
                 .collect(),
             expired: vec![false; usize::from(self.keys)],
             workers: vec![Worker::Idle; usize::from(self.workers)],
@@ -830,20 +837,10 @@ impl Model for ProtocolModel {
                     }
                 } else {
                     s.completions[k] += 1;
-                    s.messages.push(Message {
-                        key: k as u8,
-                        receives: 0,
-                        visible_in: 0,
-                        holder: None,
-                        deleted: false,
-                        dead: false,
-                        failure_recorded: false,
-                        resolved_charged: false,
-                        lost: false,
-                        // A payment the processor claimed before is past its age limit by the
-                        // time the completer takes it; one never enqueued is a fresh payment.
-                        lookup_only: s.records[k].is_some(),
-                    });
+                    // A payment the processor claimed before is past its age limit by the time
+                    // the completer takes it; one never enqueued is a fresh payment.
+                    let lookup_only = s.records[k].is_some();
+                    s.messages.push(Message::sent(k as u8, lookup_only));
                 }
             }
         }
