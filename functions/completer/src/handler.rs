@@ -1,4 +1,5 @@
-//! One sweep over the records whose recovery is due, oldest first.
+//! One sweep over the records whose recovery is due (up to the batch limit per operation, spread
+//! over the index's shards, the earliest due first within each).
 //!
 //! - **intake** records (the intake claimed, kept the message it was about to enqueue, and never
 //!   completed): claim the record as the intake's client retry would, enqueue the stored message,

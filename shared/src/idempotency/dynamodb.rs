@@ -326,10 +326,13 @@ impl IdempotencyStore for DynamoDbStore {
         now_ms: i64,
         limit: usize,
     ) -> Result<Vec<RecordKey>, StoreError> {
+        // Every shard gets its share of the limit, so a busy shard never starves the others.
+        let per_shard = limit.div_ceil(usize::from(RECOVERY_SHARDS));
         let mut due = Vec::new();
         for shard in 0..RECOVERY_SHARDS {
             let mut start = None;
-            while due.len() < limit {
+            let shard_limit = (due.len() + per_shard).min(limit);
+            while due.len() < shard_limit {
                 let out = self
                     .client
                     .query()
@@ -340,7 +343,7 @@ impl IdempotencyStore for DynamoDbStore {
                     .expression_attribute_names("#due", RECOVERY_DUE)
                     .expression_attribute_values(":shard", s(format!("{}#{shard:02}", operation.as_str())))
                     .expression_attribute_values(":now_ms", n(now_ms))
-                    .limit(i32::try_from(limit - due.len()).unwrap_or(i32::MAX))
+                    .limit(i32::try_from(shard_limit - due.len()).unwrap_or(i32::MAX))
                     .set_exclusive_start_key(start.take())
                     .send()
                     .await

@@ -102,7 +102,7 @@ pub trait IdempotencyStore: Send + Sync {
     fn get(&self, key: &RecordKey) -> impl Future<Output = Result<Option<IdempotencyRecord>, StoreError>> + Send;
 
     /// Up to `limit` keys of `operation`'s records whose recovery is due at `now_ms`, without
-    /// reading the whole table (DynamoDB: a sparse index). May include records that changed since
+    /// reading the whole table (DynamoDB: a sparse index, the limit shared fairly by its shards). May include records that changed since
     /// (an index is eventually consistent): callers read each one back.
     fn due_for_recovery(
         &self,
