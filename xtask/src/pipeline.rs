@@ -40,7 +40,7 @@ pub struct DemoArgs {
     /// SIGKILL the processor mid-batch and restart it.
     #[arg(long)]
     kill_processor: bool,
-    /// Port of the runtime emulator.
+    /// Port of the local intake (its front door; the runtime emulator listens 1000 above).
     #[arg(long, default_value_t = 9400)]
     port: u16,
     /// Give up after this many seconds [default: 240, plus the incident's length].
@@ -62,7 +62,7 @@ pub enum ScenarioArg {
 /// Options for `up`.
 #[derive(clap::Args)]
 pub struct UpArgs {
-    /// Port of the runtime emulator.
+    /// Port of the local intake (its front door; the runtime emulator listens 1000 above).
     #[arg(long, default_value_t = 9000)]
     port: u16,
 }

@@ -122,14 +122,20 @@ impl Emulator {
     }
 }
 
-/// A running function process; killed when dropped.
+/// A running function process, restarted when it dies on its own (as Lambda starts a new
+/// instance); killed when dropped.
 pub struct FunctionProcess {
+    inner: Arc<Inner>,
+    supervisor: tokio::task::JoinHandle<()>,
+}
+
+struct Inner {
     name: String,
     env: HashMap<String, String>,
     emulator_port: u16,
     log: PathBuf,
     metrics: MetricTotals,
-    child: Arc<Mutex<Option<Child>>>,
+    child: Mutex<Option<Child>>,
 }
 
 impl FunctionProcess {
@@ -142,11 +148,61 @@ impl FunctionProcess {
         log: PathBuf,
         metrics: MetricTotals,
     ) -> Result<Self, FunctionsError> {
-        let process = Self { name: name.to_owned(), env, emulator_port, log, metrics, child: Arc::default() };
-        process.spawn().await?;
-        Ok(process)
+        let inner =
+            Arc::new(Inner { name: name.to_owned(), env, emulator_port, log, metrics, child: Mutex::default() });
+        inner.spawn().await?;
+        let supervisor = tokio::spawn(supervise(inner.clone()));
+        Ok(Self { inner, supervisor })
     }
 
+    /// SIGKILL: no cleanup, no flush, exactly like a crashed or timed-out Lambda instance. The
+    /// process stays down until [`Self::restart`].
+    pub async fn kill(&self) {
+        let child = self.inner.child.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut child) = child {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Starts the function again after a kill (a new cold start).
+    pub async fn restart(&self) -> Result<(), FunctionsError> {
+        self.kill().await;
+        self.inner.spawn().await
+    }
+}
+
+impl Drop for FunctionProcess {
+    fn drop(&mut self) {
+        self.supervisor.abort();
+    }
+}
+
+/// Restarts the process when it exits on its own (a panic outside the handler: `lambda_runtime`
+/// 1.5 panics, for one, on a runtime-API answer without a request id). On AWS a dead instance is
+/// replaced by a new one, and so it is here; a deliberate [`FunctionProcess::kill`] is not undone.
+async fn supervise(inner: Arc<Inner>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let exited = {
+            let mut child = inner.child.lock().unwrap_or_else(|p| p.into_inner());
+            match child.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => {
+                    *child = None;
+                    Some(status)
+                }
+                _ => None,
+            }
+        };
+        if let Some(status) = exited {
+            eprintln!("{} exited on its own ({status}); starting a new instance", inner.name);
+            if let Err(e) = inner.spawn().await {
+                eprintln!("{} could not be restarted: {e}", inner.name);
+            }
+        }
+    }
+}
+
+impl Inner {
     async fn spawn(&self) -> Result<(), FunctionsError> {
         let mut child = Command::new(binary(&self.name))
             .envs(&self.env)
@@ -185,19 +241,5 @@ impl FunctionProcess {
         });
         *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
         Ok(())
-    }
-
-    /// SIGKILL: no cleanup, no flush, exactly like a crashed or timed-out Lambda instance.
-    pub async fn kill(&self) {
-        let child = self.child.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(mut child) = child {
-            let _ = child.kill().await;
-        }
-    }
-
-    /// Starts the function again after a kill (a new cold start).
-    pub async fn restart(&self) -> Result<(), FunctionsError> {
-        self.kill().await;
-        self.spawn().await
     }
 }

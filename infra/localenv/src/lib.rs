@@ -5,6 +5,7 @@
 
 pub mod emf_log;
 pub mod event_source;
+pub mod front;
 pub mod functions;
 pub mod localstack;
 pub mod metering;

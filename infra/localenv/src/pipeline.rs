@@ -22,6 +22,7 @@ use provider_simulator::{LedgerSnapshot, SimConfig, Simulator};
 use crate::cache_dir;
 use crate::emf_log::MetricTotals;
 use crate::event_source::{PollerConfig, PollerStats, ScheduleStats, queue_depth, spawn_poller, spawn_schedule};
+use crate::front::FrontDoor;
 use crate::functions::{Emulator, FunctionProcess};
 use crate::localstack::OwnedLocalStack;
 use crate::stack::{Stack, deploy, unique_name};
@@ -92,6 +93,9 @@ const LOCAL_RECOVERY_GRACE_S: i64 = 3;
 /// Local runs: how often the completer runs (`rate(1 minute)` in the template).
 const COMPLETER_EVERY: Duration = Duration::from_secs(3);
 
+/// The emulator listens this far above the pipeline's port, behind the front door.
+pub const EMULATOR_PORT_OFFSET: u16 = 1000;
+
 /// The intake's lease (`INTAKE_LEASE_MS`, default 10 s): an abandoned acceptance's lease ends then.
 const INTAKE_LEASE_MS: i64 = 10_000;
 
@@ -109,7 +113,7 @@ pub struct PipelineOptions {
     /// Deliveries before SQS moves a message to the DLQ (the safety net for crashes: well above
     /// the receives an outage causes, since waiting for the provider spends none of the budget).
     pub max_receive_count: u32,
-    /// Port of the runtime emulator.
+    /// Port of the local intake (its front door; the runtime emulator listens 1000 above).
     pub port: u16,
     /// Give up if not settled within this.
     pub settle_timeout: Duration,
@@ -352,6 +356,8 @@ pub struct Running {
     pub simulator: Simulator,
     /// The runtime emulator.
     pub emulator: Emulator,
+    /// The intake's front door (what clients call).
+    pub front: FrontDoor,
     /// The function processes, by name.
     pub functions: HashMap<String, FunctionProcess>,
     /// Payments-queue poller statistics.
@@ -373,7 +379,7 @@ pub struct Running {
 impl Running {
     /// The intake's `/payments` URL.
     pub fn intake_url(&self) -> String {
-        self.emulator.http_url("intake", "/payments")
+        format!("{}/lambda-url/intake/payments", self.front.url())
     }
 
     /// Stops pollers, functions, emulator, simulator, and LocalStack if it was started here.
@@ -404,7 +410,11 @@ pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> 
     std::fs::create_dir_all(&log_dir).map_err(|e| PipelineError::Other(format!("log dir: {e}")))?;
 
     crate::functions::build().await?;
-    let emulator = Emulator::start(options.port, &log_dir.join("emulator.log")).await?;
+    // Clients reach the intake through the front door on `port`; the emulator sits behind it.
+    let emulator = Emulator::start(options.port + EMULATOR_PORT_OFFSET, &log_dir.join("emulator.log")).await?;
+    let front = FrontDoor::start(options.port, emulator.url(""))
+        .await
+        .map_err(|e| PipelineError::Other(format!("front door on port {}: {e}", options.port)))?;
     let metrics = MetricTotals::default();
     let mut common: HashMap<String, String> = [
         ("IDEMPOTENCY_TABLE", stack.idempotency_table()),
@@ -473,10 +483,11 @@ pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> 
         ),
     ];
     let mut functions = HashMap::new();
+    // The functions poll the emulator itself, never through the front door.
+    let emulator_port = options.port + EMULATOR_PORT_OFFSET;
     for (name, env) in specific {
-        let process =
-            FunctionProcess::start(name, env, options.port, log_dir.join(format!("{name}.log")), metrics.clone())
-                .await?;
+        let log = log_dir.join(format!("{name}.log"));
+        let process = FunctionProcess::start(name, env, emulator_port, log, metrics.clone()).await?;
         functions.insert(name.to_owned(), process);
     }
 
@@ -515,6 +526,7 @@ pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> 
         stack,
         simulator,
         emulator,
+        front,
         functions,
         payments_poller,
         dlq_poller,
@@ -725,7 +737,7 @@ async fn settle(
             if matches!(known.map(String::as_str), Some("SUCCEEDED" | "FAILED")) {
                 continue;
             }
-            let url = running.emulator.http_url("intake", &format!("/payments/{key}"));
+            let url = format!("{}/{key}", running.intake_url());
             if let Ok(response) = client.get(url).header("X-Local-Scope", scope).send().await
                 && let Ok(view) = response.json::<serde_json::Value>().await
                 && let Some(status) = view["status"].as_str()
