@@ -291,7 +291,11 @@ impl<A: Adapters> Processor<A> {
         };
         // Past the payment's maximum age no delivery retries it: if the record is still
         // IN_PROGRESS then, and stays untouched, its message is gone and the completer takes over.
-        let age_limit = self.clock.now_ms() - as_ms(self.age_of(message)) + as_ms(self.budget.max_age());
+        let age_limit = self
+            .clock
+            .now_ms()
+            .saturating_sub(as_ms(self.age_of(message)))
+            .saturating_add(as_ms(self.budget.max_age()));
         let recovery = Recovery { due_ms: age_limit, input: None };
         let lease = match self.idempotency.claim_recoverable(&key, &hash, delivery.deadline_ms, Some(recovery)).await {
             Ok(ClaimOutcome::Claimed(lease)) => lease,
