@@ -59,71 +59,13 @@ impl EnvelopeError {
 /// values and unknown field names) are reworded by [`own_wording`]. Shared by the intake (request
 /// bodies) and the processor (messages).
 pub fn parse_strict<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, EnvelopeError> {
-    // The payload hash assumes I-JSON (RFC 7493): no object may name a member twice.
-    let deserializer = &mut serde_json::Deserializer::from_str(body);
-    serde_path_to_error::deserialize::<_, UniqueKeys>(deserializer).map_err(|err| EnvelopeError::Invalid {
-        path: safe_path(&err.path().to_string()),
-        reason: own_wording(&err.into_inner().to_string()),
-    })?;
+    // No object may name a member twice (I-JSON): structs refuse it by their derive, metadata by
+    // its own `Deserialize`, in this one pass.
     let deserializer = &mut serde_json::Deserializer::from_str(body);
     serde_path_to_error::deserialize(deserializer).map_err(|err| {
         let path = safe_path(&err.path().to_string());
         EnvelopeError::Invalid { path, reason: own_wording(&err.into_inner().to_string()) }
     })
-}
-
-/// Any JSON document in which no object names a member twice, at any depth.
-struct UniqueKeys;
-
-impl<'de> Deserialize<'de> for UniqueKeys {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(UniqueKeysVisitor)
-    }
-}
-
-struct UniqueKeysVisitor;
-
-impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
-    type Value = UniqueKeys;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON document")
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys)
-    }
-    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
-        while seq.next_element::<UniqueKeys>()?.is_some() {}
-        Ok(UniqueKeys)
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
-        let mut seen = std::collections::HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if !seen.insert(key) {
-                return Err(serde::de::Error::custom("duplicate member name"));
-            }
-            map.next_value::<UniqueKeys>()?;
-        }
-        Ok(UniqueKeys)
-    }
 }
 
 /// A JSON path fit to show: card data redacted, control/bidi/zero-width characters replaced,

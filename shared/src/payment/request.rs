@@ -96,9 +96,35 @@ impl From<MerchantReference> for String {
 
 /// Small string-to-string metadata, with Stripe's limits (20 keys of at most 40 characters, values
 /// of at most 500), and no card data in keys or values.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(try_from = "BTreeMap<String, String>", into = "BTreeMap<String, String>")]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(into = "BTreeMap<String, String>")]
 pub struct Metadata(BTreeMap<String, String>);
+
+/// Read entry by entry, so that a key given twice is refused rather than silently kept once (a
+/// `BTreeMap` keeps the last): the payload hash assumes I-JSON (RFC 7493). The structs around it
+/// need nothing of the kind: serde's derive refuses a duplicate field itself.
+impl<'de> serde::Deserialize<'de> for Metadata {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = BTreeMap<String, String>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = BTreeMap::new();
+                while let Some((key, value)) = map.next_entry::<String, String>()? {
+                    if entries.insert(key, value).is_some() {
+                        return Err(serde::de::Error::custom("duplicate key in metadata"));
+                    }
+                }
+                Ok(entries)
+            }
+        }
+        let entries = deserializer.deserialize_map(Entries)?;
+        Self::try_from(entries).map_err(serde::de::Error::custom)
+    }
+}
 
 impl Metadata {
     /// Most keys.
