@@ -114,6 +114,36 @@ fn joins_groups(c: char) -> bool {
     !c.is_alphanumeric() && !matches!(c, ',' | ';' | ':')
 }
 
+/// `text` with every UUID (8-4-4-4-12 hex digits) replaced by as many `x`: a UUID's all-digit
+/// groups pass the Luhn check about one time in a hundred, and idempotency keys and correlation ids
+/// are UUIDs (found by the end-to-end test: a valid payment's correlation id made it poison).
+fn without_uuids(text: &str) -> std::borrow::Cow<'_, str> {
+    const SHAPE: &[u8; 36] = b"hhhhhhhh-hhhh-hhhh-hhhh-hhhhhhhhhhhh";
+    let bytes = text.as_bytes();
+    let is_uuid_at = |at: usize| {
+        bytes.len() >= at + 36
+            && bytes[at..at + 36]
+                .iter()
+                .zip(SHAPE)
+                .all(|(b, s)| if *s == b'-' { *b == b'-' } else { b.is_ascii_hexdigit() })
+    };
+    if !(0..bytes.len()).any(is_uuid_at) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = bytes.to_vec();
+    let mut at = 0;
+    while at < bytes.len() {
+        if is_uuid_at(at) {
+            out[at..at + 36].fill(b'x');
+            at += 36;
+        } else {
+            at += 1;
+        }
+    }
+    // Only ASCII bytes were replaced, by ASCII: still UTF-8.
+    std::borrow::Cow::Owned(String::from_utf8(out).expect("ASCII replaced by ASCII"))
+}
+
 /// The Luhn (mod 10) check that every issued card number passes.
 pub fn luhn(digits: &[u8]) -> bool {
     let sum: u32 = digits
@@ -132,7 +162,7 @@ pub fn luhn(digits: &[u8]) -> bool {
 /// passing the Luhn check, not glued to a letter at either end (as a regular expression's word
 /// boundary would say, except that `_` counts as a boundary: `pm_4242…` is caught).
 pub fn contains_card_number(text: &str) -> bool {
-    chains(text).iter().any(|chain| {
+    chains(&without_uuids(text)).iter().any(|chain| {
         (0..chain.len()).filter(|first| !chain[*first].letter_before).any(|first| {
             let mut digits: Vec<u8> = Vec::with_capacity(MAX_PAN_DIGITS);
             chain[first..].iter().any(|group| {
@@ -148,7 +178,8 @@ pub fn contains_card_number(text: &str) -> bool {
 pub fn redact_card_data(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut copied = 0;
-    for chain in chains(text) {
+    // UUIDs are blanked with as many bytes, so offsets in the blanked text are offsets in `text`.
+    for chain in chains(&without_uuids(text)) {
         if chain.iter().map(|g| g.digits.len()).sum::<usize>() < MIN_PAN_DIGITS {
             continue;
         }
@@ -212,6 +243,8 @@ mod tests {
             "order 12345",
             "2026-11-27T12:00:00Z",
             "+1 555 0100",
+            "02779918-7987-4957-892c-04ae4547ece8", // UUIDs whose all-digit groups pass Luhn
+            "8686e469-ad8d-46e9-a4db-417399994587",
             "4242424242424241",         // fails Luhn
             "123456789012345678901234", // a 24-digit bank reference
         ] {
