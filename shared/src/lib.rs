@@ -20,5 +20,6 @@ pub mod config;
 pub mod failures;
 pub mod idempotency;
 pub mod observability;
+pub mod pacing;
 pub mod payment;
 pub mod sqs;

@@ -5,6 +5,7 @@ use std::time::Duration;
 use payments_core::breaker::{BreakerConfig, BreakerPolicy};
 use payments_core::config::{ConfigError, Env};
 use payments_core::idempotency::IdempotencyConfig;
+use payments_core::pacing::InstanceRate;
 use payments_core::payment::http_gateway::HttpGatewayConfig;
 use payments_core::sqs::{Backoff, BatchConfig, RetryBudget};
 
@@ -32,6 +33,10 @@ pub struct ProcessorConfig {
     pub batch: BatchConfig,
     /// Metrics namespace (`METRICS_NAMESPACE`).
     pub metrics_namespace: String,
+    /// This instance's share of the provider's rate limit (`PROVIDER_RATE_LIMIT` requests per
+    /// second for the fleet, divided by `PROVIDER_RATE_SHARES`, the instances that may run at
+    /// once); `None` when no limit is set.
+    pub provider_rate: Option<InstanceRate>,
 }
 
 impl ProcessorConfig {
@@ -83,8 +88,20 @@ impl ProcessorConfig {
             breaker,
             batch: BatchConfig { concurrency, start_margin: needed },
             metrics_namespace: env.string_or("METRICS_NAMESPACE", "PaymentsPipeline"),
+            provider_rate: provider_rate(env)?,
         })
     }
+}
+
+/// `PROVIDER_RATE_LIMIT` (0 or unset: unpaced) shared among `PROVIDER_RATE_SHARES` instances
+/// (the template passes the event source mapping's `MaximumConcurrency`).
+fn provider_rate<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Option<InstanceRate>, ConfigError> {
+    let limit: f64 = env.parse_or("PROVIDER_RATE_LIMIT", 0.0)?;
+    if limit == 0.0 {
+        return Ok(None);
+    }
+    let shares: u32 = env.parse_or("PROVIDER_RATE_SHARES", 1)?;
+    InstanceRate::share_of(limit, shares).map(Some).map_err(|e| ConfigError::Rule(e.to_string()))
 }
 
 /// The breaker's settings. Defaults, against the usual references: Resilience4j opens at a 50 %
@@ -144,6 +161,19 @@ mod tests {
         assert_eq!((c.budget.max_attempts(), c.budget.max_age()), (5, Duration::from_secs(21_600)));
         assert_eq!(c.breaker.policy.probe_lease, c.batch.start_margin, "a probe may take as long as a record");
         assert_eq!(c.breaker.policy.open_base, Duration::from_secs(30));
+        assert_eq!(c.provider_rate, None, "unpaced unless a limit is set");
+    }
+
+    #[test]
+    fn the_provider_rate_limit_is_shared_among_the_instances_that_may_run_at_once() {
+        let c = config(&[("PROVIDER_RATE_LIMIT", "20"), ("PROVIDER_RATE_SHARES", "5")]).unwrap();
+        assert_eq!(c.provider_rate.map(|r| r.interval()), Some(Duration::from_millis(250)));
+        assert!(matches!(config(&[("PROVIDER_RATE_LIMIT", "-1")]), Err(ConfigError::Rule(_))));
+        assert!(matches!(
+            config(&[("PROVIDER_RATE_LIMIT", "5"), ("PROVIDER_RATE_SHARES", "0")]),
+            Err(ConfigError::Rule(_))
+        ));
+        assert!(matches!(config(&[("PROVIDER_RATE_LIMIT", "fast")]), Err(ConfigError::Invalid { .. })));
     }
 
     #[test]

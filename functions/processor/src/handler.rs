@@ -18,6 +18,7 @@ use payments_core::idempotency::{
     Settlement, StoredFailure,
 };
 use payments_core::observability::{Metrics, MetricsSink, Unit};
+use payments_core::pacing::{Pacer, Reservation};
 use payments_core::payment::{
     Charge, ChargeLookup, ChargeRequest, ChargeResult, EnvelopeError, GatewayError, KeyHint, Lookup, PaymentGateway,
     PaymentMessage, RetryableKind, process_key, provider_idempotency_key,
@@ -74,6 +75,8 @@ pub struct Processor<A: Adapters> {
     backoff: Backoff,
     budget: RetryBudget,
     jitter: Jitter,
+    pacer: Pacer,
+    call_time: Duration,
     metrics: MetricsSink,
     clock: Arc<dyn Clock>,
 }
@@ -88,10 +91,11 @@ pub enum Handled {
     },
     /// Already settled by an earlier delivery: nothing done.
     Duplicate,
-    /// Not tried: the provider's circuit is open, or another worker holds the claim. Hidden for
+    /// Not tried: the provider's circuit is open, another worker holds the claim, or this
+    /// instance's share of the provider's rate has no slot left in this invocation. Hidden for
     /// `after`; spends none of the payment's retry budget.
     Deferred {
-        /// `circuit_open`, `circuit_half_open` or `in_progress_elsewhere`.
+        /// `circuit_open`, `circuit_half_open`, `in_progress_elsewhere` or `provider_rate`.
         reason: String,
         /// Visibility delay.
         after: Duration,
@@ -208,6 +212,8 @@ impl<A: Adapters> Processor<A> {
             backoff: config.backoff,
             budget: config.budget,
             jitter: Jitter::from_os(),
+            pacer: Pacer::new(config.provider_rate, clock.clone()),
+            call_time: config.batch.start_margin,
             metrics: MetricsSink::new(&config.metrics_namespace, "processor"),
             clock,
         }
@@ -316,8 +322,15 @@ impl<A: Adapters> Processor<A> {
         self.charge(&attempt).await
     }
 
-    /// Charges, reports the call to the breaker, and settles by the answer.
+    /// Charges, reports the call to the breaker, and settles by the answer. A charge with no
+    /// provider slot left in this invocation is not sent: its claim goes back, refunded.
     async fn charge(&self, attempt: &Attempt<'_>) -> Handled {
+        if let Err(free_in) = self.paced(attempt.delivery).await {
+            self.breaker.record(&attempt.permit, None).await;
+            self.release(&attempt.lease, "provider_rate", Refund::Attempt).await;
+            let after = round_up_secs(free_in).max(Duration::from_secs(1)).min(self.backoff.cap());
+            return Handled::Deferred { reason: "provider_rate".into(), after };
+        }
         let charged = self.gateway.charge(&attempt.request).await;
         if matches!(attempt.permit, Permit::Probe(_)) {
             attempt.metrics.count("ProviderProbe", 1);
@@ -413,7 +426,10 @@ impl<A: Adapters> Processor<A> {
         let provider_down = !matches!(kind, RetryableKind::InFlight)
             && (matches!(attempt.permit, Permit::Probe(_))
                 || circuit.as_ref().is_some_and(|s| s.phase(self.clock.now_ms()) != Phase::Closed));
-        let spent = lease.attempt - u32::from(provider_down);
+        // A 429 says the provider had no room, not that this payment failed: it costs no attempt,
+        // so a wave of them cannot dead-letter anything (the payment's age still bounds it).
+        let throttled = matches!(kind, RetryableKind::RateLimited { .. });
+        let spent = lease.attempt - u32::from(provider_down || throttled);
         let wait = match circuit.filter(|_| provider_down) {
             Some(state) => self.breaker_wait(state.open_until_ms, state.phase(self.clock.now_ms())),
             None => {
@@ -421,7 +437,7 @@ impl<A: Adapters> Processor<A> {
                 floor.map_or(drawn, |f| drawn.max(f)).min(self.backoff.cap())
             }
         };
-        let refund = if provider_down { Refund::Attempt } else { Refund::No };
+        let refund = if provider_down || throttled { Refund::Attempt } else { Refund::No };
         match self.budget.verdict(spent, self.age_of(attempt.message), wait) {
             Verdict::Retry => {
                 self.release(lease, reason, refund).await;
@@ -442,7 +458,10 @@ impl<A: Adapters> Processor<A> {
         last_error: &str,
         refund: Refund,
     ) -> Handled {
-        let lookup = self.gateway.lookup(&ChargeLookup::from(&attempt.request)).await;
+        let lookup = match self.paced(attempt.delivery).await {
+            Ok(()) => self.gateway.lookup(&ChargeLookup::from(&attempt.request)).await,
+            Err(_) => Lookup::Unknown("no provider slot left in this invocation".into()),
+        };
         attempt.metrics.count_with("OutcomeLookup", 1, &[("Result", lookup.label())]);
         if refund == Refund::LookupOnly {
             // The lookup was this delivery's only provider call.
@@ -463,6 +482,19 @@ impl<A: Adapters> Processor<A> {
                 tracing::warn!(detail, "outcome unknown: the provider may hold a charge; not giving up");
                 self.retry("outcome_unknown", &detail, attempt.lease.attempt, None)
             }
+        }
+    }
+
+    /// Waits for this instance's next provider slot, if it comes early enough for the call to
+    /// finish within the invocation; otherwise says when a slot frees up.
+    async fn paced(&self, delivery: &Delivery<'_>) -> Result<(), Duration> {
+        match self.pacer.reserve(delivery.deadline_ms.saturating_sub(as_ms(self.call_time))) {
+            Reservation::Go { wait } if wait.is_zero() => Ok(()),
+            Reservation::Go { wait } => {
+                tokio::time::sleep(wait).await;
+                Ok(())
+            }
+            Reservation::Full { free_in } => Err(free_in),
         }
     }
 

@@ -72,7 +72,12 @@ impl<G: PaymentGateway + 'static> Adapters for Memory<G> {
 type TestProcessor<G = ScriptedGateway> = Processor<Memory<G>>;
 
 fn config() -> ProcessorConfig {
-    let vars: HashMap<&str, &str> = [
+    config_with(&[])
+}
+
+/// The test configuration with `extra` variables set.
+fn config_with(extra: &[(&'static str, &'static str)]) -> ProcessorConfig {
+    let mut vars: HashMap<&str, &str> = [
         ("IDEMPOTENCY_TABLE", "idem"),
         ("FAILURES_TABLE", "fail"),
         ("PROVIDER_BASE_URL", "http://127.0.0.1:1"),
@@ -87,6 +92,7 @@ fn config() -> ProcessorConfig {
     ]
     .into_iter()
     .collect();
+    vars.extend(extra.iter().copied());
     ProcessorConfig::from_env(&Env::from_lookup(move |n| vars.get(n).map(|v| (*v).to_owned()))).unwrap()
 }
 
@@ -100,6 +106,15 @@ fn processor_on<G: PaymentGateway + 'static>(
     gateway: G,
     clock: &ManualClock,
 ) -> TestProcessor<G> {
+    processor_with(store, gateway, clock, &config())
+}
+
+fn processor_with<G: PaymentGateway + 'static>(
+    store: InMemoryStore,
+    gateway: G,
+    clock: &ManualClock,
+    config: &ProcessorConfig,
+) -> TestProcessor<G> {
     let ports = Ports {
         store,
         failures: InMemoryFailureStore::default(),
@@ -108,7 +123,7 @@ fn processor_on<G: PaymentGateway + 'static>(
         breaker: InMemoryBreakerStore::default(),
         dead_letters: RecordingDeadLetterQueue::default(),
     };
-    Processor::on_clock(ports, &config(), Arc::new(clock.clone())).with_jitter(Jitter::seeded(1))
+    Processor::on_clock(ports, config, Arc::new(clock.clone())).with_jitter(Jitter::seeded(1))
 }
 
 fn record(id: &str, body: &str, receive_count: u32) -> SqsMessage {
@@ -535,4 +550,55 @@ async fn a_message_of_an_unknown_schema_version_waits_then_dead_letters_without_
     assert_eq!(p.dead_letters().sent().len(), 1);
     let key = process_key(&Scope::new("acme").unwrap(), &IdempotencyKey::new("k-future").unwrap());
     assert!(p.idempotency().get(&key).await.unwrap().is_none(), "the payment is not marked FAILED");
+}
+
+fn rate_limited() -> Result<Charge, GatewayError> {
+    let kind = RetryableKind::RateLimited { retry_after: Some(Duration::from_secs(1)) };
+    Err(GatewayError::Retryable { kind, detail: "429".into() })
+}
+
+#[tokio::test]
+async fn a_wave_of_429s_spends_no_attempt_and_dead_letters_nothing() {
+    let clock = ManualClock::at(NOW);
+    let p = processor(scripted((0..30).map(|_| rate_limited())), &clock);
+    for n in 1..=30 {
+        let handled = run(&p, &[record("m", &body("k", 10), n)]).await;
+        assert!(
+            matches!(&handled[0], Handled::Retry { reason, .. } | Handled::Deferred { reason, .. }
+                if reason == "provider_rate_limited" || reason.starts_with("circuit_")),
+            "delivery {n}: {handled:?}"
+        );
+        // Far enough apart for the circuit to let the next one through.
+        clock.advance_ms(301_000);
+    }
+    assert!(p.dead_letters().sent().is_empty());
+    assert_eq!(attempts_of(&p, "k").await, 0, "throttling is the provider's, not the payment's");
+    assert!(p.gateway().calls.lock().unwrap().len() > 5, "more 429s than the retry budget were met");
+    p.gateway().script.lock().unwrap().clear();
+    assert!(matches!(&run(&p, &[record("m", &body("k", 10), 31)]).await[..], [Handled::Charged { .. }]));
+}
+
+#[tokio::test]
+async fn a_paced_instance_defers_what_its_rate_cannot_send_before_the_deadline() {
+    let clock = ManualClock::at(NOW);
+    // 4 requests per second: a slot every 250 ms. A call needs 1 s (800 ms timeout + 200 ms
+    // margin), and this invocation ends 1.3 s from now: slots at 0 and 250 ms fit, 500 ms does not.
+    let config = config_with(&[("PROVIDER_RATE_LIMIT", "4")]);
+    let p = processor_with(InMemoryStore::new(), ScriptedGateway::default(), &clock, &config);
+    let records: Vec<SqsMessage> = (0..3).map(|i| record(&format!("m{i}"), &body(&format!("k{i}"), 10), 1)).collect();
+    let started = std::time::Instant::now();
+    let summary = p.process_batch(&records, NOW + 1_300, "req").await;
+    let mut handled: Vec<Handled> = summary.handled.into_iter().map(|(_, h)| h).collect();
+    handled.sort_by_key(|h| format!("{h:?}"));
+    assert!(matches!(&handled[..], [Handled::Charged { .. }, Handled::Charged { .. }, Handled::Deferred { .. }]));
+    assert_eq!(handled[2], Handled::Deferred { reason: "provider_rate".into(), after: Duration::from_secs(1) });
+    assert_eq!(p.gateway().calls.lock().unwrap().len(), 2, "the deferred charge was never sent");
+    assert!(started.elapsed() >= Duration::from_millis(250), "the second call waited for its slot");
+    let deferred = ["k0", "k1", "k2"];
+    let mut spent = Vec::new();
+    for key in deferred {
+        spent.push(attempts_of(&p, key).await);
+    }
+    spent.sort();
+    assert_eq!(spent, [0, 1, 1], "the deferred payment's claim went back, refunded");
 }

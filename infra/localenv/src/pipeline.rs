@@ -140,6 +140,7 @@ impl Default for PipelineOptions {
                 },
                 latency_ms: 300,
                 commit_delay_ms: 2_500,
+                capacity: provider_simulator::Capacity::default(),
             },
             scenario: Scenario::Faults,
             max_provider_attempts: 5,

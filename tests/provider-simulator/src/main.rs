@@ -1,7 +1,7 @@
 //! `provider-simulator`: a Stripe-style payment provider on loopback for local runs and tests.
 
 use clap::Parser;
-use provider_simulator::{FaultRates, SimConfig, Simulator};
+use provider_simulator::{Capacity, FaultRates, SimConfig, Simulator};
 
 /// A payment provider that honours Idempotency-Key, keeps a ledger (GET /ledger) and injects
 /// faults deterministically under a seed.
@@ -41,6 +41,12 @@ struct Args {
     /// How long a commit-then-timeout answer is held back, milliseconds.
     #[arg(long, default_value_t = 15_000)]
     commit_delay_ms: u64,
+    /// Requests admitted per sliding second, beyond which 429 with Retry-After (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    rate_limit: u32,
+    /// Requests served at once, beyond which 429 (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    max_concurrent: u32,
 }
 
 #[tokio::main]
@@ -59,6 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         latency_ms: args.latency_ms,
         commit_delay_ms: args.commit_delay_ms,
+        capacity: Capacity { rate_per_s: args.rate_limit, max_concurrent: args.max_concurrent },
     };
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let simulator = Simulator::serve(listener, config)?;

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::capacity::Capacity;
 use crate::faults::{Fault, FaultRates, scripted};
 use crate::state::{KeyEntry, LedgerEntry, State, StoredResponse};
 
@@ -30,11 +31,19 @@ pub struct SimConfig {
     pub latency_ms: u64,
     /// How long a commit-then-timeout answer is held back (must exceed the client's timeout).
     pub commit_delay_ms: u64,
+    /// Rate and concurrency limits (none by default).
+    pub capacity: Capacity,
 }
 
 impl Default for SimConfig {
     fn default() -> Self {
-        Self { seed: 1, rates: FaultRates::default(), latency_ms: 200, commit_delay_ms: 15_000 }
+        Self {
+            seed: 1,
+            rates: FaultRates::default(),
+            latency_ms: 200,
+            commit_delay_ms: 15_000,
+            capacity: Capacity::default(),
+        }
     }
 }
 
@@ -128,11 +137,16 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Answer {
         Ok(collected) => collected.to_bytes(),
         Err(_) => return Err(DropConnection),
     };
+    let api = matches!(parts.method, Method::POST | Method::GET) && parts.uri.path() == "/v1/charges";
+    let _served = match api.then(|| Served::admit(&shared)) {
+        Some(Err(too_many)) => return Ok(too_many),
+        admitted => admitted,
+    };
     Ok(match (parts.method.clone(), parts.uri.path()) {
         (Method::POST, "/v1/charges") => return charge(&shared, &parts.headers, &body).await,
         (Method::GET, "/v1/charges") => return lookup(&shared, parts.uri.query().unwrap_or("")).await,
         (Method::GET, "/ledger") => {
-            json(StatusCode::OK, &serde_json::to_value(&shared.state().ledger).unwrap_or_default())
+            json(StatusCode::OK, &serde_json::to_value(shared.state().snapshot()).unwrap_or_default())
         }
         (Method::GET, "/health") => json(StatusCode::OK, &serde_json::json!({"ok": true})),
         (Method::GET, "/_sim/config") => {
@@ -156,6 +170,32 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Answer {
         }
         _ => error(StatusCode::NOT_FOUND, "invalid_request_error", "not_found", "no such endpoint"),
     })
+}
+
+/// An API request admitted by the capacity gate; leaves it when dropped.
+struct Served<'a>(&'a Shared);
+
+impl<'a> Served<'a> {
+    /// Admits the request, or answers 429 with `Retry-After` (nothing charged, no fault drawn).
+    fn admit(shared: &'a Shared) -> Result<Self, Response<Full<Bytes>>> {
+        let capacity = shared.config().capacity;
+        match shared.state().gate.arrive(std::time::Instant::now(), capacity) {
+            Ok(()) => Ok(Self(shared)),
+            Err(throttled) => {
+                let mut response =
+                    error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "rate_limited", "over capacity");
+                let seconds = http::HeaderValue::from(throttled.retry_after_s);
+                response.headers_mut().insert("retry-after", seconds);
+                Err(response)
+            }
+        }
+    }
+}
+
+impl Drop for Served<'_> {
+    fn drop(&mut self) {
+        self.0.state().gate.leave();
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::capacity::{CapacityStats, Gate};
 use crate::faults::Fault;
 
 /// One charge made.
@@ -41,6 +42,9 @@ pub struct LedgerSnapshot {
     /// Lookups received (`GET /v1/charges?…`).
     #[serde(default)]
     pub lookups: u64,
+    /// What the capacity limits saw (throttled requests are in neither `requests` nor `lookups`).
+    #[serde(default)]
+    pub capacity: CapacityStats,
 }
 
 /// A stored answer.
@@ -66,6 +70,7 @@ pub struct State {
     pub lookups_by_value: HashMap<String, u32>,
     pub ledger: LedgerSnapshot,
     pub next_charge: u64,
+    pub gate: Gate,
 }
 
 impl State {
@@ -83,6 +88,11 @@ impl State {
         let n = self.lookups_by_value.entry(value.to_owned()).or_default();
         *n += 1;
         *n - 1
+    }
+
+    /// The ledger with the capacity figures as they are now.
+    pub fn snapshot(&self) -> LedgerSnapshot {
+        LedgerSnapshot { capacity: self.gate.stats.clone(), ..self.ledger.clone() }
     }
 
     /// Counts an injected fault.

@@ -123,3 +123,39 @@ async fn lookups_find_a_charge_by_key_or_reference_and_answer_409_while_the_key_
     assert_eq!(list("").await.0, 400);
     assert_eq!(ledger(&client, &base).await.lookups, 4, "the malformed one is not a lookup");
 }
+
+#[tokio::test]
+async fn a_capacity_set_at_runtime_refuses_the_excess_with_429_and_retry_after_and_reports_the_peaks() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let client = reqwest::Client::new();
+    let mut config: Value =
+        client.get(format!("{}/_sim/config", sim.base_url())).send().await.unwrap().json().await.unwrap();
+    config["capacity"] = json!({"rate_per_s": 4});
+    let put = client.put(format!("{}/_sim/config", sim.base_url())).json(&config).send().await.unwrap();
+    assert_eq!(put.status(), 200);
+
+    let mut answers = Vec::new();
+    for i in 0..10 {
+        let response = client
+            .post(format!("{}/v1/charges", sim.base_url()))
+            .header("Idempotency-Key", format!("cap-{i}"))
+            .json(&charge(100, json!({})))
+            .send()
+            .await
+            .unwrap();
+        let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+        answers.push((response.status().as_u16(), retry_after));
+    }
+    let admitted = answers.iter().filter(|(status, _)| *status == 200).count();
+    assert_eq!(admitted, 4, "{answers:?}");
+    assert!(answers.iter().filter(|(s, _)| *s == 429).all(|(_, after)| after.as_deref() == Some("1")), "{answers:?}");
+    let ledger = ledger(&client, &sim.base_url()).await;
+    assert_eq!(ledger.charges.len(), 4, "a throttled request charges nothing");
+    assert_eq!(ledger.requests, 4, "throttled requests are not charge attempts");
+    assert_eq!(ledger.capacity.peak_admitted_per_s, 4);
+    assert_eq!(ledger.capacity.peak_offered_per_s, 10);
+    assert_eq!(ledger.capacity.throttled_by_rate, 6);
+
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(post(&client, &sim.base_url(), "cap-0", &charge(100, json!({}))).await.unwrap().0, 200, "room again");
+}
