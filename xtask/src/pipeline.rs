@@ -10,25 +10,31 @@ use localenv::workload::WorkloadSpec;
 #[derive(clap::Args)]
 pub struct DemoArgs {
     /// What happens to the provider: only the fault rates (`faults`), a total outage for a
-    /// window (`outage`: 503s and timeouts), or a degraded provider for a window (`brownout`:
-    /// slow answers, timeouts and commit-then-timeout).
+    /// window (`outage`: 503s and timeouts), a degraded provider for a window (`brownout`:
+    /// slow answers, timeouts and commit-then-timeout), or every payment at once against a
+    /// provider with a rate limit (`spike`).
     #[arg(long, value_enum, default_value_t = ScenarioArg::Faults)]
     scenario: ScenarioArg,
     /// Length of the outage or brownout, seconds.
     #[arg(long, default_value_t = 120)]
     incident_s: u64,
-    /// Distinct payments [default: 150, or 200 with an incident].
+    /// The provider's rate limit in the spike, requests per second (the processor is paced at
+    /// 90 % of it).
+    #[arg(long, default_value_t = 4)]
+    provider_limit: u32,
+    /// Distinct payments [default: 150, 200 with an incident, 2000 in a spike].
     #[arg(long)]
     payments: Option<usize>,
     /// Seed of the workload and of the provider's fault draws.
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Total probability of a provider fault per request, spread over 500/503/429/reset/
-    /// commit-then-timeout/latency as in the default mix (0 disables rate faults).
-    #[arg(long, default_value_t = 0.17)]
-    fault_rate: f64,
+    /// commit-then-timeout/latency as in the default mix (0 disables rate faults) [default:
+    /// 0.17, or 0 in a spike, which is about capacity].
+    #[arg(long)]
+    fault_rate: Option<f64>,
     /// Payments scripted to fail every attempt (they end DEAD_LETTERED) [default: 3, or 0 in
-    /// an outage, where any dead letter is a failure of the run].
+    /// an outage or a spike, where any dead letter is a failure of the run].
     #[arg(long)]
     dead_letters: Option<usize>,
     /// Failed provider attempts before the processor gives a payment up.
@@ -43,7 +49,11 @@ pub struct DemoArgs {
     /// Port of the local intake (its front door; the runtime emulator listens 1000 above).
     #[arg(long, default_value_t = 9400)]
     port: u16,
-    /// Give up after this many seconds [default: 240, plus the incident's length].
+    /// Clients submitting at once [default: 8, or 128 in a spike].
+    #[arg(long)]
+    clients: Option<usize>,
+    /// Give up after this many seconds [default: 240, plus the incident's length; in a spike,
+    /// 2 × payments / limit].
     #[arg(long)]
     timeout_s: Option<u64>,
 }
@@ -57,6 +67,8 @@ pub enum ScenarioArg {
     Outage,
     /// The provider degraded for `--incident-s`.
     Brownout,
+    /// Every payment at once, the provider limited to `--provider-limit` requests per second.
+    Spike,
 }
 
 /// Options for `up`.
@@ -69,31 +81,56 @@ pub struct UpArgs {
 
 /// Runs the main job.
 pub async fn demo(args: DemoArgs) -> Result<ExitCode, String> {
+    let options = demo_options(&args)?;
+    let started = std::time::Instant::now();
+    let reconciliation = run(&options).await.map_err(|e| e.to_string())?;
+    println!("\n{}", reconciliation.table());
+    println!("wall time: {:.1} s (including start-up and shutdown)", started.elapsed().as_secs_f64());
+    Ok(if reconciliation.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The pipeline options for `args`, with each scenario's defaults.
+fn demo_options(args: &DemoArgs) -> Result<PipelineOptions, String> {
     let window = Duration::from_secs(args.incident_s);
     let scenario = match args.scenario {
         ScenarioArg::Faults => Scenario::Faults,
         ScenarioArg::Outage => Scenario::Outage { window },
         ScenarioArg::Brownout => Scenario::Brownout { window },
+        ScenarioArg::Spike => Scenario::Spike { provider_limit: args.provider_limit },
     };
-    let incident = scenario != Scenario::Faults;
+    let incident = matches!(scenario, Scenario::Outage { .. } | Scenario::Brownout { .. });
+    let spike = args.scenario == ScenarioArg::Spike;
+    let payments = args.payments.unwrap_or(if spike { 2_000 } else if incident { 200 } else { 150 });
+    let default_timeout = if spike {
+        2 * payments as u64 / u64::from(args.provider_limit.max(1)) + 120
+    } else {
+        240 + if incident { args.incident_s } else { 0 }
+    };
+    let no_dead_letters = matches!(args.scenario, ScenarioArg::Outage | ScenarioArg::Spike);
     let mut options = PipelineOptions {
         workload: WorkloadSpec {
-            payments: args.payments.unwrap_or(if incident { 200 } else { 150 }),
+            payments,
             seed: args.seed,
-            dead_letters: args.dead_letters.unwrap_or(if args.scenario == ScenarioArg::Outage { 0 } else { 3 }),
+            dead_letters: args.dead_letters.unwrap_or(if no_dead_letters { 0 } else { 3 }),
             ..WorkloadSpec::default()
         },
         scenario,
         max_provider_attempts: args.max_provider_attempts,
         max_receive_count: args.max_receive_count,
         port: args.port,
-        settle_timeout: Duration::from_secs(args.timeout_s.unwrap_or(240 + if incident { args.incident_s } else { 0 })),
+        settle_timeout: Duration::from_secs(args.timeout_s.unwrap_or(default_timeout)),
         kill_processor: args.kill_processor,
+        clients: args.clients.unwrap_or(if spike { 128 } else { 8 }),
         ..PipelineOptions::default()
     };
+    if spike && args.provider_limit > 0 {
+        options.simulator.capacity.rate_per_s = args.provider_limit;
+        options.provider_rate_limit = Some(0.9 * f64::from(args.provider_limit));
+    }
     options.simulator.seed = args.seed;
     let default_total = 0.17;
-    let scale = if default_total > 0.0 { args.fault_rate / default_total } else { 0.0 };
+    let fault_rate = args.fault_rate.unwrap_or(if spike { 0.0 } else { default_total });
+    let scale = fault_rate / default_total;
     let r = &mut options.simulator.rates;
     for rate in [
         &mut r.internal_error,
@@ -106,11 +143,7 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode, String> {
         *rate *= scale;
     }
     r.validate()?;
-    let started = std::time::Instant::now();
-    let reconciliation = run(&options).await.map_err(|e| e.to_string())?;
-    println!("\n{}", reconciliation.table());
-    println!("wall time: {:.1} s (including start-up and shutdown)", started.elapsed().as_secs_f64());
-    Ok(if reconciliation.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(options)
 }
 
 /// Keeps the pipeline up for manual use.

@@ -606,7 +606,8 @@ impl<A: Adapters> Processor<A> {
         if delivery.receive_count < VERSION_WAIT_RECEIVES {
             return self.retry(error.code(), &detail, delivery.receive_count, Some(Duration::from_secs(60)));
         }
-        self.dead_letter(delivery, error.code(), &detail, "not_tried").await
+        // The code, not the detail, is the metric's dimension: one value, whatever the version.
+        self.dead_letter(delivery, error.code(), error.code(), "not_tried").await
     }
 
     /// Writes the failure record of a poison message, for operators; a store failure turns the

@@ -7,6 +7,7 @@ pub mod emf_log;
 pub mod event_source;
 pub mod front;
 pub mod functions;
+pub mod load;
 pub mod localstack;
 pub mod metering;
 pub mod pipeline;

@@ -23,6 +23,7 @@ use crate::cache_dir;
 use crate::emf_log::MetricTotals;
 use crate::event_source::{PollerConfig, PollerStats, ScheduleStats, queue_depth, spawn_poller, spawn_schedule};
 use crate::front::FrontDoor;
+use crate::load::{ProviderLoad, sample_depth, sparkline};
 use crate::functions::{Emulator, FunctionProcess};
 use crate::localstack::OwnedLocalStack;
 use crate::stack::{Stack, deploy, unique_name};
@@ -45,6 +46,12 @@ pub enum Scenario {
         /// How long.
         window: Duration,
     },
+    /// Every payment at once, against a provider that serves `provider_limit` requests per
+    /// second (429 beyond) for the whole run; the processor is paced at 90 % of it.
+    Spike {
+        /// The provider's rate limit.
+        provider_limit: u32,
+    },
 }
 
 impl Scenario {
@@ -54,12 +61,13 @@ impl Scenario {
             Self::Faults => "faults",
             Self::Outage { .. } => "outage",
             Self::Brownout { .. } => "brownout",
+            Self::Spike { .. } => "spike",
         }
     }
 
     fn window(&self) -> Option<Duration> {
         match self {
-            Self::Faults => None,
+            Self::Faults | Self::Spike { .. } => None,
             Self::Outage { window } | Self::Brownout { window } => Some(*window),
         }
     }
@@ -67,7 +75,7 @@ impl Scenario {
     /// The simulator's configuration during the incident.
     fn incident_config(&self, normal: &SimConfig) -> SimConfig {
         let rates = match self {
-            Self::Faults => normal.rates,
+            Self::Faults | Self::Spike { .. } => normal.rates,
             Self::Outage { .. } => {
                 provider_simulator::FaultRates { unavailable: 0.5, timeout: 0.5, ..Default::default() }
             }
@@ -121,6 +129,10 @@ pub struct PipelineOptions {
     pub kill_processor: bool,
     /// Print progress lines.
     pub progress: bool,
+    /// `PROVIDER_RATE_LIMIT` for the processor (`None`: unpaced).
+    pub provider_rate_limit: Option<f64>,
+    /// Clients submitting at once.
+    pub clients: usize,
 }
 
 impl Default for PipelineOptions {
@@ -149,6 +161,8 @@ impl Default for PipelineOptions {
             settle_timeout: Duration::from_secs(240),
             kill_processor: false,
             progress: true,
+            provider_rate_limit: None,
+            clients: 8,
         }
     }
 }
@@ -230,6 +244,12 @@ pub struct Reconciliation {
     pub recovered: BTreeMap<String, f64>,
     /// Payments left as abandoned acceptances (an intake that died after its claim).
     pub abandoned: usize,
+    /// p50 / p99 time to an intake answer (ms), every request counted.
+    pub intake_latency_p50_p99: (Option<f64>, Option<f64>),
+    /// The payments queue's depth once a second, from the first request to settled.
+    pub queue_depth: Vec<u64>,
+    /// The provider's limit, the processor's pace, and the peaks the provider saw.
+    pub provider_load: ProviderLoad,
     /// Broken invariants: empty on a good run.
     pub violations: Vec<String>,
 }
@@ -270,6 +290,19 @@ impl Reconciliation {
                     self.latency_p50_p99.1.unwrap_or(f64::NAN)
                 ),
             ),
+            (
+                "intake latency p50 / p99 (ms)".to_owned(),
+                format!(
+                    "{:.1} / {:.1}",
+                    self.intake_latency_p50_p99.0.unwrap_or(f64::NAN),
+                    self.intake_latency_p50_p99.1.unwrap_or(f64::NAN)
+                ),
+            ),
+            (
+                format!("queue depth, 1 sample/s (max {})", self.queue_depth.iter().max().copied().unwrap_or(0)),
+                sparkline(&self.queue_depth, 60),
+            ),
+            ("provider peak request rate".to_owned(), self.provider_load.describe()),
             ("processor killed mid-batch".to_owned(), if self.killed { "yes" } else { "no" }.to_owned()),
             ("invocations interrupted".to_owned(), self.interrupted_invocations.to_string()),
             ("settled in".to_owned(), format!("{:.1} s", self.settle_time.as_secs_f64())),
@@ -471,6 +504,8 @@ pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> 
                 ("BREAKER_OPEN_MAX_SECONDS", "20".into()),
                 ("BREAKER_CACHE_SECONDS", "2".into()),
                 ("BREAKER_HALF_OPEN_WAIT_MS", "1000".into()),
+                // Unset (empty) unless the run paces the processor.
+                ("PROVIDER_RATE_LIMIT", options.provider_rate_limit.map_or(String::new(), |r| r.to_string())),
             ]),
         ),
         (
@@ -555,6 +590,9 @@ async fn drive(running: &Running, options: &PipelineOptions) -> Result<Reconcili
     let started = Instant::now();
     say(options, &format!("submitting {} payments through {}", plan.payments.len(), running.intake_url()));
     send_poison(running, &plan).await?;
+    let sampling = Arc::new(AtomicBool::new(false));
+    let sqs = aws_sdk_sqs::Client::new(&running.sdk);
+    let depth = sample_depth(sqs, running.stack.queue_url().to_owned(), sampling.clone());
     let incident_over = AtomicBool::new(false);
     let (incident, settled) = tokio::join!(play_incident(running, options, &incident_over), async {
         let mut submission = submit_and_kill(running, options, &plan).await;
@@ -563,6 +601,8 @@ async fn drive(running: &Running, options: &PipelineOptions) -> Result<Reconcili
         let statuses = settle(running, options, &submission, started, &incident_over).await?;
         Ok::<_, PipelineError>((submission, statuses, Instant::now()))
     });
+    sampling.store(true, Relaxed);
+    let queue_depth = depth.await.unwrap_or_default();
     let (submission, statuses, settled_at) = settled?;
     let incident = incident?.map(|timeline| IncidentFigures {
         recovery_to_settled: settled_at.saturating_duration_since(timeline.recovered),
@@ -571,7 +611,10 @@ async fn drive(running: &Running, options: &PipelineOptions) -> Result<Reconcili
     // Let the last EMF lines reach the logs.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut r = reconcile(running, options, &plan, &submission, statuses, settled_at - started).await?;
+    r.queue_depth = queue_depth;
     judge_incident(&mut r, options, incident);
+    let violations = r.provider_load.judge(r.accepted, r.settle_time);
+    r.violations.extend(violations);
     Ok(r)
 }
 
@@ -622,7 +665,7 @@ async fn send_poison(running: &Running, plan: &Plan) -> Result<(), PipelineError
 /// middle of a batch meanwhile and starts it again.
 async fn submit_and_kill(running: &Running, options: &PipelineOptions, plan: &Plan) -> Submission {
     let intake_url = running.intake_url();
-    let submission = submit(plan, &intake_url, 8);
+    let submission = submit(plan, &intake_url, options.clients);
     if !options.kill_processor {
         return submission.await;
     }
@@ -721,7 +764,8 @@ fn say(options: &PipelineOptions, line: &str) {
 }
 
 /// Polls until both queues are empty, every accepted payment is in a terminal state, and the
-/// incident (if any) is `over`.
+/// incident (if any) is `over`. Statuses are read only while the queues are empty: in a large run
+/// a sweep of every payment each second would be most of LocalStack's load.
 async fn settle(
     running: &Running,
     options: &PipelineOptions,
@@ -729,23 +773,9 @@ async fn settle(
     started: Instant,
     over: &AtomicBool,
 ) -> Result<BTreeMap<(String, String), String>, PipelineError> {
-    let client = reqwest::Client::new();
     let sqs = aws_sdk_sqs::Client::new(&running.sdk);
     let mut statuses: BTreeMap<(String, String), String> = BTreeMap::new();
     loop {
-        for (scope, key) in submission.accepted.keys() {
-            let known = statuses.get(&(scope.clone(), key.clone()));
-            if matches!(known.map(String::as_str), Some("SUCCEEDED" | "FAILED")) {
-                continue;
-            }
-            let url = format!("{}/{key}", running.intake_url());
-            if let Ok(response) = client.get(url).header("X-Local-Scope", scope).send().await
-                && let Ok(view) = response.json::<serde_json::Value>().await
-                && let Some(status) = view["status"].as_str()
-            {
-                statuses.insert((scope.clone(), key.clone()), status.to_owned());
-            }
-        }
         // A depth that cannot be read counts as not settled yet.
         let depth = match (
             queue_depth(&sqs, running.stack.queue_url()).await,
@@ -754,17 +784,21 @@ async fn settle(
             (Ok(queued), Ok(dead)) => queued + dead,
             _ => u64::MAX,
         };
+        if depth == 0 {
+            read_statuses(running, submission, &mut statuses).await;
+        }
         let terminal =
             statuses.values().filter(|s| matches!(s.as_str(), "SUCCEEDED" | "FAILED" | "DEAD_LETTERED")).count();
+        let provider = running.ledger_summary().await.unwrap_or_default();
         say(
             options,
             &format!(
-                "t+{:>5.1}s  terminal {terminal}/{}  queued {depth}  batches {}  retried {}  charges {}",
+                "t+{:>5.1}s  queued {depth}  batches {}  retried {}  charges {}  terminal {terminal}/{}",
                 started.elapsed().as_secs_f64(),
-                submission.accepted.len(),
                 running.payments_poller.batches.load(Relaxed),
                 running.payments_poller.failed.load(Relaxed),
-                running.simulator_charges().await,
+                provider.charge_count,
+                submission.accepted.len(),
             ),
         );
         if depth == 0 && terminal == submission.accepted.len() && over.load(Relaxed) {
@@ -780,9 +814,44 @@ async fn settle(
     }
 }
 
+/// Reads the status of every accepted payment not yet known to be final (16 at a time).
+async fn read_statuses(
+    running: &Running,
+    submission: &Submission,
+    statuses: &mut BTreeMap<(String, String), String>,
+) {
+    use futures::StreamExt;
+    let client = reqwest::Client::new();
+    let unsettled: Vec<(String, String)> = submission
+        .accepted
+        .keys()
+        .filter(|id| !matches!(statuses.get(*id).map(String::as_str), Some("SUCCEEDED" | "FAILED")))
+        .cloned()
+        .collect();
+    let reads = unsettled.into_iter().map(|(scope, key)| {
+        let (client, url) = (client.clone(), format!("{}/{key}", running.intake_url()));
+        async move {
+            let response = client.get(url).header("X-Local-Scope", &scope).send().await.ok()?;
+            let view = response.json::<serde_json::Value>().await.ok()?;
+            Some(((scope, key), view["status"].as_str()?.to_owned()))
+        }
+    });
+    let read: Vec<_> = futures::stream::iter(reads).buffer_unordered(16).collect().await;
+    statuses.extend(read.into_iter().flatten());
+}
+
 impl Running {
     async fn ledger(&self) -> Result<LedgerSnapshot, PipelineError> {
-        let response = reqwest::get(format!("{}/ledger", self.simulator.base_url()))
+        self.read_ledger("").await
+    }
+
+    /// The provider's counts without its charges, cheap to poll.
+    async fn ledger_summary(&self) -> Result<LedgerSnapshot, PipelineError> {
+        self.read_ledger("?summary").await
+    }
+
+    async fn read_ledger(&self, query: &str) -> Result<LedgerSnapshot, PipelineError> {
+        let response = reqwest::get(format!("{}/ledger{query}", self.simulator.base_url()))
             .await
             .map_err(|e| PipelineError::Other(e.to_string()))?;
         response.json().await.map_err(|e| PipelineError::Other(e.to_string()))
@@ -797,9 +866,6 @@ impl Running {
         }
     }
 
-    async fn simulator_charges(&self) -> usize {
-        self.ledger().await.map(|l| l.charges.len()).unwrap_or(0)
-    }
 }
 
 /// Checks the invariants and gathers the numbers.
@@ -833,6 +899,12 @@ async fn reconcile(
             m.percentile("processor", "ProcessingLatency", 99.0),
         ),
         killed: options.kill_processor,
+        intake_latency_p50_p99: (submission.latency_percentile(50.0), submission.latency_percentile(99.0)),
+        provider_load: ProviderLoad {
+            limit: Some(options.simulator.capacity.rate_per_s).filter(|l| *l > 0),
+            paced_at: options.provider_rate_limit,
+            seen: ledger.capacity.clone(),
+        },
         interrupted_invocations: running.payments_poller.invoke_errors.load(Relaxed),
         settle_time,
         scenario: options.scenario.name(),

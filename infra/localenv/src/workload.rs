@@ -166,9 +166,33 @@ pub struct Submission {
     pub replays: u64,
     /// Requests that failed to get any answer.
     pub transport_errors: u64,
+    /// How long each answer took, milliseconds (every request, 503s and retries included).
+    pub latencies_ms: Vec<f64>,
 }
 
+impl Submission {
+    /// The `p`th percentile of the intake's answer times, milliseconds.
+    pub fn latency_percentile(&self, p: f64) -> Option<f64> {
+        percentile(&self.latencies_ms, p)
+    }
+}
+
+/// The `p`th percentile (nearest rank) of `values`.
+pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// How often a client comes back after a 503 before it gives the payment up.
+const MAX_503_RETRIES: u32 = 30;
+
 /// Submits the plan through the intake at `intake_url` (`…/payments`), `parallelism` at a time.
+/// A client answered 503 comes back after its `Retry-After`, as a well-behaved client does.
 pub async fn submit(plan: &Plan, intake_url: &str, parallelism: usize) -> Submission {
     use futures::StreamExt;
     let client = reqwest::Client::new();
@@ -176,26 +200,35 @@ pub async fn submit(plan: &Plan, intake_url: &str, parallelism: usize) -> Submis
     let post = |payment: PlannedPayment, body: Value| {
         let (client, result, url) = (client.clone(), result.clone(), intake_url.to_owned());
         async move {
-            let response = client
-                .post(&url)
-                .header("Idempotency-Key", &payment.key)
-                .header("X-Local-Scope", &payment.scope)
-                .json(&body)
-                .send()
-                .await;
-            let mut result = result.lock().await;
-            match response {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    *result.statuses.entry(status).or_default() += 1;
-                    if response.headers().contains_key("idempotent-replayed") {
-                        result.replays += 1;
-                    }
-                    if status == 202 {
-                        result.accepted.insert((payment.scope.clone(), payment.key.clone()), payment.amount());
-                    }
+            for _ in 0..=MAX_503_RETRIES {
+                let started = std::time::Instant::now();
+                let response = client
+                    .post(&url)
+                    .header("Idempotency-Key", &payment.key)
+                    .header("X-Local-Scope", &payment.scope)
+                    .json(&body)
+                    .send()
+                    .await;
+                let mut result = result.lock().await;
+                result.latencies_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+                let Ok(response) = response else {
+                    result.transport_errors += 1;
+                    return;
+                };
+                let status = response.status().as_u16();
+                *result.statuses.entry(status).or_default() += 1;
+                if response.headers().contains_key("idempotent-replayed") {
+                    result.replays += 1;
                 }
-                Err(_) => result.transport_errors += 1,
+                if status == 202 {
+                    result.accepted.insert((payment.scope.clone(), payment.key.clone()), payment.amount());
+                }
+                if status != 503 {
+                    return;
+                }
+                drop(result);
+                let wait = response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok());
+                tokio::time::sleep(std::time::Duration::from_secs(wait.unwrap_or(1))).await;
             }
         }
     };

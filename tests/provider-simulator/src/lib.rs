@@ -3,7 +3,8 @@
 //! - `POST /v1/charges` honours `Idempotency-Key`: the same key and body return the first
 //!   response (marked `Idempotent-Replayed: true`) and never charge twice; the same key with a
 //!   different body is refused with 422; a request while the first is still running gets 409.
-//! - `GET /ledger` lists every charge made, and counts requests, replays and injected faults.
+//! - `GET /ledger` lists every charge made, and counts requests, replays and injected faults
+//!   (`GET /ledger?summary`: the counts alone, cheap to poll during a large run).
 //! - Faults are injected per request or by rate, deterministically under a seed: latency,
 //!   500/503, 429, connection reset, and commit-then-timeout (charge, then answer only after the
 //!   client has given up).

@@ -139,14 +139,17 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Answer {
     };
     let api = matches!(parts.method, Method::POST | Method::GET) && parts.uri.path() == "/v1/charges";
     let _served = match api.then(|| Served::admit(&shared)) {
-        Some(Err(too_many)) => return Ok(too_many),
+        Some(Err(too_many)) => return Ok(*too_many),
         admitted => admitted,
     };
     Ok(match (parts.method.clone(), parts.uri.path()) {
         (Method::POST, "/v1/charges") => return charge(&shared, &parts.headers, &body).await,
         (Method::GET, "/v1/charges") => return lookup(&shared, parts.uri.query().unwrap_or("")).await,
         (Method::GET, "/ledger") => {
-            json(StatusCode::OK, &serde_json::to_value(shared.state().snapshot()).unwrap_or_default())
+            let state = shared.state();
+            let summary = parts.uri.query() == Some("summary");
+            let snapshot = if summary { state.summary() } else { state.snapshot() };
+            json(StatusCode::OK, &serde_json::to_value(snapshot).unwrap_or_default())
         }
         (Method::GET, "/health") => json(StatusCode::OK, &serde_json::json!({"ok": true})),
         (Method::GET, "/_sim/config") => {
@@ -177,7 +180,7 @@ struct Served<'a>(&'a Shared);
 
 impl<'a> Served<'a> {
     /// Admits the request, or answers 429 with `Retry-After` (nothing charged, no fault drawn).
-    fn admit(shared: &'a Shared) -> Result<Self, Response<Full<Bytes>>> {
+    fn admit(shared: &'a Shared) -> Result<Self, Box<Response<Full<Bytes>>>> {
         let capacity = shared.config().capacity;
         match shared.state().gate.arrive(std::time::Instant::now(), capacity) {
             Ok(()) => Ok(Self(shared)),
@@ -186,7 +189,7 @@ impl<'a> Served<'a> {
                     error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "rate_limited", "over capacity");
                 let seconds = http::HeaderValue::from(throttled.retry_after_s);
                 response.headers_mut().insert("retry-after", seconds);
-                Err(response)
+                Err(Box::new(response))
             }
         }
     }

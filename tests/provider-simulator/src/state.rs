@@ -42,6 +42,9 @@ pub struct LedgerSnapshot {
     /// Lookups received (`GET /v1/charges?…`).
     #[serde(default)]
     pub lookups: u64,
+    /// Charges made (the length of `charges`, which `GET /ledger?summary` leaves empty).
+    #[serde(default)]
+    pub charge_count: u64,
     /// What the capacity limits saw (throttled requests are in neither `requests` nor `lookups`).
     #[serde(default)]
     pub capacity: CapacityStats,
@@ -92,7 +95,28 @@ impl State {
 
     /// The ledger with the capacity figures as they are now.
     pub fn snapshot(&self) -> LedgerSnapshot {
-        LedgerSnapshot { capacity: self.gate.stats.clone(), ..self.ledger.clone() }
+        LedgerSnapshot {
+            capacity: self.gate.stats.clone(),
+            charge_count: self.ledger.charges.len() as u64,
+            ..self.ledger.clone()
+        }
+    }
+
+    /// The counts alone, without the charges and the per-key counts: cheap to poll in a large run.
+    pub fn summary(&self) -> LedgerSnapshot {
+        let ledger = &self.ledger;
+        LedgerSnapshot {
+            charges: Vec::new(),
+            requests: ledger.requests,
+            replays: ledger.replays,
+            key_reuses: ledger.key_reuses,
+            declines: ledger.declines,
+            requests_by_key: BTreeMap::new(),
+            faults: ledger.faults.clone(),
+            lookups: ledger.lookups,
+            charge_count: ledger.charges.len() as u64,
+            capacity: self.gate.stats.clone(),
+        }
     }
 
     /// Counts an injected fault.

@@ -155,6 +155,9 @@ async fn a_capacity_set_at_runtime_refuses_the_excess_with_429_and_retry_after_a
     assert_eq!(ledger.capacity.peak_admitted_per_s, 4);
     assert_eq!(ledger.capacity.peak_offered_per_s, 10);
     assert_eq!(ledger.capacity.throttled_by_rate, 6);
+    let summary: LedgerSnapshot =
+        client.get(format!("{}/ledger?summary", sim.base_url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!((summary.charge_count, summary.charges.len(), summary.capacity.peak_offered_per_s), (4, 0, 10));
 
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     assert_eq!(post(&client, &sim.base_url(), "cap-0", &charge(100, json!({}))).await.unwrap().0, 200, "room again");
