@@ -100,7 +100,13 @@ fn demo_options(args: &DemoArgs) -> Result<PipelineOptions, String> {
     };
     let incident = matches!(scenario, Scenario::Outage { .. } | Scenario::Brownout { .. });
     let spike = args.scenario == ScenarioArg::Spike;
-    let payments = args.payments.unwrap_or(if spike { 2_000 } else if incident { 200 } else { 150 });
+    let payments = args.payments.unwrap_or(if spike {
+        2_000
+    } else if incident {
+        200
+    } else {
+        150
+    });
     let default_timeout = if spike {
         2 * payments as u64 / u64::from(args.provider_limit.max(1)) + 120
     } else {

@@ -10,17 +10,22 @@ use provider_simulator::CapacityStats;
 use crate::event_source::queue_depth;
 
 /// The payments queue's depth (visible plus in flight), once a second, for as long as the run
-/// goes on: how the queue absorbed the load.
+/// goes on: how the queue absorbed the load. With `progress`, says the depth every 10 s (the
+/// only sign of life while a large workload is still being submitted).
 pub fn sample_depth(
     sqs: aws_sdk_sqs::Client,
     queue_url: String,
     stop: Arc<AtomicBool>,
+    progress: bool,
 ) -> tokio::task::JoinHandle<Vec<u64>> {
     tokio::spawn(async move {
-        let mut samples = Vec::new();
+        let (mut samples, started) = (Vec::new(), std::time::Instant::now());
         while !stop.load(Relaxed) {
             if let Ok(depth) = queue_depth(&sqs, &queue_url).await {
                 samples.push(depth);
+                if progress && samples.len() % 10 == 0 {
+                    eprintln!("[pipeline] t+{:>5.1}s  queued {depth}", started.elapsed().as_secs_f64());
+                }
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -116,7 +121,8 @@ mod tests {
         let load = ProviderLoad { limit: Some(4), paced_at: Some(3.6), seen };
         assert!(load.judge(2_000, Duration::from_secs(600)).is_empty());
         assert_eq!(load.judge(2_000, Duration::from_secs(626)).len(), 1, "1.25 × 500 s = 625 s");
-        let hammered = ProviderLoad { seen: CapacityStats { peak_offered_per_s: 5, ..CapacityStats::default() }, ..load };
+        let hammered =
+            ProviderLoad { seen: CapacityStats { peak_offered_per_s: 5, ..CapacityStats::default() }, ..load };
         assert_eq!(hammered.judge(2_000, Duration::from_secs(1)).len(), 1, "5 > 4.4");
         let unlimited = ProviderLoad { limit: None, ..hammered };
         assert!(unlimited.judge(2_000, Duration::from_secs(10_000)).is_empty());

@@ -23,8 +23,8 @@ use crate::cache_dir;
 use crate::emf_log::MetricTotals;
 use crate::event_source::{PollerConfig, PollerStats, ScheduleStats, queue_depth, spawn_poller, spawn_schedule};
 use crate::front::FrontDoor;
-use crate::load::{ProviderLoad, sample_depth, sparkline};
 use crate::functions::{Emulator, FunctionProcess};
+use crate::load::{ProviderLoad, sample_depth, sparkline};
 use crate::localstack::OwnedLocalStack;
 use crate::stack::{Stack, deploy, unique_name};
 use crate::workload::{Plan, Submission, WorkloadSpec, plan, submit};
@@ -226,8 +226,10 @@ pub struct Reconciliation {
     /// Processor invocations that never answered (the killed one): their messages came back
     /// after the visibility timeout.
     pub interrupted_invocations: u64,
-    /// Wall time from first request to settled.
+    /// Wall time from first request to settled (every status read back).
     pub settle_time: Duration,
+    /// Wall time from first request to both queues empty for good (every message handled).
+    pub drain_time: Duration,
     /// Which scenario ran.
     pub scenario: &'static str,
     /// What the incident did, when there was one.
@@ -250,6 +252,10 @@ pub struct Reconciliation {
     pub queue_depth: Vec<u64>,
     /// The provider's limit, the processor's pace, and the peaks the provider saw.
     pub provider_load: ProviderLoad,
+    /// Provider keys charged more than once (a violation each).
+    pub double_charges: usize,
+    /// Accepted payments that ended in no terminal state, or in one their charges contradict.
+    pub lost: usize,
     /// Broken invariants: empty on a good run.
     pub violations: Vec<String>,
 }
@@ -282,6 +288,7 @@ impl Reconciliation {
             ),
             ("provider charges".to_owned(), self.provider_charges.to_string()),
             ("open failure records".to_owned(), self.open_failure_records.to_string()),
+            ("charged twice / lost".to_owned(), format!("{} / {}", self.double_charges, self.lost)),
             (
                 "processing latency p50 / p99 (ms)".to_owned(),
                 format!(
@@ -305,7 +312,8 @@ impl Reconciliation {
             ("provider peak request rate".to_owned(), self.provider_load.describe()),
             ("processor killed mid-batch".to_owned(), if self.killed { "yes" } else { "no" }.to_owned()),
             ("invocations interrupted".to_owned(), self.interrupted_invocations.to_string()),
-            ("settled in".to_owned(), format!("{:.1} s", self.settle_time.as_secs_f64())),
+            ("drained in (queues empty)".to_owned(), format!("{:.1} s", self.drain_time.as_secs_f64())),
+            ("settled in (statuses read back)".to_owned(), format!("{:.1} s", self.settle_time.as_secs_f64())),
         ];
         let list = |m: &BTreeMap<String, f64>| m.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(" ");
         rows.push(("failure reasons (retried and permanent)".to_owned(), list(&self.retry_reasons)));
@@ -592,18 +600,18 @@ async fn drive(running: &Running, options: &PipelineOptions) -> Result<Reconcili
     send_poison(running, &plan).await?;
     let sampling = Arc::new(AtomicBool::new(false));
     let sqs = aws_sdk_sqs::Client::new(&running.sdk);
-    let depth = sample_depth(sqs, running.stack.queue_url().to_owned(), sampling.clone());
+    let depth = sample_depth(sqs, running.stack.queue_url().to_owned(), sampling.clone(), options.progress);
     let incident_over = AtomicBool::new(false);
     let (incident, settled) = tokio::join!(play_incident(running, options, &incident_over), async {
         let mut submission = submit_and_kill(running, options, &plan).await;
         abandon_acceptances(running, &plan, &mut submission).await?;
         say(options, &format!("intake answered {:?}; waiting for the system to settle", submission.statuses));
-        let statuses = settle(running, options, &submission, started, &incident_over).await?;
-        Ok::<_, PipelineError>((submission, statuses, Instant::now()))
+        let (statuses, drained_at) = settle(running, options, &submission, started, &incident_over).await?;
+        Ok::<_, PipelineError>((submission, statuses, drained_at, Instant::now()))
     });
     sampling.store(true, Relaxed);
     let queue_depth = depth.await.unwrap_or_default();
-    let (submission, statuses, settled_at) = settled?;
+    let (submission, statuses, drained_at, settled_at) = settled?;
     let incident = incident?.map(|timeline| IncidentFigures {
         recovery_to_settled: settled_at.saturating_duration_since(timeline.recovered),
         ..timeline.figures
@@ -612,8 +620,9 @@ async fn drive(running: &Running, options: &PipelineOptions) -> Result<Reconcili
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut r = reconcile(running, options, &plan, &submission, statuses, settled_at - started).await?;
     r.queue_depth = queue_depth;
+    r.drain_time = drained_at - started;
     judge_incident(&mut r, options, incident);
-    let violations = r.provider_load.judge(r.accepted, r.settle_time);
+    let violations = r.provider_load.judge(r.accepted, r.drain_time);
     r.violations.extend(violations);
     Ok(r)
 }
@@ -765,18 +774,21 @@ fn say(options: &PipelineOptions, line: &str) {
 
 /// Polls until both queues are empty, every accepted payment is in a terminal state, and the
 /// incident (if any) is `over`. Statuses are read only while the queues are empty: in a large run
-/// a sweep of every payment each second would be most of LocalStack's load.
+/// a sweep of every payment each second would be most of LocalStack's load. Returns the statuses
+/// and when the queues were found empty for good (a sweep of thousands takes a while).
 async fn settle(
     running: &Running,
     options: &PipelineOptions,
     submission: &Submission,
     started: Instant,
     over: &AtomicBool,
-) -> Result<BTreeMap<(String, String), String>, PipelineError> {
+) -> Result<(BTreeMap<(String, String), String>, Instant), PipelineError> {
     let sqs = aws_sdk_sqs::Client::new(&running.sdk);
     let mut statuses: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut drained_at = None;
     loop {
         // A depth that cannot be read counts as not settled yet.
+        let read_at = Instant::now();
         let depth = match (
             queue_depth(&sqs, running.stack.queue_url()).await,
             queue_depth(&sqs, running.stack.dlq_url()).await,
@@ -784,6 +796,7 @@ async fn settle(
             (Ok(queued), Ok(dead)) => queued + dead,
             _ => u64::MAX,
         };
+        drained_at = if depth == 0 { drained_at.or(Some(read_at)) } else { None };
         if depth == 0 {
             read_statuses(running, submission, &mut statuses).await;
         }
@@ -802,7 +815,7 @@ async fn settle(
             ),
         );
         if depth == 0 && terminal == submission.accepted.len() && over.load(Relaxed) {
-            return Ok(statuses);
+            return Ok((statuses, drained_at.unwrap_or(read_at)));
         }
         if started.elapsed() > options.settle_timeout {
             return Err(PipelineError::NotSettled(
@@ -815,11 +828,7 @@ async fn settle(
 }
 
 /// Reads the status of every accepted payment not yet known to be final (16 at a time).
-async fn read_statuses(
-    running: &Running,
-    submission: &Submission,
-    statuses: &mut BTreeMap<(String, String), String>,
-) {
+async fn read_statuses(running: &Running, submission: &Submission, statuses: &mut BTreeMap<(String, String), String>) {
     use futures::StreamExt;
     let client = reqwest::Client::new();
     let unsettled: Vec<(String, String)> = submission
@@ -865,7 +874,6 @@ impl Running {
             other => Err(PipelineError::Other(format!("simulator config refused: {other:?}"))),
         }
     }
-
 }
 
 /// Checks the invariants and gathers the numbers.
@@ -948,6 +956,7 @@ async fn reconcile(
     }
     for (key, n) in &per_key {
         if *n > 1 {
+            r.double_charges += 1;
             r.violations.push(format!("provider key {key} charged {n} times"));
         }
     }
@@ -961,11 +970,13 @@ async fn reconcile(
         match status {
             "SUCCEEDED" => {
                 if charges.len() != 1 || charges[0].amount != *amount {
+                    r.lost += 1;
                     r.violations.push(format!("{scope}/{key} SUCCEEDED with {} charges", charges.len()));
                 }
             }
             "FAILED" | "DEAD_LETTERED" => {
                 if !charges.is_empty() {
+                    r.lost += 1;
                     r.violations.push(format!("{scope}/{key} is {status} but was charged"));
                 }
                 if status == "DEAD_LETTERED"
@@ -978,7 +989,10 @@ async fn reconcile(
                     r.violations.push(format!("{scope}/{key} DEAD_LETTERED without a failure record"));
                 }
             }
-            other => r.violations.push(format!("{scope}/{key} lost: ended {other}")),
+            other => {
+                r.lost += 1;
+                r.violations.push(format!("{scope}/{key} lost: ended {other}"));
+            }
         }
     }
     // Metrics agree with the ledger and the statuses. A SIGKILLed instance loses the metrics of
