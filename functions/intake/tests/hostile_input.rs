@@ -40,7 +40,9 @@ fn captured_logs() -> Captured {
     LOGS.get_or_init(|| {
         let logs = Captured::default();
         let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt().json().with_writer(move || writer.clone()).finish();
+        // The production format: what reaches CloudWatch is what is checked.
+        let layer = payments_core::observability::logging::json_layer("intake", move || writer.clone());
+        let subscriber = tracing_subscriber::layer::SubscriberExt::with(tracing_subscriber::registry(), layer);
         tracing::subscriber::set_global_default(subscriber).expect("the only subscriber of this binary");
         logs
     })

@@ -252,6 +252,8 @@ pub struct Reconciliation {
     pub queue_depth: Vec<u64>,
     /// The provider's limit, the processor's pace, and the peaks the provider saw.
     pub provider_load: ProviderLoad,
+    /// Where the functions' logs of this run are (one file per function).
+    pub log_dir: PathBuf,
     /// Provider keys charged more than once (a violation each).
     pub double_charges: usize,
     /// Accepted payments that ended in no terminal state, or in one their charges contradict.
@@ -907,6 +909,7 @@ async fn reconcile(
             m.percentile("processor", "ProcessingLatency", 99.0),
         ),
         killed: options.kill_processor,
+        log_dir: running.log_dir.clone(),
         intake_latency_p50_p99: (submission.latency_percentile(50.0), submission.latency_percentile(99.0)),
         provider_load: ProviderLoad {
             limit: Some(options.simulator.capacity.rate_per_s).filter(|l| *l > 0),

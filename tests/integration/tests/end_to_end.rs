@@ -40,6 +40,45 @@ fn check(r: &Reconciliation) {
     // for a processor that reads it and then goes to the DLQ.
     assert_eq!(r.poison, 2);
     assert_eq!(r.given_up.get("unsupported_schema_version"), Some(&1.0));
+    check_logs(r);
+}
+
+/// Every log line of every function is one JSON object with its fields at the top level, so the
+/// README's Logs Insights query (`filter idempotency_key = "…"`) finds a payment's lines, in the
+/// intake's log and in the processor's.
+fn check_logs(r: &Reconciliation) {
+    let mut lines_by_function = std::collections::BTreeMap::new();
+    for function in ["intake", "processor", "dlq-consumer", "completer"] {
+        let text = std::fs::read_to_string(r.log_dir.join(format!("{function}.log"))).unwrap();
+        let mut lines = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let json: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{function}: not JSON ({e}): {line}"));
+            if json.get("_aws").is_some() {
+                continue; // An EMF metrics line.
+            }
+            assert_eq!(json["service"], function, "{line}");
+            for field in ["timestamp", "level", "message"] {
+                assert!(json[field].is_string(), "{function}: no top-level {field}: {line}");
+            }
+            assert!(humantime::parse_rfc3339(json["timestamp"].as_str().unwrap()).is_ok(), "{line}");
+            assert!(json.get("fields").is_none(), "{function}: nested fields: {line}");
+            if json["message"] == "record processed" {
+                assert!(json["requestId"].is_string(), "the invocation's request id: {line}");
+            }
+            lines.push(json);
+        }
+        lines_by_function.insert(function, lines);
+    }
+    let charged = lines_by_function["processor"]
+        .iter()
+        .find(|l| l["message"] == "record processed" && l["outcome"] == "charged")
+        .expect("the processor logged a charge");
+    let key = charged["idempotency_key"].as_str().expect("at the top level");
+    for function in ["intake", "processor"] {
+        let found = lines_by_function[function].iter().filter(|l| l["idempotency_key"] == key).count();
+        assert!(found >= 1, "filter idempotency_key = \"{key}\" finds nothing in the {function} log");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
