@@ -51,6 +51,9 @@ fn start_if_needed() -> Result<(), LocalStackError> {
             ("AWS_ACCESS_KEY_ID", "test"),
             ("AWS_SECRET_ACCESS_KEY", "test"),
             ("AWS_REGION", "us-east-1"),
+            // LocalStack under load is slower than DynamoDB: the same longer timeouts as ./dev.
+            ("AWS_SDK_ATTEMPT_TIMEOUT_MS", "5000"),
+            ("AWS_SDK_OPERATION_TIMEOUT_MS", "15000"),
         ] {
             if std::env::var_os(name).is_none() {
                 std::env::set_var(name, value);

@@ -469,7 +469,14 @@ pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> 
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
     .collect();
-    for var in ["AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"] {
+    for var in [
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+        "AWS_SDK_ATTEMPT_TIMEOUT_MS",
+        "AWS_SDK_OPERATION_TIMEOUT_MS",
+    ] {
         if let Ok(value) = std::env::var(var) {
             common.insert(var.to_owned(), value);
         }
