@@ -5,8 +5,9 @@ use lambda_http::http::{HeaderValue, StatusCode};
 use lambda_http::{Body, Response};
 use serde_json::{Value, json};
 
-/// Where the problem types are documented (README, "API").
-pub const TYPE_BASE: &str = "https://github.com/payments-on-lambda/docs/problems#";
+/// Where the problem types are documented: `docs/problems.md` in this repository, one section
+/// per slug (a test checks that every slug has its section).
+pub const TYPE_BASE: &str = "https://github.com/payments-on-lambda/payments-on-lambda/blob/main/docs/problems.md#";
 
 /// Every error the API can answer with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,5 +151,42 @@ impl Problem {
             _ => {}
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One of each problem.
+    pub(crate) fn every_problem() -> Vec<Problem> {
+        vec![
+            Problem::MissingIdempotencyKey,
+            Problem::InvalidIdempotencyKey("x".into()),
+            Problem::InvalidBody { field: "amount".into(), detail: "x".into() },
+            Problem::Unauthenticated,
+            Problem::NotFound("x".into()),
+            Problem::MethodNotAllowed("GET"),
+            Problem::RequestInProgress { retry_after_s: 1 },
+            Problem::BodyTooLarge { limit: 1 },
+            Problem::UnsupportedMediaType,
+            Problem::IdempotencyKeyReused,
+            Problem::ServiceUnavailable { retry_after_s: 1 },
+            Problem::Internal,
+        ]
+    }
+
+    #[test]
+    fn every_problem_type_resolves_to_its_section_of_the_problems_page() {
+        let page = include_str!("../../../docs/problems.md");
+        assert!(TYPE_BASE.ends_with("/docs/problems.md#"), "{TYPE_BASE}");
+        for problem in every_problem() {
+            let heading = format!("\n## {}\n", problem.slug());
+            assert!(page.contains(&heading), "docs/problems.md has no section for {}", problem.slug());
+            let status = format!("**{}.**", problem.status().as_u16());
+            let section = page.split(&heading).nth(1).unwrap_or("");
+            assert!(section.trim_start().starts_with(&status), "{}: the section states {status}", problem.slug());
+        }
+        assert_eq!(page.matches("\n## ").count(), every_problem().len(), "no section without a problem");
     }
 }

@@ -117,7 +117,7 @@ async fn forward(
 /// What API Gateway's throttle would say, as the intake's own problem document.
 fn busy() -> Response<Full<Bytes>> {
     let body = serde_json::json!({
-        "type": "https://github.com/payments-on-lambda/docs/problems#service-unavailable",
+        "type": format!("{}service-unavailable", intake::problem::TYPE_BASE),
         "title": "Temporarily unavailable",
         "status": 503,
         "detail": "Too many requests at once for the local intake; retry in 1 s with the same Idempotency-Key.",

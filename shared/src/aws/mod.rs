@@ -114,8 +114,11 @@ mod tests {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
             Env::from_lookup(move |n| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| (*v).to_owned()))
         };
-        let t = SdkTimeouts::from_env(&env(&[("AWS_SDK_ATTEMPT_TIMEOUT_MS", "2500"), ("AWS_SDK_OPERATION_TIMEOUT_MS", "8000")]))
-            .unwrap();
+        let t = SdkTimeouts::from_env(&env(&[
+            ("AWS_SDK_ATTEMPT_TIMEOUT_MS", "2500"),
+            ("AWS_SDK_OPERATION_TIMEOUT_MS", "8000"),
+        ]))
+        .unwrap();
         assert_eq!((t.attempt, t.operation), (Duration::from_millis(2500), Duration::from_secs(8)));
         assert!(SdkTimeouts::from_env(&env(&[("AWS_SDK_ATTEMPT_TIMEOUT_MS", "9000")])).is_err());
     }

@@ -49,10 +49,8 @@ where
 /// sends it to CloudWatch Logs). Later calls (tests, several handlers in one process) are
 /// no-ops.
 pub fn init_json_logs(service: &str) {
-    let filter = level_filter(
-        std::env::var("AWS_LAMBDA_LOG_LEVEL").ok().as_deref(),
-        std::env::var("RUST_LOG").ok().as_deref(),
-    );
+    let filter =
+        level_filter(std::env::var("AWS_LAMBDA_LOG_LEVEL").ok().as_deref(), std::env::var("RUST_LOG").ok().as_deref());
     let _ = tracing_subscriber::registry().with(filter).with(json_layer(service, std::io::stdout)).try_init();
 }
 
@@ -78,8 +76,7 @@ mod tests {
     fn every_field_is_at_the_top_level_with_a_timestamp_and_the_invocations_ids() {
         let captured = Captured::default();
         let writer = captured.clone();
-        let subscriber =
-            tracing_subscriber::registry().with(json_layer("processor", move || writer.clone()));
+        let subscriber = tracing_subscriber::registry().with(json_layer("processor", move || writer.clone()));
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("Lambda runtime invoke", requestId = "req-1", xrayTraceId = "Root=1-abc");
             let _entered = span.enter();

@@ -1,0 +1,154 @@
+//! The intake's real answers checked against its description, `docs/openapi.json` (OpenAPI 3.1):
+//! every status it answers is documented for its operation, with the documented content type,
+//! a body valid against the documented schema, the required headers present and no undocumented
+//! header among the API's own.
+
+use std::collections::HashMap;
+
+use intake::{Intake, IntakeConfig};
+use lambda_http::{Body, Request, Response};
+use payments_core::config::Env;
+use payments_core::failures::memory::InMemoryFailureStore;
+use payments_core::idempotency::memory::InMemoryStore;
+use payments_core::idempotency::{Idempotency, IdempotencyKey, PayloadHash, Scope};
+use payments_core::observability::MetricsSink;
+use payments_core::payment::envelope::parse_strict;
+use payments_core::payment::queue::InMemoryPaymentQueue;
+use payments_core::payment::{EnqueueError, PaymentRequest, intake_key};
+use serde_json::{Value, json};
+
+const SPEC: &str = include_str!("../../../docs/openapi.json");
+
+/// The headers this API sets itself (the rest belong to HTTP or API Gateway).
+const API_HEADERS: [&str; 5] = ["location", "idempotent-replayed", "retry-after", "allow", "x-correlation-id"];
+
+fn intake(queue: InMemoryPaymentQueue) -> Intake<InMemoryStore, InMemoryFailureStore, InMemoryPaymentQueue> {
+    let vars: HashMap<&str, &str> = [
+        ("IDEMPOTENCY_TABLE", "t"),
+        ("FAILURES_TABLE", "f"),
+        ("PAYMENTS_QUEUE_URL", "q"),
+        ("ALLOW_SCOPE_HEADER", "true"),
+    ]
+    .into();
+    let config = IntakeConfig::from_env(&Env::from_lookup(move |n| vars.get(n).map(|v| (*v).to_owned()))).unwrap();
+    Intake {
+        idempotency: Idempotency::new(InMemoryStore::new(), config.idempotency),
+        failures: InMemoryFailureStore::default(),
+        queue,
+        config,
+        metrics: MetricsSink::new("Test", "intake"),
+    }
+}
+
+fn payment(amount: u64) -> Value {
+    json!({"amount": amount, "currency": "EUR", "payment_method": "pm_card_visa", "merchant_reference": "o-1",
+           "metadata": {"channel": "web"}})
+}
+
+fn request(method: &str, uri: &str, headers: &[(&str, &str)], body: &str) -> Request {
+    let mut builder = lambda_http::http::Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(Body::Text(body.to_owned())).unwrap()
+}
+
+fn post(key: &str, body: &Value) -> Request {
+    let headers = [("idempotency-key", key), ("x-local-scope", "acme"), ("content-type", "application/json")];
+    request("POST", "/payments", &headers, &body.to_string())
+}
+
+fn get(key: &str) -> Request {
+    request("GET", &format!("/payments/{key}"), &[("x-local-scope", "acme")], "")
+}
+
+/// Checks `response` against the spec's `path` / `method`; returns the status.
+fn check(spec: &Value, path: &str, method: &str, response: &Response<Body>) -> u16 {
+    let status = response.status().as_u16();
+    let documented = &spec["paths"][path][method]["responses"][status.to_string()];
+    assert!(documented.is_object(), "{method} {path} answered {status}, which the spec does not document");
+    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media = &documented["content"][content_type];
+    assert!(media.is_object(), "{method} {path} {status}: content type {content_type:?} not documented");
+    let body: Value = match response.body() {
+        Body::Text(text) => serde_json::from_str(text).unwrap(),
+        other => panic!("unexpected body {other:?}"),
+    };
+    // The schema is validated with the whole document as its root, so that `#/components/…`
+    // references resolve.
+    let mut schema = spec.clone();
+    schema["$ref"] = media["schema"]["$ref"].clone();
+    let validator = jsonschema::validator_for(&schema).expect("the spec's schemas compile");
+    let errors: Vec<String> = validator.iter_errors(&body).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "{method} {path} {status}: {body} does not match its schema: {errors:?}");
+    let headers = documented["headers"].as_object().cloned().unwrap_or_default();
+    let header_spec = |name: &str| {
+        headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| {
+            v.get("$ref")
+                .and_then(Value::as_str)
+                .map_or(v.clone(), |r| spec.pointer(&r[1..]).cloned().unwrap_or(Value::Null))
+        })
+    };
+    for name in API_HEADERS {
+        if response.headers().contains_key(name) {
+            assert!(header_spec(name).is_some(), "{method} {path} {status}: header {name} not documented");
+        }
+    }
+    for (name, _) in &headers {
+        if header_spec(name).is_some_and(|h| h["required"] == true) {
+            assert!(response.headers().contains_key(name.to_ascii_lowercase().as_str()), "{status}: {name} missing");
+        }
+    }
+    status
+}
+
+#[tokio::test]
+async fn every_answer_of_the_intake_is_described_by_its_openapi_document() {
+    let spec: Value = serde_json::from_str(SPEC).unwrap();
+    assert_eq!(spec["openapi"], "3.1.0");
+    let queue = InMemoryPaymentQueue::default();
+    let api = intake(queue.clone());
+    let mut seen = Vec::new();
+    let mut expect = |path: &str, method: &str, response: Response<Body>, status: u16| {
+        assert_eq!(check(&spec, path, method, &response), status, "{method} {path}");
+        seen.push((method.to_owned(), status));
+    };
+
+    expect("/payments", "post", api.handle(post("order-1", &payment(1250))).await.unwrap(), 202);
+    let replay = api.handle(post("order-1", &payment(1250))).await.unwrap();
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    expect("/payments", "post", replay, 202);
+    expect("/payments/{key}", "get", api.handle(get("order-1")).await.unwrap(), 200);
+    expect("/payments/{key}", "get", api.handle(get("order-404")).await.unwrap(), 404);
+    expect("/payments/{key}", "get", api.handle(get(&"k".repeat(300))).await.unwrap(), 400);
+    expect("/payments/{key}", "get", api.handle(request("GET", "/payments/order-1", &[], "")).await.unwrap(), 401);
+    let put = request("PUT", "/payments/order-1", &[("x-local-scope", "acme")], "");
+    expect("/payments/{key}", "get", api.handle(put).await.unwrap(), 405);
+
+    let no_key = request("POST", "/payments", &[("x-local-scope", "acme")], &payment(5).to_string());
+    expect("/payments", "post", api.handle(no_key).await.unwrap(), 400);
+    expect("/payments", "post", api.handle(post("order-2", &json!({"amount": -1}))).await.unwrap(), 400);
+    let anonymous = request("POST", "/payments", &[("idempotency-key", "order-3")], &payment(5).to_string());
+    expect("/payments", "post", api.handle(anonymous).await.unwrap(), 401);
+    expect("/payments", "post", api.handle(request("DELETE", "/payments", &[], "")).await.unwrap(), 405);
+    let huge =
+        json!({"amount": 5, "currency": "EUR", "payment_method": "pm_x", "merchant_reference": "x".repeat(70_000)});
+    expect("/payments", "post", api.handle(post("order-4", &huge)).await.unwrap(), 413);
+    let text = [("idempotency-key", "order-5"), ("x-local-scope", "acme"), ("content-type", "text/plain")];
+    expect("/payments", "post", api.handle(request("POST", "/payments", &text, "hello")).await.unwrap(), 415);
+    expect("/payments", "post", api.handle(post("order-1", &payment(999))).await.unwrap(), 422);
+
+    // A first request with this key still being accepted: 409 with Retry-After.
+    let (scope, key) = (Scope::new("acme").unwrap(), IdempotencyKey::new("order-6").unwrap());
+    let same: PaymentRequest = parse_strict(&payment(5).to_string()).unwrap();
+    let hash = PayloadHash::of(&same).unwrap();
+    let until = api.idempotency.now_ms() + 5_000;
+    api.idempotency.claim(&intake_key(&scope, &key), &hash, until).await.unwrap();
+    expect("/payments", "post", api.handle(post("order-6", &payment(5))).await.unwrap(), 409);
+
+    queue.fail_with(Some(EnqueueError { retryable: true, detail: "SQS throttled".into() }));
+    expect("/payments", "post", api.handle(post("order-7", &payment(5))).await.unwrap(), 503);
+
+    let statuses: std::collections::BTreeSet<u16> = seen.iter().map(|(_, s)| *s).collect();
+    assert_eq!(statuses.len(), 11, "every documented answer but 500 exercised: {statuses:?}");
+}
