@@ -169,7 +169,7 @@ cmd_start() {
     export DNS_ADDRESS=0
     export DISABLE_EVENTS=1
     export SKIP_SSL_CERT_DOWNLOAD=1
-    export SERVICES=sqs,dynamodb,cloudwatch,logs,cloudformation,iam,sts,s3,kms
+    export SERVICES=sqs,dynamodb,cloudwatch,logs,cloudformation,iam,sts,s3,kms,secretsmanager
     export EAGER_SERVICE_LOADING=1
     export DYNAMODB_IN_MEMORY=1
     # LocalStack's SAM transform sets AWS_DEFAULT_REGION around each stack creation and unsets it

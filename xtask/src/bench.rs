@@ -239,6 +239,7 @@ pub async fn bench(args: BenchArgs) -> Result<ExitCode, String> {
         ("IDEMPOTENCY_TABLE".into(), stack.idempotency_table().into()),
         ("FAILURES_TABLE".into(), stack.failures_table().into()),
         ("PROVIDER_BASE_URL".into(), sim_url.clone()),
+        ("PROVIDER_ALLOW_HTTP".into(), "true".into()),
         ("DEAD_LETTER_QUEUE_URL".into(), stack.dlq_url().into()),
         ("METRICS_NAMESPACE".into(), "PaymentsBench".into()),
     ];

@@ -205,6 +205,7 @@ fn redriver(
         }
     };
     let config = HttpGatewayConfig {
+        allow_plain_http: is_loopback(&url),
         base_url: url,
         connect_timeout: Duration::from_secs(2),
         total_timeout: Duration::from_secs(10),
@@ -321,4 +322,10 @@ async fn circuit(
         println!("recent failures:  {}", state.failures);
     }
     Ok(())
+}
+
+/// Whether `url` names this machine (`http://127.0.0.1…`, `http://localhost…`).
+fn is_loopback(url: &str) -> bool {
+    let host = url.split("://").nth(1).unwrap_or("").split(['/', ':']).next().unwrap_or("");
+    host == "localhost" || host.starts_with("127.") || url.starts_with("http://[::1]")
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use payments_core::config::{ConfigError, Env};
 use payments_core::idempotency::IdempotencyConfig;
+use payments_core::payment::credentials::ProviderKeyConfig;
 use payments_core::payment::http_gateway::HttpGatewayConfig;
 use payments_core::sqs::{Backoff, BatchConfig};
 
@@ -28,6 +29,8 @@ pub struct DlqConsumerConfig {
     pub provider: HttpGatewayConfig,
     /// Retention of the records it completes (`IDEMPOTENCY_RETENTION_DAYS`).
     pub retention: Duration,
+    /// The provider's API key (`PROVIDER_API_KEY_SECRET`, …).
+    pub provider_key: ProviderKeyConfig,
 }
 
 impl DlqConsumerConfig {
@@ -48,8 +51,10 @@ impl DlqConsumerConfig {
                 base_url: env.url("PROVIDER_BASE_URL")?,
                 connect_timeout: env.millis_or("PROVIDER_CONNECT_TIMEOUT_MS", 2_000)?,
                 total_timeout: env.millis_or("PROVIDER_TIMEOUT_MS", 10_000)?,
+                allow_plain_http: env.parse_or("PROVIDER_ALLOW_HTTP", false)?,
             },
             retention: Duration::from_secs(env.parse_or::<u64>("IDEMPOTENCY_RETENTION_DAYS", 14)? * 24 * 3600),
+            provider_key: ProviderKeyConfig::from_env(env)?,
         })
     }
 

@@ -27,7 +27,7 @@ pub fn build(config: &DlqConsumerConfig, sdk: &aws_config::SdkConfig) -> Result<
     Ok(DlqConsumer {
         resolver: OutcomeResolver::new(
             Idempotency::new(DynamoDbStore::new(dynamodb.clone(), &config.idempotency_table), config.idempotency()),
-            HttpGateway::new(&config.provider)?,
+            HttpGateway::deployed(&config.provider, &config.provider_key, sdk)?,
         ),
         failures: DynamoDbFailureStore::new(dynamodb, &config.failures_table),
         runner: BatchRunner::new(config.batch, SqsVisibility::new(aws_sdk_sqs::Client::new(sdk))),

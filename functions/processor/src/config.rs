@@ -6,6 +6,7 @@ use payments_core::breaker::{BreakerConfig, BreakerPolicy};
 use payments_core::config::{ConfigError, Env};
 use payments_core::idempotency::IdempotencyConfig;
 use payments_core::pacing::InstanceRate;
+use payments_core::payment::credentials::ProviderKeyConfig;
 use payments_core::payment::http_gateway::HttpGatewayConfig;
 use payments_core::sqs::{Backoff, BatchConfig, RetryBudget};
 
@@ -37,6 +38,9 @@ pub struct ProcessorConfig {
     /// second for the fleet, divided by `PROVIDER_RATE_SHARES`, the instances that may run at
     /// once); `None` when no limit is set.
     pub provider_rate: Option<InstanceRate>,
+    /// The provider's API key (`PROVIDER_API_KEY_SECRET`, `PROVIDER_KEY_MAX_AGE_SECONDS`,
+    /// `PROVIDER_KEY_MIN_REFRESH_SECONDS`).
+    pub provider_key: ProviderKeyConfig,
 }
 
 impl ProcessorConfig {
@@ -48,6 +52,7 @@ impl ProcessorConfig {
             base_url: env.url("PROVIDER_BASE_URL")?,
             connect_timeout: env.millis_or("PROVIDER_CONNECT_TIMEOUT_MS", 2_000)?,
             total_timeout: env.millis_or("PROVIDER_TIMEOUT_MS", 10_000)?,
+            allow_plain_http: env.parse_or("PROVIDER_ALLOW_HTTP", false)?,
         };
         let margin = env.millis_or("LEASE_MARGIN_MS", 2_000)?;
         let idempotency = IdempotencyConfig {
@@ -89,6 +94,7 @@ impl ProcessorConfig {
             batch: BatchConfig { concurrency, start_margin: needed },
             metrics_namespace: env.string_or("METRICS_NAMESPACE", "PaymentsPipeline"),
             provider_rate: provider_rate(env)?,
+            provider_key: ProviderKeyConfig::from_env(env)?,
         })
     }
 }

@@ -19,6 +19,7 @@ use payments_core::idempotency::{
 };
 use payments_core::observability::{Metrics, MetricsSink, Unit};
 use payments_core::pacing::{Pacer, Reservation};
+use payments_core::payment::http_gateway::PROVIDER_UNAUTHORIZED;
 use payments_core::payment::{
     Charge, ChargeLookup, ChargeRequest, ChargeResult, EnvelopeError, GatewayError, KeyHint, Lookup, PaymentGateway,
     PaymentMessage, RetryableKind, process_key, provider_idempotency_key,
@@ -423,12 +424,13 @@ impl<A: Adapters> Processor<A> {
         let circuit = self.breaker.cached();
         // Only a failure that speaks of the provider's health (not a 409 for this one key) is
         // the provider's to blame.
-        let provider_down = !matches!(kind, RetryableKind::InFlight)
+        let provider_down = !matches!(kind, RetryableKind::InFlight | RetryableKind::CredentialsUnavailable)
             && (matches!(attempt.permit, Permit::Probe(_))
                 || circuit.as_ref().is_some_and(|s| s.phase(self.clock.now_ms()) != Phase::Closed));
-        // A 429 says the provider had no room, not that this payment failed: it costs no attempt,
-        // so a wave of them cannot dead-letter anything (the payment's age still bounds it).
-        let throttled = matches!(kind, RetryableKind::RateLimited { .. });
+        // A 429 says the provider had no room, not that this payment failed, and an unreadable
+        // key store sent nothing at all: neither costs an attempt, so a wave of them cannot
+        // dead-letter anything (the payment's age still bounds it).
+        let throttled = matches!(kind, RetryableKind::RateLimited { .. } | RetryableKind::CredentialsUnavailable);
         let spent = lease.attempt - u32::from(provider_down || throttled);
         let wait = match circuit.filter(|_| provider_down) {
             Some(state) => self.breaker_wait(state.open_until_ms, state.phase(self.clock.now_ms())),
@@ -654,11 +656,14 @@ fn charge_request(message: &PaymentMessage) -> ChargeRequest {
 
 /// What a provider answer says about the provider's health: any answer about the payment
 /// (a charge, a decline, a rejection) means it is up; 5xx, 429, timeouts, connection errors and
-/// unreadable answers mean it may be down; a 409 for one key in flight says nothing.
+/// unreadable answers mean it may be down; a 409 for one key in flight, or a call never sent for
+/// want of the key, says nothing.
 pub fn provider_health(charged: &Result<Charge, GatewayError>) -> Option<CallHealth> {
     match charged {
         Ok(_) | Err(GatewayError::Declined { .. } | GatewayError::Rejected { .. }) => Some(CallHealth::Healthy),
-        Err(GatewayError::Retryable { kind: RetryableKind::InFlight, .. }) => None,
+        Err(GatewayError::Retryable {
+            kind: RetryableKind::InFlight | RetryableKind::CredentialsUnavailable, ..
+        }) => None,
         Err(GatewayError::Retryable { .. }) => Some(CallHealth::Unhealthy),
     }
 }
@@ -759,6 +764,10 @@ impl<A: Adapters> Invocation<'_, A> {
             }
             Handled::FailedPermanently { code } => {
                 m.count("FailedPermanently", 1);
+                if code == PROVIDER_UNAUTHORIZED {
+                    // Every payment fails this way until the key is fixed: the alarm's metric.
+                    m.count("ProviderUnauthorized", 1);
+                }
                 m.count_with("Failure", 1, &[("Reason", code)]);
             }
             Handled::Poison { code, .. } => {

@@ -40,7 +40,7 @@ pub fn build(config: &ProcessorConfig, sdk: &aws_config::SdkConfig) -> Result<Aw
         config,
         aws_sdk_dynamodb::Client::new(sdk),
         aws_sdk_sqs::Client::new(sdk),
-        HttpGateway::new(&config.provider)?,
+        HttpGateway::deployed(&config.provider, &config.provider_key, sdk)?,
     ))
 }
 

@@ -153,6 +153,7 @@ impl Default for PipelineOptions {
                 latency_ms: 300,
                 commit_delay_ms: 2_500,
                 capacity: provider_simulator::Capacity::default(),
+                api_key: None,
             },
             scenario: Scenario::Faults,
             max_provider_attempts: 5,
@@ -414,6 +415,8 @@ pub struct Running {
     pub metrics: MetricTotals,
     /// Where the logs go.
     pub log_dir: PathBuf,
+    /// The provider's API key (from the stack's secret; the simulator checks it).
+    provider_key: String,
     sdk: aws_config::SdkConfig,
     localstack: OwnedLocalStack,
     stop: Arc<AtomicBool>,
@@ -449,7 +452,10 @@ pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> 
     let name = unique_name("pipeline");
     let receive = options.max_receive_count.to_string();
     let stack = deploy(&sdk, &name, &[("MaxReceiveCount", &receive), ("ProcessorTimeoutSeconds", "10")]).await?;
-    let simulator = Simulator::start(options.simulator.clone()).await.map_err(PipelineError::Simulator)?;
+    // The provider checks the key the stack's secret holds, as a real one checks its account's.
+    let provider_key = read_secret(&sdk, stack.provider_key_secret()).await?;
+    let simulator_config = SimConfig { api_key: Some(provider_key.clone()), ..options.simulator.clone() };
+    let simulator = Simulator::start(simulator_config).await.map_err(PipelineError::Simulator)?;
     let log_dir = cache_dir().join("pipeline").join(&name);
     std::fs::create_dir_all(&log_dir).map_err(|e| PipelineError::Other(format!("log dir: {e}")))?;
 
@@ -506,6 +512,8 @@ pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> 
             "processor",
             with(&[
                 ("PROVIDER_BASE_URL", simulator.base_url()),
+                ("PROVIDER_ALLOW_HTTP", "true".into()),
+                ("PROVIDER_API_KEY_SECRET", stack.provider_key_secret().to_owned()),
                 ("PROVIDER_TIMEOUT_MS", "1500".into()),
                 ("PROVIDER_CONNECT_TIMEOUT_MS", "500".into()),
                 ("LEASE_MARGIN_MS", "500".into()),
@@ -530,6 +538,8 @@ pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> 
             with(&[
                 ("SOURCE_QUEUE_URL", stack.queue_url().to_owned()),
                 ("PROVIDER_BASE_URL", simulator.base_url()),
+                ("PROVIDER_ALLOW_HTTP", "true".into()),
+                ("PROVIDER_API_KEY_SECRET", stack.provider_key_secret().to_owned()),
                 ("PROVIDER_TIMEOUT_MS", "1500".into()),
                 ("PROVIDER_CONNECT_TIMEOUT_MS", "500".into()),
             ]),
@@ -586,11 +596,19 @@ pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> 
         completer_runs,
         metrics,
         log_dir,
+        provider_key,
         sdk,
         localstack,
         stop,
         pollers,
     })
+}
+
+/// The string value of the secret `secret_id`.
+async fn read_secret(sdk: &aws_config::SdkConfig, secret_id: &str) -> Result<String, PipelineError> {
+    use payments_core::payment::credentials::{KeySource, SecretsManagerKey};
+    let source = SecretsManagerKey::new(aws_sdk_secretsmanager::Client::new(sdk), secret_id);
+    source.fetch().await.map_err(|e| PipelineError::Other(e.to_string()))
 }
 
 /// Runs the main job: start, submit, settle, reconcile, stop. Returns the reconciliation; the
@@ -875,9 +893,11 @@ impl Running {
         response.json().await.map_err(|e| PipelineError::Other(e.to_string()))
     }
 
+    /// Reconfigures the simulator at runtime (`PUT /_sim/config`), keeping the API key it checks.
     async fn configure_simulator(&self, config: &SimConfig) -> Result<(), PipelineError> {
         let url = format!("{}/_sim/config", self.simulator.base_url());
-        let answer = reqwest::Client::new().put(url).json(config).send().await;
+        let config = SimConfig { api_key: Some(self.provider_key.clone()), ..config.clone() };
+        let answer = reqwest::Client::new().put(url).json(&config).send().await;
         match answer {
             Ok(response) if response.status().is_success() => Ok(()),
             other => Err(PipelineError::Other(format!("simulator config refused: {other:?}"))),

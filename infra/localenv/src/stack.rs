@@ -52,6 +52,11 @@ impl Stack {
     pub fn dlq_arn(&self) -> &str {
         self.output("DeadLetterQueueArn")
     }
+
+    /// The secret holding the provider's API key.
+    pub fn provider_key_secret(&self) -> &str {
+        self.output("ProviderApiKeySecretArn")
+    }
 }
 
 /// Why the stack could not be deployed.

@@ -56,6 +56,9 @@ pub enum RetryableKind {
     },
     /// A 2xx whose body is not a charge.
     InvalidResponse,
+    /// The provider's API key could not be read (its store did not answer): nothing was sent,
+    /// and nothing is known of the provider's health.
+    CredentialsUnavailable,
 }
 
 /// How a charge failed.
@@ -102,6 +105,7 @@ impl GatewayError {
                 RetryableKind::RateLimited { .. } => "provider_rate_limited".into(),
                 RetryableKind::ServerError { status } => format!("provider_{status}"),
                 RetryableKind::InvalidResponse => "provider_invalid_response".into(),
+                RetryableKind::CredentialsUnavailable => "provider_credentials_unavailable".into(),
             },
         }
     }

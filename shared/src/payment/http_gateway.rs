@@ -1,9 +1,12 @@
 //! The HTTP adapter for a Stripe-style provider: `POST {base}/v1/charges` with an
 //! `Idempotency-Key` header, JSON in and out, and a strict classification of what comes back.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
+
+use super::credentials::{ApiKey, KeyError, Refreshed};
 
 use super::gateway::{Charge, ChargeLookup, ChargeRequest, GatewayError, Lookup, PaymentGateway, RetryableKind};
 
@@ -16,24 +19,112 @@ pub struct HttpGatewayConfig {
     pub connect_timeout: Duration,
     /// Time allowed for the whole call; the processor's lease must outlast it.
     pub total_timeout: Duration,
+    /// Whether a plain `http://` base URL is allowed (`PROVIDER_ALLOW_HTTP`, local runs only):
+    /// deployed, card tokens and the provider's key travel over TLS or not at all.
+    pub allow_plain_http: bool,
 }
 
-/// Calls the provider over HTTP(S).
-#[derive(Debug, Clone)]
+/// The failure code of a payment the provider refused to process because it refused the API key
+/// (after the key store was asked again): the processor counts it as `ProviderUnauthorized`,
+/// which has an alarm.
+pub const PROVIDER_UNAUTHORIZED: &str = "provider_unauthorized";
+
+/// The largest provider answer read: a charge or a list of a few charges is a few KiB; anything
+/// far larger is not an answer to trust, and must not be buffered whole.
+pub const MAX_ANSWER_BYTES: usize = 256 * 1024;
+
+/// Calls the provider over HTTP(S), with its API key as a bearer token when one is configured.
+#[derive(Clone)]
 pub struct HttpGateway {
     client: reqwest::Client,
     charges_url: String,
+    api_key: Option<Arc<ApiKey>>,
+}
+
+/// One answer, read (at most [`MAX_ANSWER_BYTES`]).
+struct Answer {
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: Vec<u8>,
 }
 
 impl HttpGateway {
-    /// Builds the client (connection pool, timeouts) once, at cold start.
+    /// Builds the client (connection pool, timeouts) once, at cold start. HTTPS only unless
+    /// plain HTTP is explicitly allowed; redirects are not followed (a payment API that redirects
+    /// is misconfigured, and a redirected charge could land anywhere).
     pub fn new(config: &HttpGatewayConfig) -> Result<Self, BuildError> {
+        if !config.base_url.starts_with("https://") && !config.allow_plain_http {
+            return Err(BuildError(
+                "PROVIDER_BASE_URL must be https:// (PROVIDER_ALLOW_HTTP=true is for a local provider only)".into(),
+            ));
+        }
         let client = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .timeout(config.total_timeout)
+            .https_only(!config.allow_plain_http)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| BuildError(e.to_string()))?;
-        Ok(Self { client, charges_url: format!("{}/v1/charges", config.base_url.trim_end_matches('/')) })
+        let charges_url = format!("{}/v1/charges", config.base_url.trim_end_matches('/'));
+        Ok(Self { client, charges_url, api_key: None })
+    }
+
+    /// The deployed gateway: `provider`'s client, with the key from `key`'s secret when one is
+    /// configured.
+    pub fn deployed(
+        provider: &HttpGatewayConfig,
+        key: &super::credentials::ProviderKeyConfig,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<Self, BuildError> {
+        let gateway = Self::new(provider)?;
+        Ok(match key.api_key(sdk) {
+            Some(api_key) => gateway.with_api_key(api_key),
+            None => gateway,
+        })
+    }
+
+    /// Sends `api_key` as `Authorization: Bearer …` with every request.
+    pub fn with_api_key(mut self, api_key: Arc<ApiKey>) -> Self {
+        self.api_key = Some(api_key);
+        self
+    }
+
+    /// Sends the request `build` makes, with the current key. A 401 means the provider did
+    /// nothing; if the key store holds another key by then (a rotation), the same request is
+    /// sent once more with it (the idempotency key makes that safe in any case).
+    async fn call(&self, build: impl Fn() -> reqwest::RequestBuilder) -> Result<Answer, GatewayError> {
+        let unavailable = |e: KeyError| GatewayError::Retryable {
+            kind: RetryableKind::CredentialsUnavailable,
+            detail: e.to_string(),
+        };
+        let Some(api_key) = &self.api_key else { return send(build(), None).await };
+        let key = api_key.current().await.map_err(unavailable)?;
+        let answer = send(build(), Some(&key)).await?;
+        if answer.status != StatusCode::UNAUTHORIZED {
+            return Ok(answer);
+        }
+        match api_key.refresh_after_refusal(&key).await.map_err(unavailable)? {
+            Refreshed::New(fresh) => send(build(), Some(&fresh)).await,
+            Refreshed::StoreHoldsTheRefusedKey => Ok(answer),
+        }
+    }
+}
+
+async fn send(request: reqwest::RequestBuilder, key: Option<&str>) -> Result<Answer, GatewayError> {
+    let request = match key {
+        Some(key) => request.bearer_auth(key),
+        None => request,
+    };
+    let response = request.send().await.map_err(transport_error)?;
+    let status = response.status();
+    let retry_after = retry_after(&response);
+    Ok(Answer { status, retry_after, body: read_capped(response).await? })
+}
+
+impl std::fmt::Debug for HttpGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("HttpGateway").field("charges_url", &self.charges_url).finish_non_exhaustive()
     }
 }
 
@@ -95,18 +186,12 @@ impl PaymentGateway for HttpGateway {
             description: request.merchant_reference.as_str(),
             metadata: request.metadata.entries(),
         };
-        let response = self
-            .client
-            .post(&self.charges_url)
-            .header("Idempotency-Key", &request.idempotency_key)
-            .json(&body)
-            .send()
-            .await
-            .map_err(transport_error)?;
-        let status = response.status();
-        let retry_after = retry_after(&response);
-        let bytes = response.bytes().await.map_err(transport_error)?;
-        classify(status, retry_after, &bytes)
+        let answer = self
+            .call(|| {
+                self.client.post(&self.charges_url).header("Idempotency-Key", &request.idempotency_key).json(&body)
+            })
+            .await?;
+        classify(answer.status, answer.retry_after, &answer.body)
     }
 
     async fn lookup(&self, request: &ChargeLookup) -> Lookup {
@@ -117,15 +202,15 @@ impl PaymentGateway for HttpGateway {
 impl HttpGateway {
     /// `GET {base}/v1/charges?{field}={value}`: the charges listed, or why there is no answer.
     async fn list(&self, field: &str, value: &str) -> Result<Vec<Charge>, String> {
-        let response =
-            self.client.get(&self.charges_url).query(&[(field, value)]).send().await.map_err(|e| e.to_string())?;
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-        if !status.is_success() {
-            // 409: a request with this key is still in flight; 5xx, 429: no answer to trust.
-            return Err(format!("lookup answered {status}"));
+        let answer = self.call(|| self.client.get(&self.charges_url).query(&[(field, value)])).await;
+        let answer = answer.map_err(|e| e.to_string())?;
+        if !answer.status.is_success() {
+            // 409: a request with this key is still in flight; 5xx, 429: no answer to trust;
+            // 401: the key is wrong (the charge path fails the payment for it, with its alarm).
+            return Err(format!("lookup answered {}", answer.status));
         }
-        let list: ChargeList = serde_json::from_slice(&bytes).map_err(|e| format!("unreadable lookup answer: {e}"))?;
+        let list: ChargeList =
+            serde_json::from_slice(&answer.body).map_err(|e| format!("unreadable lookup answer: {e}"))?;
         Ok(list.data.into_iter().map(Charge::from).collect())
     }
 }
@@ -152,6 +237,22 @@ async fn lookup_by_key_then_reference(gateway: &HttpGateway, request: &ChargeLoo
         }
         Err(e) => Lookup::Unknown(e),
     }
+}
+
+/// The answer's body, at most [`MAX_ANSWER_BYTES`]; a longer one is unreadable (retryable: the
+/// provider may answer properly next time).
+async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, GatewayError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(GatewayError::Retryable {
+                kind: RetryableKind::InvalidResponse,
+                detail: format!("answer larger than {MAX_ANSWER_BYTES} bytes"),
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn transport_error(err: reqwest::Error) -> GatewayError {
@@ -181,6 +282,11 @@ fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> R
         StatusCode::TOO_MANY_REQUESTS => {
             Err(GatewayError::Retryable { kind: RetryableKind::RateLimited { retry_after }, detail: message })
         }
+        StatusCode::UNAUTHORIZED => Err(GatewayError::Rejected {
+            status: 401,
+            code: PROVIDER_UNAUTHORIZED.into(),
+            message: format!("the provider refused the API key ({message}): check the key in the provider key secret"),
+        }),
         StatusCode::PAYMENT_REQUIRED => Err(GatewayError::Declined {
             code: detail.decline_code.or(detail.code).unwrap_or_else(|| "card_declined".into()),
             message,
@@ -234,5 +340,70 @@ mod tests {
             class(200, "<html>"),
             Err(GatewayError::Retryable { kind: RetryableKind::InvalidResponse, .. })
         ));
+    }
+
+    /// Serves `answer` (a raw HTTP/1.1 response) to every connection on a loopback port.
+    async fn serve(answer: Vec<u8>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let _ = stream.write_all(&answer).await;
+            }
+        });
+        url
+    }
+
+    fn gateway(base_url: &str, allow_plain_http: bool) -> Result<HttpGateway, BuildError> {
+        HttpGateway::new(&HttpGatewayConfig {
+            base_url: base_url.to_owned(),
+            connect_timeout: Duration::from_secs(1),
+            total_timeout: Duration::from_secs(2),
+            allow_plain_http,
+        })
+    }
+
+    fn request() -> ChargeRequest {
+        use crate::payment::{Currency, MerchantReference, Metadata, MinorUnits, PaymentMethodToken};
+        ChargeRequest {
+            idempotency_key: "k".into(),
+            amount: MinorUnits::new(5).unwrap(),
+            currency: Currency::from_code("EUR").unwrap(),
+            payment_method: PaymentMethodToken::new("pm_card_visa").unwrap(),
+            merchant_reference: MerchantReference::new("o-1").unwrap(),
+            metadata: Metadata::default(),
+        }
+    }
+
+    #[test]
+    fn plain_http_is_refused_unless_allowed_for_a_local_provider() {
+        let refused = gateway("http://provider.example", false).unwrap_err();
+        assert!(refused.to_string().contains("https://"), "{refused}");
+        assert!(gateway("http://127.0.0.1:9", true).is_ok());
+        assert!(gateway("https://provider.example", false).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_and_an_oversized_answer_is_not_read() {
+        let redirect =
+            b"HTTP/1.1 302 Found\r\nLocation: http://elsewhere.example/v1/charges\r\nContent-Length: 0\r\n\r\n";
+        let url = serve(redirect.to_vec()).await;
+        let answer = gateway(&url, true).unwrap().charge(&request()).await;
+        assert!(
+            matches!(answer, Err(GatewayError::Retryable { kind: RetryableKind::ServerError { status: 302 }, .. })),
+            "{answer:?}"
+        );
+
+        let body = "x".repeat(MAX_ANSWER_BYTES + 1);
+        let huge = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        let url = serve(huge.into_bytes()).await;
+        let answer = gateway(&url, true).unwrap().charge(&request()).await;
+        assert!(
+            matches!(&answer, Err(GatewayError::Retryable { kind: RetryableKind::InvalidResponse, detail }) if detail.contains("larger")),
+            "{answer:?}"
+        );
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod acceptance;
 pub mod card_data;
+pub mod credentials;
 pub mod envelope;
 pub mod gateway;
 pub mod http_gateway;

@@ -31,6 +31,7 @@ pub fn test_config(stack: &Stack, provider_url: &str, overrides: &[(&str, &str)]
         ("IDEMPOTENCY_TABLE", stack.idempotency_table()),
         ("FAILURES_TABLE", stack.failures_table()),
         ("PROVIDER_BASE_URL", provider_url),
+        ("PROVIDER_ALLOW_HTTP", "true"),
         ("DEAD_LETTER_QUEUE_URL", stack.dlq_url()),
         ("PROVIDER_TIMEOUT_MS", "800"),
         ("PROVIDER_CONNECT_TIMEOUT_MS", "300"),
@@ -166,6 +167,7 @@ pub fn dlq_consumer(stack: &Stack, sdk: &aws_config::SdkConfig, provider_url: &s
         ("SOURCE_QUEUE_URL", stack.queue_url()),
         ("METRICS_NAMESPACE", "PaymentsPipelineTest"),
         ("PROVIDER_BASE_URL", provider_url),
+        ("PROVIDER_ALLOW_HTTP", "true"),
         ("PROVIDER_TIMEOUT_MS", "800"),
         ("PROVIDER_CONNECT_TIMEOUT_MS", "300"),
     ];
@@ -189,6 +191,7 @@ pub fn redriver(
         base_url: provider_url.to_owned(),
         connect_timeout: Duration::from_millis(300),
         total_timeout: Duration::from_millis(800),
+        allow_plain_http: true,
     };
     payments_core::failures::redrive::Redriver {
         failures: payments_core::failures::dynamodb::DynamoDbFailureStore::new(dynamodb, stack.failures_table()),

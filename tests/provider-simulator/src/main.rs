@@ -47,6 +47,9 @@ struct Args {
     /// Requests served at once, beyond which 429 (0: unlimited).
     #[arg(long, default_value_t = 0)]
     max_concurrent: u32,
+    /// The API key requests must carry as a bearer token (unset: none required).
+    #[arg(long, env = "SIMULATOR_API_KEY")]
+    api_key: Option<String>,
 }
 
 #[tokio::main]
@@ -66,6 +69,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         latency_ms: args.latency_ms,
         commit_delay_ms: args.commit_delay_ms,
         capacity: Capacity { rate_per_s: args.rate_limit, max_concurrent: args.max_concurrent },
+        api_key: args.api_key,
     };
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let simulator = Simulator::serve(listener, config)?;

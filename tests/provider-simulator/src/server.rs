@@ -33,6 +33,9 @@ pub struct SimConfig {
     pub commit_delay_ms: u64,
     /// Rate and concurrency limits (none by default).
     pub capacity: Capacity,
+    /// The API key charges and lookups must carry as `Authorization: Bearer …` (`None`: any or
+    /// none is accepted). A wrong or missing key gets 401, as Stripe answers.
+    pub api_key: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -43,6 +46,7 @@ impl Default for SimConfig {
             latency_ms: 200,
             commit_delay_ms: 15_000,
             capacity: Capacity::default(),
+            api_key: None,
         }
     }
 }
@@ -138,6 +142,15 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Answer {
         Err(_) => return Err(DropConnection),
     };
     let api = matches!(parts.method, Method::POST | Method::GET) && parts.uri.path() == "/v1/charges";
+    if api && !authorized(&shared.config(), &parts.headers) {
+        shared.state().ledger.unauthorized += 1;
+        return Ok(error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "invalid_api_key",
+            "Invalid API Key provided",
+        ));
+    }
     let _served = match api.then(|| Served::admit(&shared)) {
         Some(Err(too_many)) => return Ok(*too_many),
         admitted => admitted,
@@ -173,6 +186,13 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Answer {
         }
         _ => error(StatusCode::NOT_FOUND, "invalid_request_error", "not_found", "no such endpoint"),
     })
+}
+
+/// Whether the request carries the configured key (always, when none is configured).
+fn authorized(config: &SimConfig, headers: &http::HeaderMap) -> bool {
+    let Some(expected) = &config.api_key else { return true };
+    let sent = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    sent == Some(expected.as_str())
 }
 
 /// An API request admitted by the capacity gate; leaves it when dropped.

@@ -42,6 +42,10 @@ pub struct LedgerSnapshot {
     /// Lookups received (`GET /v1/charges?…`).
     #[serde(default)]
     pub lookups: u64,
+    /// Requests refused with 401 for a wrong or missing API key (in neither `requests` nor
+    /// `lookups`).
+    #[serde(default)]
+    pub unauthorized: u64,
     /// Charges made (the length of `charges`, which `GET /ledger?summary` leaves empty).
     #[serde(default)]
     pub charge_count: u64,
@@ -114,6 +118,7 @@ impl State {
             requests_by_key: BTreeMap::new(),
             faults: ledger.faults.clone(),
             lookups: ledger.lookups,
+            unauthorized: ledger.unauthorized,
             charge_count: ledger.charges.len() as u64,
             capacity: self.gate.stats.clone(),
         }
