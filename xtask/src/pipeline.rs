@@ -159,7 +159,7 @@ pub async fn up(args: UpArgs) -> Result<ExitCode, String> {
     let running = start(&options).await.map_err(|e| e.to_string())?;
     let url = running.intake_url();
     println!(
-        "The pipeline is up (stack {}). Try:\n\n  curl -i -X POST {url} \\\n    -H 'Idempotency-Key: order-1001' -H 'X-Local-Scope: acme' \\\n    -H 'Content-Type: application/json' \\\n    -d '{{\"amount\": 1250, \"currency\": \"EUR\", \"payment_method\": \"pm_card_visa\", \"merchant_reference\": \"order-1001\"}}'\n\n  curl -s {url}/order-1001 -H 'X-Local-Scope: acme'\n\nThe sample events (events/README.md) go straight to a function through the runtime emulator:\n\n  PATH=\"$PWD/.cache/tools/lambda/bin:$PATH\" cargo lambda invoke dlq-consumer --invoke-port {} --data-file events/sqs-dead-letter.json\n\nProvider ledger: {}/ledger   Logs: {}\nCtrl-C stops everything.",
+        "The pipeline is up (stack {}). Try:\n\n  curl -i -X POST {url} \\\n    -H 'Idempotency-Key: order-1001' -H 'X-Local-Scope: acme' \\\n    -H 'Content-Type: application/json' \\\n    -d '{{\"amount\": 1250, \"currency\": \"EUR\", \"payment_method\": \"pm_card_visa\", \"merchant_reference\": \"order-1001\"}}'\n\n  curl -s {url}/order-1001 -H 'X-Local-Scope: acme'\n\nThe sample events (events/README.md) go straight to a function through the runtime emulator:\n\n  PATH=\"$PWD/.cache/tools/lambda/bin:$PATH\" cargo lambda invoke dlq-consumer --invoke-address 127.0.0.1 --invoke-port {} --data-file events/sqs-dead-letter.json\n\nProvider ledger: {}/ledger   Logs: {}\nCtrl-C stops everything.",
         running.stack.name,
         args.port + localenv::pipeline::EMULATOR_PORT_OFFSET,
         running.simulator.base_url(),
