@@ -70,14 +70,23 @@ fn check_logs(r: &Reconciliation) {
         }
         lines_by_function.insert(function, lines);
     }
+    let filter = |function: &str, key: &str| lines_by_function[function].iter().any(|l| l["idempotency_key"] == key);
     let charged = lines_by_function["processor"]
         .iter()
         .find(|l| l["message"] == "record processed" && l["outcome"] == "charged")
         .expect("the processor logged a charge");
     let key = charged["idempotency_key"].as_str().expect("at the top level");
     for function in ["intake", "processor"] {
-        let found = lines_by_function[function].iter().filter(|l| l["idempotency_key"] == key).count();
-        assert!(found >= 1, "filter idempotency_key = \"{key}\" finds nothing in the {function} log");
+        assert!(filter(function, key), "filter idempotency_key = \"{key}\" finds nothing in the {function} log");
+    }
+    // A dead-lettered payment's path runs through all three: intake, processor, DLQ consumer.
+    let dead = lines_by_function["dlq-consumer"]
+        .iter()
+        .filter_map(|l| l["idempotency_key"].as_str())
+        .find(|k| !k.is_empty())
+        .expect("the DLQ consumer logged a dead payment by its key");
+    for function in ["intake", "processor", "dlq-consumer"] {
+        assert!(filter(function, dead), "filter idempotency_key = \"{dead}\" finds nothing in the {function} log");
     }
 }
 
