@@ -17,7 +17,7 @@ use payments_core::idempotency::{
     ClaimOutcome, Idempotency, IdempotencyRecord, IdempotencyStore, Lease, PayloadHash, RecordStatus, Recovery,
     Settlement, StoredFailure,
 };
-use payments_core::observability::{Metrics, MetricsSink, Unit};
+use payments_core::observability::{Metrics, MetricsSink, Unit, xray};
 use payments_core::pacing::{Pacer, Reservation};
 use payments_core::payment::http_gateway::PROVIDER_UNAUTHORIZED;
 use payments_core::payment::{
@@ -29,6 +29,7 @@ use payments_core::sqs::{
     Backoff, BatchRunner, DeadLetter, DeadLetterQueue, GiveUpReason, Jitter, RecordHandler, RecordOutcome,
     RecordResult, RetryBudget, Verdict, VisibilityControl, receive_count,
 };
+use tracing::Instrument;
 
 use crate::config::ProcessorConfig;
 
@@ -165,7 +166,8 @@ impl Handled {
 enum Refund {
     /// Nothing: the failure was this payment's.
     No,
-    /// The attempt: the breaker blames the provider.
+    /// The attempt: the failure was not this payment's (the breaker blames the provider, the
+    /// provider had no room, or nothing was sent).
     Attempt,
     /// The claim of a delivery that only asked the provider (no charge was tried).
     LookupOnly,
@@ -304,7 +306,8 @@ impl<A: Adapters> Processor<A> {
             .saturating_sub(as_ms(self.age_of(message)))
             .saturating_add(as_ms(self.budget.max_age()));
         let recovery = Recovery { due_ms: age_limit, input: None };
-        let lease = match self.idempotency.claim_recoverable(&key, &hash, delivery.deadline_ms, Some(recovery)).await {
+        let claim = self.idempotency.claim_recoverable(&key, &hash, delivery.deadline_ms, Some(recovery));
+        let lease = match claim.instrument(tracing::info_span!(target: xray::TARGET, "claim")).await {
             Ok(ClaimOutcome::Claimed(lease)) => lease,
             other => {
                 // No call after all: a probe lease goes back at once.
@@ -332,7 +335,8 @@ impl<A: Adapters> Processor<A> {
             let after = round_up_secs(free_in).max(Duration::from_secs(1)).min(self.backoff.cap());
             return Handled::Deferred { reason: "provider_rate".into(), after };
         }
-        let charged = self.gateway.charge(&attempt.request).await;
+        let charged =
+            self.gateway.charge(&attempt.request).instrument(tracing::info_span!(target: xray::TARGET, "charge")).await;
         if matches!(attempt.permit, Permit::Probe(_)) {
             attempt.metrics.count("ProviderProbe", 1);
         }
@@ -351,7 +355,8 @@ impl<A: Adapters> Processor<A> {
             }
             Err(permanent) => {
                 let failure = StoredFailure { code: permanent.reason(), reason: permanent.to_string() };
-                match self.idempotency.fail_permanently(&attempt.lease, failure).await {
+                let settle = self.idempotency.fail_permanently(&attempt.lease, failure);
+                match settle.instrument(tracing::info_span!(target: xray::TARGET, "settle")).await {
                     Ok(Settlement::Recorded) => Handled::FailedPermanently { code: permanent.reason() },
                     Ok(Settlement::NotOwner { current }) => {
                         self.lost_lease(current.as_deref(), &permanent.reason(), receive_count)
@@ -385,7 +390,8 @@ impl<A: Adapters> Processor<A> {
         let receive_count = attempt.delivery.receive_count;
         let result = ChargeResult { charge_id: charge.id.clone(), amount: charge.amount, currency: charge.currency };
         let stored = serde_json::to_value(&result).expect("a charge result serialises");
-        match self.idempotency.complete(&attempt.lease, &stored).await {
+        let settle = self.idempotency.complete(&attempt.lease, &stored);
+        match settle.instrument(tracing::info_span!(target: xray::TARGET, "settle")).await {
             Ok(Settlement::Recorded) => {
                 if attempt.lease.resumed {
                     self.resolve_failure_records(attempt.message, &charge.id).await;
@@ -430,8 +436,9 @@ impl<A: Adapters> Processor<A> {
         // A 429 says the provider had no room, not that this payment failed, and an unreadable
         // key store sent nothing at all: neither costs an attempt, so a wave of them cannot
         // dead-letter anything (the payment's age still bounds it).
-        let throttled = matches!(kind, RetryableKind::RateLimited { .. } | RetryableKind::CredentialsUnavailable);
-        let spent = lease.attempt - u32::from(provider_down || throttled);
+        let not_the_payments =
+            matches!(kind, RetryableKind::RateLimited { .. } | RetryableKind::CredentialsUnavailable);
+        let spent = lease.attempt - u32::from(provider_down || not_the_payments);
         let wait = match circuit.filter(|_| provider_down) {
             Some(state) => self.breaker_wait(state.open_until_ms, state.phase(self.clock.now_ms())),
             None => {
@@ -439,7 +446,7 @@ impl<A: Adapters> Processor<A> {
                 floor.map_or(drawn, |f| drawn.max(f)).min(self.backoff.cap())
             }
         };
-        let refund = if provider_down || throttled { Refund::Attempt } else { Refund::No };
+        let refund = if provider_down || not_the_payments { Refund::Attempt } else { Refund::No };
         match self.budget.verdict(spent, self.age_of(attempt.message), wait) {
             Verdict::Retry => {
                 self.release(lease, reason, refund).await;
@@ -461,7 +468,11 @@ impl<A: Adapters> Processor<A> {
         refund: Refund,
     ) -> Handled {
         let lookup = match self.paced(attempt.delivery).await {
-            Ok(()) => self.gateway.lookup(&ChargeLookup::from(&attempt.request)).await,
+            Ok(()) => {
+                let asked = ChargeLookup::from(&attempt.request);
+                let lookup = self.gateway.lookup(&asked);
+                lookup.instrument(tracing::info_span!(target: xray::TARGET, "lookup")).await
+            }
             Err(_) => Lookup::Unknown("no provider slot left in this invocation".into()),
         };
         attempt.metrics.count_with("OutcomeLookup", 1, &[("Result", lookup.label())]);
@@ -502,10 +513,14 @@ impl<A: Adapters> Processor<A> {
 
     /// Gives the claim up; if this fails the lease simply runs out and the retry takes over.
     async fn release(&self, lease: &Lease, reason: &str, refund: Refund) {
-        let released = match refund {
-            Refund::No => self.idempotency.release(lease, reason).await,
-            Refund::Attempt | Refund::LookupOnly => self.idempotency.release_refunded(lease, reason).await,
-        };
+        let released = async {
+            match refund {
+                Refund::No => self.idempotency.release(lease, reason).await,
+                Refund::Attempt | Refund::LookupOnly => self.idempotency.release_refunded(lease, reason).await,
+            }
+        }
+        .instrument(tracing::info_span!(target: xray::TARGET, "settle"))
+        .await;
         if let Err(e) = released {
             tracing::warn!(error = %e, "could not release the claim; it frees itself when the lease ends");
         }

@@ -602,3 +602,29 @@ async fn a_paced_instance_defers_what_its_rate_cannot_send_before_the_deadline()
     spent.sort();
     assert_eq!(spent, [0, 1, 1], "the deferred payment's claim went back, refunded");
 }
+
+#[tokio::test]
+async fn a_payments_steps_are_sent_to_x_ray_as_subsegments_of_its_invocation() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let daemon = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    daemon.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let layer = payments_core::observability::xray::XRayLayer::new(daemon.local_addr().unwrap()).unwrap();
+    let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+    let header = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
+    let invocation = tracing::info_span!("Lambda runtime invoke", requestId = "r", xrayTraceId = header);
+
+    let clock = ManualClock::at(NOW);
+    let p = processor(ScriptedGateway::default(), &clock);
+    let handled = tracing::Instrument::instrument(run(&p, &[record("m1", &body("k", 10), 1)]), invocation).await;
+    assert!(matches!(&handled[..], [Handled::Charged { .. }]));
+
+    let mut steps = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while let Ok(n) = daemon.recv(&mut buffer) {
+        let text = std::str::from_utf8(&buffer[..n]).unwrap();
+        let document: serde_json::Value = serde_json::from_str(text.split_once('\n').unwrap().1).unwrap();
+        assert_eq!(document["parent_id"], "53995c3f42cd8ad8");
+        steps.push(document["name"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(steps, ["claim", "charge", "settle"]);
+}

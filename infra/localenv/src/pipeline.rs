@@ -133,6 +133,9 @@ pub struct PipelineOptions {
     pub provider_rate_limit: Option<f64>,
     /// Clients submitting at once.
     pub clients: usize,
+    /// The provider expects another key than the stack's secret holds (a key rotated at the
+    /// provider but not in the secret): every charge is refused with 401.
+    pub provider_refuses_key: bool,
 }
 
 impl Default for PipelineOptions {
@@ -164,6 +167,7 @@ impl Default for PipelineOptions {
             progress: true,
             provider_rate_limit: None,
             clients: 8,
+            provider_refuses_key: false,
         }
     }
 }
@@ -453,7 +457,10 @@ pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> 
     let receive = options.max_receive_count.to_string();
     let stack = deploy(&sdk, &name, &[("MaxReceiveCount", &receive), ("ProcessorTimeoutSeconds", "10")]).await?;
     // The provider checks the key the stack's secret holds, as a real one checks its account's.
-    let provider_key = read_secret(&sdk, stack.provider_key_secret()).await?;
+    let mut provider_key = read_secret(&sdk, stack.provider_key_secret()).await?;
+    if options.provider_refuses_key {
+        provider_key.push_str("-rotated-at-the-provider");
+    }
     let simulator_config = SimConfig { api_key: Some(provider_key.clone()), ..options.simulator.clone() };
     let simulator = Simulator::start(simulator_config).await.map_err(PipelineError::Simulator)?;
     let log_dir = cache_dir().join("pipeline").join(&name);
@@ -963,9 +970,16 @@ async fn reconcile(
     for status in statuses.values() {
         *r.statuses.entry(status.clone()).or_default() += 1;
     }
-    for name in
-        ["Processed", "FailedPermanently", "DuplicateSuppressed", "Retried", "Poison", "ProviderProbe", "GivenUp"]
-    {
+    for name in [
+        "Processed",
+        "FailedPermanently",
+        "DuplicateSuppressed",
+        "Retried",
+        "Poison",
+        "ProviderProbe",
+        "GivenUp",
+        "ProviderUnauthorized",
+    ] {
         r.metrics.insert(format!("processor.{name}"), m.sum("processor", name));
     }
     r.metrics.insert("dlq-consumer.DeadLettered".into(), m.sum("dlq-consumer", "DeadLettered"));

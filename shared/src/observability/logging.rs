@@ -46,12 +46,16 @@ where
 }
 
 /// Installs the JSON subscriber for `service` once per process, writing to stdout (Lambda
-/// sends it to CloudWatch Logs). Later calls (tests, several handlers in one process) are
-/// no-ops.
+/// sends it to CloudWatch Logs), with X-Ray subsegments when Lambda runs an X-Ray daemon
+/// ([`super::xray`]). Later calls (tests, several handlers in one process) are no-ops.
 pub fn init_json_logs(service: &str) {
     let filter =
         level_filter(std::env::var("AWS_LAMBDA_LOG_LEVEL").ok().as_deref(), std::env::var("RUST_LOG").ok().as_deref());
-    let _ = tracing_subscriber::registry().with(filter).with(json_layer(service, std::io::stdout)).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(json_layer(service, std::io::stdout))
+        .with(super::xray::XRayLayer::from_env())
+        .try_init();
 }
 
 #[cfg(test)]

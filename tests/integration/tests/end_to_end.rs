@@ -153,3 +153,20 @@ async fn a_spike_is_absorbed_by_the_queue_and_the_provider_is_never_offered_more
     assert!(r.drain_time <= Duration::from_secs_f64(1.25 * 300.0 / 4.0), "{:?}", r.drain_time);
     assert!(r.queue_depth.iter().any(|d| *d > 50), "the queue absorbed the burst: {:?}", r.queue_depth);
 }
+
+/// The provider refuses the key the stack's secret holds: every payment ends FAILED with a reason
+/// that names the key, nothing is charged, and the alarm's metric counts each one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_provider_key_fails_every_payment_clearly_and_is_counted_for_the_alarm() {
+    let mut o = options(9450, 15, false);
+    o.workload = WorkloadSpec { payments: 20, dead_letters: 0, poison: 0, seed: 15, ..WorkloadSpec::default() };
+    o.simulator.rates = provider_simulator::FaultRates::default();
+    o.provider_refuses_key = true;
+    let r = run(&o).await.expect("pipeline ran");
+    println!("{}", r.table());
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    assert_eq!(r.statuses.get("FAILED"), Some(&20), "{:?}", r.statuses);
+    assert_eq!(r.provider_charges, 0);
+    assert_eq!(r.metrics["processor.ProviderUnauthorized"], 20.0);
+    assert_eq!(r.retry_reasons.get("provider_unauthorized"), Some(&20.0), "{:?}", r.retry_reasons);
+}
