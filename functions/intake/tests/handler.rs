@@ -1,51 +1,25 @@
 //! Fast tests of the intake's error paths with in-memory adapters (the LocalStack tests cover the
 //! rest through the same handler).
 
-use std::collections::HashMap;
-
-use intake::{Intake, IntakeConfig};
+use intake::Intake;
 use lambda_http::{Body, Request};
-use payments_core::config::Env;
 use payments_core::failures::memory::InMemoryFailureStore;
-use payments_core::idempotency::Idempotency;
 use payments_core::idempotency::memory::InMemoryStore;
-use payments_core::observability::MetricsSink;
 use payments_core::payment::queue::InMemoryPaymentQueue;
 use payments_core::payment::{EnqueueError, PaymentMessage, PaymentQueue};
 use serde_json::{Value, json};
 
-fn config() -> IntakeConfig {
-    let vars: HashMap<&str, &str> = [
-        ("IDEMPOTENCY_TABLE", "t"),
-        ("FAILURES_TABLE", "f"),
-        ("PAYMENTS_QUEUE_URL", "q"),
-        ("ALLOW_SCOPE_HEADER", "true"),
-    ]
-    .into();
-    IntakeConfig::from_env(&Env::from_lookup(move |n| vars.get(n).map(|v| (*v).to_owned()))).unwrap()
-}
+mod support;
+use support::{intake_on, request};
 
 fn intake<Q: PaymentQueue>(queue: Q) -> Intake<InMemoryStore, InMemoryFailureStore, Q> {
-    let config = config();
-    Intake {
-        idempotency: Idempotency::new(InMemoryStore::new(), config.idempotency),
-        failures: InMemoryFailureStore::default(),
-        queue,
-        config,
-        metrics: MetricsSink::new("Test", "intake"),
-    }
+    intake_on(InMemoryStore::new(), queue)
 }
 
 fn post(key: &str) -> Request {
     let body = json!({"amount": 5, "currency": "EUR", "payment_method": "pm_card_visa", "merchant_reference": "o"});
-    lambda_http::http::Request::builder()
-        .method("POST")
-        .uri("/payments")
-        .header("idempotency-key", key)
-        .header("x-local-scope", "acme")
-        .header("content-type", "application/json")
-        .body(Body::Text(body.to_string()))
-        .unwrap()
+    let headers = [("idempotency-key", key), ("x-local-scope", "acme"), ("content-type", "application/json")];
+    request("POST", "/payments", &headers, &body.to_string())
 }
 
 fn json_of(response: &lambda_http::Response<Body>) -> Value {

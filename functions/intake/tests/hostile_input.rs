@@ -2,20 +2,19 @@
 //! 4xx, and no response (body or header), log line, stored record or queued message carries the
 //! card number it contained, in any spelling.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use intake::{Intake, IntakeConfig};
+use intake::Intake;
 use lambda_http::{Body, Request};
-use payments_core::config::Env;
 use payments_core::failures::memory::InMemoryFailureStore;
-use payments_core::idempotency::Idempotency;
 use payments_core::idempotency::memory::InMemoryStore;
-use payments_core::observability::MetricsSink;
 use payments_core::payment::card_data::digit_value;
 use payments_core::payment::queue::InMemoryPaymentQueue;
 use serde_json::{Value, json};
+
+mod support;
+use support::{intake_on, request};
 
 const PAN: &str = "4242424242424242";
 
@@ -51,35 +50,13 @@ fn captured_logs() -> Captured {
 
 fn intake() -> (Intake<InMemoryStore, InMemoryFailureStore, InMemoryPaymentQueue>, InMemoryStore, InMemoryPaymentQueue)
 {
-    let vars: HashMap<&str, &str> = [
-        ("IDEMPOTENCY_TABLE", "t"),
-        ("FAILURES_TABLE", "f"),
-        ("PAYMENTS_QUEUE_URL", "q"),
-        ("ALLOW_SCOPE_HEADER", "true"),
-    ]
-    .into();
-    let config = IntakeConfig::from_env(&Env::from_lookup(move |n| vars.get(n).map(|v| (*v).to_owned()))).unwrap();
     let (store, queue) = (InMemoryStore::new(), InMemoryPaymentQueue::default());
-    let api = Intake {
-        idempotency: Idempotency::new(store.clone(), config.idempotency),
-        failures: InMemoryFailureStore::default(),
-        queue: queue.clone(),
-        config,
-        metrics: MetricsSink::new("Test", "intake"),
-    };
+    let api = intake_on(store.clone(), queue.clone());
     (api, store, queue)
 }
 
 fn valid_body() -> Value {
     json!({"amount": 500, "currency": "EUR", "payment_method": "pm_card_visa", "merchant_reference": "order-1"})
-}
-
-fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Request {
-    let mut builder = lambda_http::http::Request::builder().method(method).uri(path);
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    builder.body(Body::Text(body.to_owned())).unwrap()
 }
 
 fn post_with(key: &str, body: &str) -> Request {

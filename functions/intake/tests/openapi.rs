@@ -3,54 +3,25 @@
 //! a body valid against the documented schema, the required headers present and no undocumented
 //! header among the API's own.
 
-use std::collections::HashMap;
-
-use intake::{Intake, IntakeConfig};
 use lambda_http::{Body, Request, Response};
-use payments_core::config::Env;
-use payments_core::failures::memory::InMemoryFailureStore;
+
+mod support;
 use payments_core::idempotency::memory::InMemoryStore;
-use payments_core::idempotency::{Idempotency, IdempotencyKey, PayloadHash, Scope};
-use payments_core::observability::MetricsSink;
+use payments_core::idempotency::{IdempotencyKey, PayloadHash, Scope};
 use payments_core::payment::envelope::parse_strict;
 use payments_core::payment::queue::InMemoryPaymentQueue;
 use payments_core::payment::{EnqueueError, PaymentRequest, intake_key};
 use serde_json::{Value, json};
+use support::{intake_on, request};
 
 const SPEC: &str = include_str!("../../../docs/openapi.json");
 
 /// The headers this API sets itself (the rest belong to HTTP or API Gateway).
 const API_HEADERS: [&str; 5] = ["location", "idempotent-replayed", "retry-after", "allow", "x-correlation-id"];
 
-fn intake(queue: InMemoryPaymentQueue) -> Intake<InMemoryStore, InMemoryFailureStore, InMemoryPaymentQueue> {
-    let vars: HashMap<&str, &str> = [
-        ("IDEMPOTENCY_TABLE", "t"),
-        ("FAILURES_TABLE", "f"),
-        ("PAYMENTS_QUEUE_URL", "q"),
-        ("ALLOW_SCOPE_HEADER", "true"),
-    ]
-    .into();
-    let config = IntakeConfig::from_env(&Env::from_lookup(move |n| vars.get(n).map(|v| (*v).to_owned()))).unwrap();
-    Intake {
-        idempotency: Idempotency::new(InMemoryStore::new(), config.idempotency),
-        failures: InMemoryFailureStore::default(),
-        queue,
-        config,
-        metrics: MetricsSink::new("Test", "intake"),
-    }
-}
-
 fn payment(amount: u64) -> Value {
     json!({"amount": amount, "currency": "EUR", "payment_method": "pm_card_visa", "merchant_reference": "o-1",
            "metadata": {"channel": "web"}})
-}
-
-fn request(method: &str, uri: &str, headers: &[(&str, &str)], body: &str) -> Request {
-    let mut builder = lambda_http::http::Request::builder().method(method).uri(uri);
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    builder.body(Body::Text(body.to_owned())).unwrap()
 }
 
 fn post(key: &str, body: &Value) -> Request {
@@ -107,7 +78,7 @@ async fn every_answer_of_the_intake_is_described_by_its_openapi_document() {
     let spec: Value = serde_json::from_str(SPEC).unwrap();
     assert_eq!(spec["openapi"], "3.1.0");
     let queue = InMemoryPaymentQueue::default();
-    let api = intake(queue.clone());
+    let api = intake_on(InMemoryStore::new(), queue.clone());
     let mut seen = Vec::new();
     let mut expect = |path: &str, method: &str, response: Response<Body>, status: u16| {
         assert_eq!(check(&spec, path, method, &response), status, "{method} {path}");
