@@ -715,13 +715,38 @@ struct Invocation<'a, A: Adapters> {
 }
 
 impl<A: Adapters> RecordHandler for Invocation<'_, A> {
+    /// Handles one record inside a span naming it, so that every line logged meanwhile (a
+    /// warning deep in a retry included) carries the payment's identity at the top level.
     async fn handle(&self, sqs: &SqsMessage) -> RecordOutcome {
-        let started = Instant::now();
         let body = sqs.body.as_deref().unwrap_or("");
+        let parsed = PaymentMessage::parse(body);
+        let (key, scope, correlation_id) = match &parsed {
+            Ok(m) => (m.idempotency_key.as_str(), m.scope.as_str(), m.correlation_id.as_str()),
+            Err(_) => ("", "", ""),
+        };
+        let span = tracing::info_span!(
+            "record",
+            idempotency_key = key,
+            scope,
+            correlation_id,
+            message_id = sqs.message_id.as_deref().unwrap_or(""),
+            receive_count = receive_count(sqs).unwrap_or(1),
+        );
+        self.handle_parsed(sqs, body, &parsed).instrument(span).await
+    }
+}
+
+impl<A: Adapters> Invocation<'_, A> {
+    async fn handle_parsed(
+        &self,
+        sqs: &SqsMessage,
+        body: &str,
+        parsed: &Result<PaymentMessage, EnvelopeError>,
+    ) -> RecordOutcome {
+        let started = Instant::now();
         let delivery =
             Delivery { sqs, body, receive_count: receive_count(sqs).unwrap_or(1), deadline_ms: self.deadline_ms };
-        let parsed = PaymentMessage::parse(body);
-        let handled = match &parsed {
+        let handled = match parsed {
             Ok(message) => self.processor.execute(message, &delivery, self.metrics).await,
             Err(error @ EnvelopeError::UnsupportedVersion(_)) => {
                 self.processor.unsupported_version(error, &delivery).await
@@ -731,17 +756,7 @@ impl<A: Adapters> RecordHandler for Invocation<'_, A> {
         let handled = self.processor.record_poison(&delivery, handled).await;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.record_metrics(&handled, elapsed_ms, parsed.as_ref().ok());
-
-        let (key, scope, correlation_id) = match &parsed {
-            Ok(m) => (m.idempotency_key.as_str(), m.scope.as_str(), m.correlation_id.as_str()),
-            Err(_) => ("", "", ""),
-        };
         tracing::info!(
-            idempotency_key = key,
-            scope,
-            correlation_id,
-            message_id = sqs.message_id.as_deref().unwrap_or(""),
-            receive_count = delivery.receive_count,
             outcome = handled.label(),
             reason = handled.reason(),
             duration_ms = elapsed_ms,
@@ -752,9 +767,7 @@ impl<A: Adapters> RecordHandler for Invocation<'_, A> {
         self.handled.lock().unwrap_or_else(|p| p.into_inner()).push((id, handled));
         outcome
     }
-}
 
-impl<A: Adapters> Invocation<'_, A> {
     fn record_metrics(&self, handled: &Handled, elapsed_ms: f64, message: Option<&PaymentMessage>) {
         let m = self.metrics;
         m.observe("ProcessingLatency", Unit::Milliseconds, elapsed_ms);
