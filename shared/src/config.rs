@@ -82,6 +82,11 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         self.parse_or(name, default_s).map(Duration::from_secs)
     }
 
+    /// Days with a default (retention periods).
+    pub fn days_or(&self, name: &'static str, default_days: u64) -> Result<Duration, ConfigError> {
+        self.parse_or(name, default_days).map(|days: u64| Duration::from_secs(days.saturating_mul(24 * 3600)))
+    }
+
     /// An `http://` or `https://` URL.
     pub fn url(&self, name: &'static str) -> Result<String, ConfigError> {
         let value = self.required(name)?;

@@ -45,7 +45,7 @@ impl CompleterConfig {
             failures_table: env.required("FAILURES_TABLE")?,
             queue_url: env.required("PAYMENTS_QUEUE_URL")?,
             idempotency: IdempotencyConfig {
-                retention: Duration::from_secs(env.parse_or::<u64>("IDEMPOTENCY_RETENTION_DAYS", 14)? * 24 * 3600),
+                retention: env.days_or("IDEMPOTENCY_RETENTION_DAYS", 14)?,
                 max_lease: env.millis_or("INTAKE_LEASE_MS", 10_000)?,
             },
             quiet,

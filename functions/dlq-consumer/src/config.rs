@@ -53,7 +53,7 @@ impl DlqConsumerConfig {
                 total_timeout: env.millis_or("PROVIDER_TIMEOUT_MS", 10_000)?,
                 allow_plain_http: env.parse_or("PROVIDER_ALLOW_HTTP", false)?,
             },
-            retention: Duration::from_secs(env.parse_or::<u64>("IDEMPOTENCY_RETENTION_DAYS", 14)? * 24 * 3600),
+            retention: env.days_or("IDEMPOTENCY_RETENTION_DAYS", 14)?,
             provider_key: ProviderKeyConfig::from_env(env)?,
         })
     }

@@ -29,21 +29,52 @@ pub struct DlqConsumer<S, F, V, G> {
     /// Asks the provider what it holds for a payment before it is reported dead, and completes
     /// the payment with a charge it finds; its idempotency guard is also where the last error and
     /// attempt times are read.
+    resolver: OutcomeResolver<S, G>,
+    failures: F,
+    runner: BatchRunner<V>,
+    /// Waits when the failure store is unavailable, with `jitter`.
+    backoff: Backoff,
+    jitter: Jitter,
+    metrics: MetricsSink,
+    clock: Arc<dyn Clock>,
+    /// The source queue when a message does not name it.
+    source_queue: String,
+}
+
+/// The parts a [`DlqConsumer`] is assembled from.
+pub struct DlqConsumerParts<S, F, V, G> {
+    /// The provider lookup and the idempotency guard it completes records through.
     pub resolver: OutcomeResolver<S, G>,
     /// Where failure records go.
     pub failures: F,
-    /// Runs the batch.
-    pub runner: BatchRunner<V>,
-    /// Waits when the failure store is unavailable.
-    pub backoff: Backoff,
-    /// Randomness of those waits.
-    pub jitter: Jitter,
-    /// Metrics.
-    pub metrics: MetricsSink,
-    /// Time.
-    pub clock: Arc<dyn Clock>,
-    /// The source queue when a message does not name it.
-    pub source_queue: String,
+    /// Visibility changes of the batch's records.
+    pub visibility: V,
+}
+
+impl<S, F, V: VisibilityControl, G> DlqConsumer<S, F, V, G> {
+    /// Assembles the consumer from its adapters and validated configuration, on the real clock.
+    pub fn new(parts: DlqConsumerParts<S, F, V, G>, config: &crate::DlqConsumerConfig) -> Self {
+        Self {
+            resolver: parts.resolver,
+            failures: parts.failures,
+            runner: BatchRunner::new(config.batch, parts.visibility),
+            backoff: config.backoff,
+            jitter: Jitter::from_os(),
+            metrics: MetricsSink::new(&config.metrics_namespace, "dlq-consumer"),
+            clock: Arc::new(payments_core::clock::SystemClock),
+            source_queue: config.source_queue.clone(),
+        }
+    }
+
+    /// Where failure records go (tests and tools read them).
+    pub fn failures(&self) -> &F {
+        &self.failures
+    }
+
+    /// The consumer's metrics sink (tests record through it).
+    pub fn metrics(&self) -> &MetricsSink {
+        &self.metrics
+    }
 }
 
 /// What the consumer did with one dead message.

@@ -54,7 +54,7 @@ impl IntakeConfig {
             allow_scope_header: env.flag_or("ALLOW_SCOPE_HEADER", false)?,
             scope_claim: env.string_or("SCOPE_CLAIM", "sub"),
             idempotency: IdempotencyConfig {
-                retention: Duration::from_secs(env.parse_or::<u64>("IDEMPOTENCY_RETENTION_DAYS", 14)? * 24 * 3600),
+                retention: env.days_or("IDEMPOTENCY_RETENTION_DAYS", 14)?,
                 max_lease: lease,
             },
             recovery_grace: env.secs_or("RECOVERY_GRACE_SECONDS", 120)?,

@@ -32,19 +32,32 @@ pub const SCOPE_HEADER: &str = "x-local-scope";
 
 /// Everything the intake builds once per cold start.
 pub struct Intake<S, F, Q> {
-    /// Idempotency records of operation `intake` (and reads of `process`).
-    pub idempotency: Idempotency<S>,
-    /// Failure records, read for DEAD_LETTERED.
-    pub failures: F,
-    /// Where accepted payments go.
-    pub queue: Q,
-    /// Limits and scope rules.
-    pub config: IntakeConfig,
-    /// Metrics.
-    pub metrics: MetricsSink,
+    idempotency: Idempotency<S>,
+    failures: F,
+    queue: Q,
+    config: IntakeConfig,
+    metrics: MetricsSink,
 }
 
 impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
+    /// The intake over its adapters: idempotency records of operation `intake` (and reads of
+    /// `process`) in `store`, failure records (read for DEAD_LETTERED) in `failures`, accepted
+    /// payments to `queue`; metrics in the configured namespace.
+    pub fn new(store: S, failures: F, queue: Q, config: IntakeConfig) -> Self {
+        Self {
+            idempotency: Idempotency::new(store, config.idempotency),
+            failures,
+            queue,
+            metrics: MetricsSink::new(&config.metrics_namespace, "intake"),
+            config,
+        }
+    }
+
+    /// The idempotency guard (tests and tools read and write records through it).
+    pub fn idempotency(&self) -> &Idempotency<S> {
+        &self.idempotency
+    }
+
     /// The Lambda handler. Never fails and never panics outward: every error is a problem
     /// response, unexpected ones a 500 whose correlation id is in the logs.
     pub async fn handle(&self, request: Request) -> Result<Response<Body>, lambda_http::Error> {

@@ -6,9 +6,7 @@ pub mod handler;
 pub mod problem;
 
 use payments_core::failures::dynamodb::DynamoDbFailureStore;
-use payments_core::idempotency::Idempotency;
 use payments_core::idempotency::dynamodb::DynamoDbStore;
-use payments_core::observability::MetricsSink;
 use payments_core::payment::queue::SqsPaymentQueue;
 
 pub use config::IntakeConfig;
@@ -20,14 +18,10 @@ pub type AwsIntake = Intake<DynamoDbStore, DynamoDbFailureStore, SqsPaymentQueue
 /// Builds the deployed intake from its configuration and the AWS SDK configuration.
 pub fn build(config: IntakeConfig, sdk: &aws_config::SdkConfig) -> AwsIntake {
     let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
-    Intake {
-        idempotency: Idempotency::new(
-            DynamoDbStore::new(dynamodb.clone(), &config.idempotency_table),
-            config.idempotency,
-        ),
-        failures: DynamoDbFailureStore::new(dynamodb, &config.failures_table),
-        queue: SqsPaymentQueue::new(aws_sdk_sqs::Client::new(sdk), &config.queue_url),
-        metrics: MetricsSink::new(&config.metrics_namespace, "intake"),
+    Intake::new(
+        DynamoDbStore::new(dynamodb.clone(), &config.idempotency_table),
+        DynamoDbFailureStore::new(dynamodb, &config.failures_table),
+        SqsPaymentQueue::new(aws_sdk_sqs::Client::new(sdk), &config.queue_url),
         config,
-    }
+    )
 }

@@ -113,8 +113,8 @@ async fn every_answer_of_the_intake_is_described_by_its_openapi_document() {
     let (scope, key) = (Scope::new("acme").unwrap(), IdempotencyKey::new("order-6").unwrap());
     let same: PaymentRequest = parse_strict(&payment(5).to_string()).unwrap();
     let hash = PayloadHash::of(&same).unwrap();
-    let until = api.idempotency.now_ms() + 5_000;
-    api.idempotency.claim(&intake_key(&scope, &key), &hash, until).await.unwrap();
+    let until = api.idempotency().now_ms() + 5_000;
+    api.idempotency().claim(&intake_key(&scope, &key), &hash, until).await.unwrap();
     expect("/payments", "post", api.handle(post("order-6", &payment(5))).await.unwrap(), 409);
 
     queue.fail_with(Some(EnqueueError { retryable: true, detail: "SQS throttled".into() }));

@@ -56,7 +56,7 @@ impl ProcessorConfig {
         };
         let margin = env.millis_or("LEASE_MARGIN_MS", 2_000)?;
         let idempotency = IdempotencyConfig {
-            retention: Duration::from_secs(env.parse_or::<u64>("IDEMPOTENCY_RETENTION_DAYS", 14)? * 24 * 3600),
+            retention: env.days_or("IDEMPOTENCY_RETENTION_DAYS", 14)?,
             max_lease: env.secs_or("IDEMPOTENCY_MAX_LEASE_SECONDS", 900)?,
         };
         let backoff = Backoff::new(env.millis_or("BACKOFF_BASE_MS", 2_000)?, env.secs_or("BACKOFF_CAP_SECONDS", 900)?)

@@ -50,7 +50,7 @@ async fn a_dead_payment_gets_one_failure_record_shows_dead_lettered_and_redrives
     assert!(first.batch_item_failures.is_empty() && second.batch_item_failures.is_empty());
     settle(&sqs, stack.dlq_url(), &dead, &second).await.unwrap();
     let key = IdempotencyKey::new("dead-1").unwrap();
-    let failures = consumer.failures.for_payment(&scope, &key).await.unwrap();
+    let failures = consumer.failures().for_payment(&scope, &key).await.unwrap();
     assert_eq!(failures.len(), 1, "{failures:?}");
     let failure = &failures[0];
     assert_eq!(
@@ -99,13 +99,13 @@ async fn a_dead_copy_of_a_settled_payment_is_recorded_resolved_and_metrics_are_e
     sqs.send_message().queue_url(stack.dlq_url()).message_body("\u{1F4A5} not a payment").send().await.unwrap();
     let dead = receive(&sqs, stack.dlq_url(), 10, 2).await.unwrap();
     assert_eq!(dead.len(), 2);
-    let metrics = consumer.metrics.invocation();
+    let metrics = consumer.metrics().invocation();
     for message in &dead {
         consumer.record(&lambda_record(message, stack.dlq_arn()), &metrics).await.unwrap();
     }
     let (_, view) = parts(&api.handle(get_payment(scope.as_str(), "s-1")).await.unwrap());
     assert_eq!(view["status"], "SUCCEEDED", "a settled payment keeps its status");
-    let records = consumer.failures.list(false).await.unwrap();
+    let records = consumer.failures().list(false).await.unwrap();
     assert_eq!(records.len(), 2);
     assert!(
         records.iter().any(|r| matches!(&r.state, FailureState::Resolved { note, .. } if note.contains("COMPLETED")))

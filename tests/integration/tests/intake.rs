@@ -155,9 +155,12 @@ async fn a_key_still_being_accepted_gets_409_with_retry_after() {
     // Another request holds the claim (as if it were between claim and enqueue).
     let payment: PaymentRequest = serde_json::from_value(payment_body(5)).unwrap();
     let key = IdempotencyKey::new("busy-1").unwrap();
-    let deadline = api.idempotency.now_ms() + 8_000;
-    let claim =
-        api.idempotency.claim(&intake_key(&scope, &key), &PayloadHash::of(&payment).unwrap(), deadline).await.unwrap();
+    let deadline = api.idempotency().now_ms() + 8_000;
+    let claim = api
+        .idempotency()
+        .claim(&intake_key(&scope, &key), &PayloadHash::of(&payment).unwrap(), deadline)
+        .await
+        .unwrap();
     assert!(matches!(claim, ClaimOutcome::Claimed(_)));
     let response = api.handle(post_payment(scope.as_str(), "busy-1", &payment_body(5))).await.unwrap();
     let (status, problem) = parts(&response);
@@ -181,9 +184,9 @@ where
     F: payments_core::failures::FailureStore,
     Q: PaymentQueue,
 {
-    let now = api.idempotency.now_ms();
+    let now = api.idempotency().now_ms();
     let claim = api
-        .idempotency
+        .idempotency()
         .claim(&intake_key(scope, key), &PayloadHash::of(payment).unwrap(), now + lease_ms)
         .await
         .unwrap();
@@ -209,7 +212,7 @@ async fn a_request_that_died_before_enqueueing_is_enqueued_by_the_client_retry()
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let queued = queue_messages(&sqs, stack.queue_url()).await;
     assert_eq!(queued.len(), 1);
-    let record = api.idempotency.get(&intake_key(&scope, &key)).await.unwrap().unwrap();
+    let record = api.idempotency().get(&intake_key(&scope, &key)).await.unwrap().unwrap();
     assert_eq!((record.status, record.attempts), (RecordStatus::Completed, 2));
 }
 

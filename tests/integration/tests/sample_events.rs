@@ -46,7 +46,7 @@ async fn every_sample_event_runs_through_its_handler() {
     let response =
         consumer.process_batch(&dead.records, deadline + Duration::from_secs(1).as_millis() as i64, "sample").await;
     assert!(response.batch_item_failures.is_empty());
-    let records = payments_core::failures::FailureStore::list(&consumer.failures, true).await.unwrap();
+    let records = payments_core::failures::FailureStore::list(consumer.failures(), true).await.unwrap();
     assert!(records.iter().any(|r| r.source_queue.ends_with("payments-payments") && r.receive_count == 6));
 
     // The scheduler's event through the Lambda handler: nothing is abandoned in this stack.

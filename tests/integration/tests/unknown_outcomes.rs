@@ -91,7 +91,7 @@ async fn a_charged_payment_that_reaches_the_dlq_is_completed_by_the_consumer_and
     assert!(answer.batch_item_failures.is_empty());
     settle(&sqs, stack.dlq_url(), &dead, &answer).await.unwrap();
 
-    let failures = consumer.failures.for_payment(&scope, &IdempotencyKey::new("c-1").unwrap()).await.unwrap();
+    let failures = consumer.failures().for_payment(&scope, &IdempotencyKey::new("c-1").unwrap()).await.unwrap();
     assert_eq!(failures.len(), 1);
     let ledger = ledger(&sim.base_url()).await;
     assert_eq!(ledger.charges.len(), 1);
@@ -116,7 +116,7 @@ async fn an_unreachable_provider_keeps_a_dead_message_unrecorded_and_retried() {
     let records: Vec<_> = dead.iter().map(|m| lambda_record(m, stack.dlq_arn())).collect();
     let answer = consumer.process_batch(&records, SystemClock.now_ms() + 10_000, "r1").await;
     assert_eq!(answer.batch_item_failures.len(), 1, "kept for a retry");
-    assert!(consumer.failures.for_payment(&scope, &IdempotencyKey::new("n-1").unwrap()).await.unwrap().is_empty());
+    assert!(consumer.failures().for_payment(&scope, &IdempotencyKey::new("n-1").unwrap()).await.unwrap().is_empty());
     drop(sim);
 }
 

@@ -6,9 +6,7 @@ use intake::{Intake, IntakeConfig};
 use lambda_http::{Body, Request};
 use payments_core::config::Env;
 use payments_core::failures::memory::InMemoryFailureStore;
-use payments_core::idempotency::Idempotency;
 use payments_core::idempotency::memory::InMemoryStore;
-use payments_core::observability::MetricsSink;
 use payments_core::payment::PaymentQueue;
 
 /// A local configuration: the scope comes from `X-Local-Scope`.
@@ -25,14 +23,7 @@ pub fn config() -> IntakeConfig {
 
 /// The intake over `store` and `queue`.
 pub fn intake_on<Q: PaymentQueue>(store: InMemoryStore, queue: Q) -> Intake<InMemoryStore, InMemoryFailureStore, Q> {
-    let config = config();
-    Intake {
-        idempotency: Idempotency::new(store, config.idempotency),
-        failures: InMemoryFailureStore::default(),
-        queue,
-        config,
-        metrics: MetricsSink::new("Test", "intake"),
-    }
+    Intake::new(store, InMemoryFailureStore::default(), queue, config())
 }
 
 /// A request as API Gateway hands it over.
