@@ -129,10 +129,6 @@ fn demo_options(args: &DemoArgs) -> Result<PipelineOptions, String> {
         clients: args.clients.unwrap_or(if spike { 128 } else { 8 }),
         ..PipelineOptions::default()
     };
-    if spike && args.provider_limit > 0 {
-        options.simulator.capacity.rate_per_s = args.provider_limit;
-        options.provider_rate_limit = Some(0.9 * f64::from(args.provider_limit));
-    }
     options.simulator.seed = args.seed;
     let default_total = 0.17;
     let fault_rate = args.fault_rate.unwrap_or(if spike { 0.0 } else { default_total });

@@ -724,36 +724,35 @@ impl<A: Adapters> RecordHandler for Invocation<'_, A> {
             Ok(m) => (m.idempotency_key.as_str(), m.scope.as_str(), m.correlation_id.as_str()),
             Err(_) => ("", "", ""),
         };
+        let delivery =
+            Delivery { sqs, body, receive_count: receive_count(sqs).unwrap_or(1), deadline_ms: self.deadline_ms };
         let span = tracing::info_span!(
             "record",
             idempotency_key = key,
             scope,
             correlation_id,
             message_id = sqs.message_id.as_deref().unwrap_or(""),
-            receive_count = receive_count(sqs).unwrap_or(1),
+            receive_count = delivery.receive_count,
         );
-        self.handle_parsed(sqs, body, &parsed).instrument(span).await
+        self.handle_parsed(&delivery, &parsed).instrument(span).await
     }
 }
 
 impl<A: Adapters> Invocation<'_, A> {
     async fn handle_parsed(
         &self,
-        sqs: &SqsMessage,
-        body: &str,
+        delivery: &Delivery<'_>,
         parsed: &Result<PaymentMessage, EnvelopeError>,
     ) -> RecordOutcome {
         let started = Instant::now();
-        let delivery =
-            Delivery { sqs, body, receive_count: receive_count(sqs).unwrap_or(1), deadline_ms: self.deadline_ms };
         let handled = match parsed {
-            Ok(message) => self.processor.execute(message, &delivery, self.metrics).await,
+            Ok(message) => self.processor.execute(message, delivery, self.metrics).await,
             Err(error @ EnvelopeError::UnsupportedVersion(_)) => {
-                self.processor.unsupported_version(error, &delivery).await
+                self.processor.unsupported_version(error, delivery).await
             }
-            Err(error) => self.processor.invalid(error, &delivery).await,
+            Err(error) => self.processor.invalid(error, delivery).await,
         };
-        let handled = self.processor.record_poison(&delivery, handled).await;
+        let handled = self.processor.record_poison(delivery, handled).await;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.record_metrics(&handled, elapsed_ms, parsed.as_ref().ok());
         tracing::info!(
@@ -763,7 +762,7 @@ impl<A: Adapters> Invocation<'_, A> {
             "record processed"
         );
         let outcome = handled.outcome();
-        let id = sqs.message_id.clone().unwrap_or_default();
+        let id = delivery.sqs.message_id.clone().unwrap_or_default();
         self.handled.lock().unwrap_or_else(|p| p.into_inner()).push((id, handled));
         outcome
     }

@@ -17,7 +17,7 @@ use payments_core::idempotency::dynamodb::DynamoDbStore;
 use payments_core::idempotency::{Idempotency, IdempotencyConfig, IdempotencyKey, PayloadHash, Recovery, Scope};
 use payments_core::payment::envelope::{SCHEMA_VERSION, parse_strict};
 use payments_core::payment::{PaymentMessage, intake_key, provider_idempotency_key};
-use provider_simulator::{LedgerSnapshot, SimConfig, Simulator};
+use provider_simulator::{Capacity, LedgerSnapshot, SimConfig, Simulator};
 
 use crate::cache_dir;
 use crate::emf_log::MetricTotals;
@@ -49,7 +49,7 @@ pub enum Scenario {
     /// Every payment at once, against a provider that serves `provider_limit` requests per
     /// second (429 beyond) for the whole run; the processor is paced at 90 % of it.
     Spike {
-        /// The provider's rate limit.
+        /// The provider's rate limit (0: unlimited, and the processor unpaced).
         provider_limit: u32,
     },
 }
@@ -69,6 +69,23 @@ impl Scenario {
         match self {
             Self::Faults | Self::Spike { .. } => None,
             Self::Outage { window } | Self::Brownout { window } => Some(*window),
+        }
+    }
+
+    /// The provider's capacity for the whole run: the spike's limit, else none.
+    fn provider_capacity(&self) -> Capacity {
+        match self {
+            Self::Spike { provider_limit } => Capacity { rate_per_s: *provider_limit, max_concurrent: 0 },
+            _ => Capacity::default(),
+        }
+    }
+
+    /// `PROVIDER_RATE_LIMIT` for the processor: 90 % of the spike's limit (headroom for the
+    /// jitter of requests on their way), else unpaced.
+    fn processor_pace(&self) -> Option<f64> {
+        match self {
+            Self::Spike { provider_limit } if *provider_limit > 0 => Some(0.9 * f64::from(*provider_limit)),
+            _ => None,
         }
     }
 
@@ -129,8 +146,6 @@ pub struct PipelineOptions {
     pub kill_processor: bool,
     /// Print progress lines.
     pub progress: bool,
-    /// `PROVIDER_RATE_LIMIT` for the processor (`None`: unpaced).
-    pub provider_rate_limit: Option<f64>,
     /// Clients submitting at once.
     pub clients: usize,
     /// The provider expects another key than the stack's secret holds (a key rotated at the
@@ -155,7 +170,7 @@ impl Default for PipelineOptions {
                 },
                 latency_ms: 300,
                 commit_delay_ms: 2_500,
-                capacity: provider_simulator::Capacity::default(),
+                capacity: Capacity::default(),
                 api_key: None,
             },
             scenario: Scenario::Faults,
@@ -165,7 +180,6 @@ impl Default for PipelineOptions {
             settle_timeout: Duration::from_secs(240),
             kill_processor: false,
             progress: true,
-            provider_rate_limit: None,
             clients: 8,
             provider_refuses_key: false,
         }
@@ -461,7 +475,11 @@ pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> 
     if options.provider_refuses_key {
         provider_key.push_str("-rotated-at-the-provider");
     }
-    let simulator_config = SimConfig { api_key: Some(provider_key.clone()), ..options.simulator.clone() };
+    let simulator_config = SimConfig {
+        api_key: Some(provider_key.clone()),
+        capacity: options.scenario.provider_capacity(),
+        ..options.simulator.clone()
+    };
     let simulator = Simulator::start(simulator_config).await.map_err(PipelineError::Simulator)?;
     let log_dir = cache_dir().join("pipeline").join(&name);
     std::fs::create_dir_all(&log_dir).map_err(|e| PipelineError::Other(format!("log dir: {e}")))?;
@@ -537,7 +555,7 @@ pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> 
                 ("BREAKER_CACHE_SECONDS", "2".into()),
                 ("BREAKER_HALF_OPEN_WAIT_MS", "1000".into()),
                 // Unset (empty) unless the run paces the processor.
-                ("PROVIDER_RATE_LIMIT", options.provider_rate_limit.map_or(String::new(), |r| r.to_string())),
+                ("PROVIDER_RATE_LIMIT", options.scenario.processor_pace().map_or(String::new(), |r| r.to_string())),
             ]),
         ),
         (
@@ -946,8 +964,8 @@ async fn reconcile(
         log_dir: running.log_dir.clone(),
         intake_latency_p50_p99: (submission.latency_percentile(50.0), submission.latency_percentile(99.0)),
         provider_load: ProviderLoad {
-            limit: Some(options.simulator.capacity.rate_per_s).filter(|l| *l > 0),
-            paced_at: options.provider_rate_limit,
+            limit: Some(options.scenario.provider_capacity().rate_per_s).filter(|l| *l > 0),
+            paced_at: options.scenario.processor_pace(),
             seen: ledger.capacity.clone(),
         },
         interrupted_invocations: running.payments_poller.invoke_errors.load(Relaxed),

@@ -138,8 +138,6 @@ async fn a_spike_is_absorbed_by_the_queue_and_the_provider_is_never_offered_more
     o.workload = WorkloadSpec { payments: 300, dead_letters: 0, poison: 0, seed: 14, ..WorkloadSpec::default() };
     o.scenario = Scenario::Spike { provider_limit: 4 };
     o.simulator.rates = provider_simulator::FaultRates::default();
-    o.simulator.capacity.rate_per_s = 4;
-    o.provider_rate_limit = Some(3.6);
     o.clients = 64;
     o.settle_timeout = Duration::from_secs(300);
     let r = run(&o).await.expect("pipeline ran");

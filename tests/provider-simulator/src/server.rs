@@ -141,8 +141,10 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Answer {
         Ok(collected) => collected.to_bytes(),
         Err(_) => return Err(DropConnection),
     };
+    // Read once: a runtime change applies from the next request on.
+    let config = shared.config();
     let api = matches!(parts.method, Method::POST | Method::GET) && parts.uri.path() == "/v1/charges";
-    if api && !authorized(&shared.config(), &parts.headers) {
+    if api && !authorized(&config, &parts.headers) {
         shared.state().ledger.unauthorized += 1;
         return Ok(error(
             StatusCode::UNAUTHORIZED,
@@ -151,13 +153,13 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Answer {
             "Invalid API Key provided",
         ));
     }
-    let _served = match api.then(|| Served::admit(&shared)) {
+    let _served = match api.then(|| Served::admit(&shared, config.capacity)) {
         Some(Err(too_many)) => return Ok(*too_many),
         admitted => admitted,
     };
     Ok(match (parts.method.clone(), parts.uri.path()) {
-        (Method::POST, "/v1/charges") => return charge(&shared, &parts.headers, &body).await,
-        (Method::GET, "/v1/charges") => return lookup(&shared, parts.uri.query().unwrap_or("")).await,
+        (Method::POST, "/v1/charges") => return charge(&shared, &config, &parts.headers, &body).await,
+        (Method::GET, "/v1/charges") => return lookup(&shared, &config, parts.uri.query().unwrap_or("")).await,
         (Method::GET, "/ledger") => {
             let state = shared.state();
             let summary = parts.uri.query() == Some("summary");
@@ -200,8 +202,7 @@ struct Served<'a>(&'a Shared);
 
 impl<'a> Served<'a> {
     /// Admits the request, or answers 429 with `Retry-After` (nothing charged, no fault drawn).
-    fn admit(shared: &'a Shared) -> Result<Self, Box<Response<Full<Bytes>>>> {
-        let capacity = shared.config().capacity;
+    fn admit(shared: &'a Shared, capacity: Capacity) -> Result<Self, Box<Response<Full<Bytes>>>> {
         match shared.state().gate.arrive(std::time::Instant::now(), capacity) {
             Ok(()) => Ok(Self(shared)),
             Err(throttled) => {
@@ -232,7 +233,7 @@ struct ChargeBody {
     metadata: serde_json::Value,
 }
 
-async fn charge(shared: &Shared, headers: &http::HeaderMap, body: &Bytes) -> Answer {
+async fn charge(shared: &Shared, config: &SimConfig, headers: &http::HeaderMap, body: &Bytes) -> Answer {
     let Some(key) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned) else {
         return Ok(error(
             StatusCode::BAD_REQUEST,
@@ -244,7 +245,6 @@ async fn charge(shared: &Shared, headers: &http::HeaderMap, body: &Bytes) -> Ans
     let Ok(charge) = serde_json::from_slice::<ChargeBody>(body) else {
         return Ok(error(StatusCode::BAD_REQUEST, "invalid_request_error", "parameter_invalid", "invalid charge body"));
     };
-    let config = shared.config();
     let body_hash = Sha256::digest(body).iter().map(|b| format!("{b:02x}")).collect::<String>();
 
     let fault = {
@@ -256,7 +256,7 @@ async fn charge(shared: &Shared, headers: &http::HeaderMap, body: &Bytes) -> Ans
         }
         fault
     };
-    if let Some(answer) = refusal(fault, &config).await {
+    if let Some(answer) = refusal(fault, config).await {
         return answer;
     }
 
@@ -310,7 +310,7 @@ async fn charge(shared: &Shared, headers: &http::HeaderMap, body: &Bytes) -> Ans
 /// `GET /v1/charges?idempotency_key=K` or `?merchant_reference=R`: the charges made under that
 /// key or reference, as a Stripe-style list; 409 while a request with the key is in flight.
 /// Faults are drawn as for charges (per looked-up value and lookup attempt).
-async fn lookup(shared: &Shared, query: &str) -> Answer {
+async fn lookup(shared: &Shared, config: &SimConfig, query: &str) -> Answer {
     let params: Vec<(String, String)> = query
         .split('&')
         .filter_map(|pair| pair.split_once('='))
@@ -333,7 +333,6 @@ async fn lookup(shared: &Shared, query: &str) -> Answer {
             ));
         }
     };
-    let config = shared.config();
     let fault = {
         let mut state = shared.state();
         let attempt = state.count_lookup(&value);
@@ -344,10 +343,10 @@ async fn lookup(shared: &Shared, query: &str) -> Answer {
         fault
     };
     match fault {
-        Some(Fault::CommitThenTimeout) => return timed_out(&config).await,
+        Some(Fault::CommitThenTimeout) => return timed_out(config).await,
         Some(Fault::Latency) => tokio::time::sleep(Duration::from_millis(config.latency_ms)).await,
         other => {
-            if let Some(answer) = refusal(other, &config).await {
+            if let Some(answer) = refusal(other, config).await {
                 return answer;
             }
         }
