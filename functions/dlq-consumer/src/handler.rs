@@ -9,19 +9,20 @@
 //! is recorded and the dead message is retried later.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_runtime::LambdaEvent;
-use payments_core::clock::{Clock, rfc3339_ms};
+use payments_core::clock::rfc3339_ms;
 use payments_core::failures::{
-    FailureKind, FailureRecord, FailureState, FailureStore, Recorded, failure_partition, resolve_open_records,
-    stored_body, stored_error,
+    FailedMessage, FailureKind, FailureRecord, FailureState, FailureStore, Recorded, resolve_open_records, stored_error,
 };
 use payments_core::idempotency::{IdempotencyRecord, IdempotencyStore, RecordStatus};
 use payments_core::observability::{Metrics, MetricsSink, Unit};
 use payments_core::payment::{KeyHint, OutcomeResolver, PaymentGateway, PaymentMessage, Resolution, process_key};
 use payments_core::sqs::{
-    Backoff, BatchRunner, Jitter, RecordHandler, RecordOutcome, VisibilityControl, dead_letter, receive_count,
+    Backoff, BatchReport, Fate, Invocation, Jitter, RecordHandler, SqsFunction, VisibilityControl, dead_letter,
+    receive_count,
 };
 
 /// Everything the DLQ consumer builds once per cold start.
@@ -31,12 +32,10 @@ pub struct DlqConsumer<S, F, V, G> {
     /// attempt times are read.
     resolver: OutcomeResolver<S, G>,
     failures: F,
-    runner: BatchRunner<V>,
+    sqs: SqsFunction<V>,
     /// Waits when the failure store is unavailable, with `jitter`.
     backoff: Backoff,
     jitter: Jitter,
-    metrics: MetricsSink,
-    clock: Arc<dyn Clock>,
     /// The source queue when a message does not name it.
     source_queue: String,
 }
@@ -57,11 +56,14 @@ impl<S, F, V: VisibilityControl, G> DlqConsumer<S, F, V, G> {
         Self {
             resolver: parts.resolver,
             failures: parts.failures,
-            runner: BatchRunner::new(config.batch, parts.visibility),
+            sqs: SqsFunction::new(
+                config.batch,
+                parts.visibility,
+                MetricsSink::new(&config.metrics_namespace, "dlq-consumer"),
+                Arc::new(payments_core::clock::SystemClock),
+            ),
             backoff: config.backoff,
             jitter: Jitter::from_os(),
-            metrics: MetricsSink::new(&config.metrics_namespace, "dlq-consumer"),
-            clock: Arc::new(payments_core::clock::SystemClock),
             source_queue: config.source_queue.clone(),
         }
     }
@@ -73,7 +75,7 @@ impl<S, F, V: VisibilityControl, G> DlqConsumer<S, F, V, G> {
 
     /// The consumer's metrics sink (tests record through it).
     pub fn metrics(&self) -> &MetricsSink {
-        &self.metrics
+        self.sqs.metrics()
     }
 }
 
@@ -95,38 +97,94 @@ pub enum DeadLetterOutcome {
     },
     /// This message was recorded before (redelivery): nothing written.
     Duplicate,
+    /// Nothing could be recorded yet (a store unavailable, or the provider's answer unknown):
+    /// the dead message comes back after `after`.
+    NotRecorded {
+        /// What stood in the way.
+        error: String,
+        /// Visibility delay.
+        after: Duration,
+    },
+}
+
+impl Fate for DeadLetterOutcome {
+    /// Only a dead message that could not be recorded comes back.
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::NotRecorded { after, .. } => Some(*after),
+            _ => None,
+        }
+    }
+}
+
+/// What is known of a dead message before its failure record is written.
+struct Findings<'a> {
+    message: &'a SqsMessage,
+    body: &'a str,
+    /// The id that keys the record: the message the processor gave up on, when it says.
+    message_id: &'a str,
+    hint: Option<KeyHint>,
+    /// The payment's idempotency record.
+    process: Option<IdempotencyRecord>,
+    /// What the provider holds, for a payment not settled.
+    resolution: Option<Resolution>,
+}
+
+impl Findings<'_> {
+    /// The payment's record when it is settled already (this dead message is a stray copy).
+    fn settled(&self) -> Option<&IdempotencyRecord> {
+        self.process.as_ref().filter(|r| matches!(r.status, RecordStatus::Completed | RecordStatus::Failed))
+    }
 }
 
 impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl, G: PaymentGateway> DlqConsumer<S, F, V, G> {
     /// The Lambda handler.
     pub async fn handle(&self, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-        let deadline_ms = payments_core::clock::invocation_deadline_ms(event.context.deadline, self.clock.now_ms());
-        Ok(self.process_batch(&event.payload.records, deadline_ms, &event.context.request_id).await)
+        self.sqs.handle(event, self).await
     }
 
     /// Records every message of the batch; flushes metrics.
-    pub async fn process_batch(&self, records: &[SqsMessage], deadline_ms: i64, request_id: &str) -> SqsBatchResponse {
-        let metrics = self.metrics.invocation();
-        metrics.property("RequestId", request_id);
-        let report = self
-            .runner
-            .run(records, deadline_ms, self.clock.as_ref(), &Invocation { consumer: self, metrics: &metrics })
-            .await;
-        metrics.flush();
-        report.response
+    pub async fn process_batch(
+        &self,
+        records: &[SqsMessage],
+        deadline_ms: i64,
+        request_id: &str,
+    ) -> BatchReport<DeadLetterOutcome> {
+        self.sqs.process_batch(records, deadline_ms, request_id, self).await
     }
 
-    /// Records one dead message.
+    /// Records one dead message: a failure record, metrics and a log event.
     pub async fn record(&self, message: &SqsMessage, metrics: &Metrics) -> Result<DeadLetterOutcome, String> {
-        let body = message.body.clone().unwrap_or_default();
-        // A message the processor dead-lettered itself names the message it gave up on: that id
-        // keys the record, so a dead-lettering repeated after a crash writes one record.
-        let message_id = message_attribute(message, dead_letter::SOURCE_MESSAGE_ID)
-            .or(message.message_id.as_deref())
-            .unwrap_or_default()
-            .to_owned();
-        let given_up = message_attribute(message, dead_letter::DEAD_LETTER_REASON);
-        let hint = KeyHint::find(&body);
+        let findings = self.investigate(message, metrics).await?;
+        let now = self.sqs.clock().now_ms();
+        let record = self.failure_record(&findings, now);
+        let written = self.failures.record(&record).await.map_err(|e| e.to_string())?;
+        if let (Some(Resolution::Charged(charge_id)), Some(h)) = (&findings.resolution, &findings.hint) {
+            // Earlier dead copies may have been recorded "not charged" before this one charged.
+            let note = format!("the payment succeeded later (charge {charge_id})");
+            resolve_open_records(&self.failures, &h.scope, &h.idempotency_key, &note, now)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let outcome = match (written, findings.settled().is_some(), findings.resolution) {
+            (Recorded::AlreadyRecorded, _, _) => DeadLetterOutcome::Duplicate,
+            (Recorded::New, true, _) => DeadLetterOutcome::AlreadySettled,
+            (Recorded::New, false, Some(Resolution::Charged(charge_id))) => {
+                DeadLetterOutcome::ResolvedCharged { charge_id }
+            }
+            (Recorded::New, false, _) => DeadLetterOutcome::Recorded { class: record.failure_class.clone() },
+        };
+        let sent_ms = attribute(message, "SentTimestamp").and_then(|t| t.parse::<i64>().ok());
+        count_outcome(metrics, &outcome, sent_ms.map(|sent| (now - sent).max(0) as f64 / 1000.0));
+        log_recorded(&record, &outcome);
+        Ok(outcome)
+    }
+
+    /// Reads what the dead message names: its payment's idempotency record and, for a payment
+    /// not settled, what the provider holds.
+    async fn investigate<'m>(&self, message: &'m SqsMessage, metrics: &Metrics) -> Result<Findings<'m>, String> {
+        let body = message.body.as_deref().unwrap_or_default();
+        let hint = KeyHint::find(body);
         let process = match &hint {
             Some(h) => {
                 let key = process_key(&h.scope, &h.idempotency_key);
@@ -134,31 +192,46 @@ impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl, G: PaymentGatew
             }
             None => None,
         };
-        let settled = process.as_ref().filter(|r| matches!(r.status, RecordStatus::Completed | RecordStatus::Failed));
-        let resolution = match (settled, PaymentMessage::parse(&body)) {
-            (None, Ok(payment)) => Some(self.resolve(&payment, message, metrics).await?),
-            _ => None,
+        let mut findings = Findings {
+            message,
+            body,
+            // A message the processor dead-lettered itself names the message it gave up on: that
+            // id keys the record, so a dead-lettering repeated after a crash writes one record.
+            message_id: message_attribute(message, dead_letter::SOURCE_MESSAGE_ID)
+                .or(message.message_id.as_deref())
+                .unwrap_or_default(),
+            hint,
+            process,
+            resolution: None,
         };
-        let class = failure_class(hint.is_some(), process.as_ref());
-        let now = self.clock.now_ms();
-        let record = FailureRecord {
-            partition: failure_partition(hint.as_ref(), &message_id),
-            message_id: message_id.clone(),
-            scope: hint.as_ref().map(|h| h.scope.clone()),
-            idempotency_key: hint.as_ref().map(|h| h.idempotency_key.clone()),
-            body: stored_body(&body),
+        if findings.settled().is_none()
+            && let Ok(payment) = PaymentMessage::parse(body)
+        {
+            findings.resolution = Some(self.resolve(&payment, message, metrics).await?);
+        }
+        Ok(findings)
+    }
+
+    /// The failure record of a dead message: open, or resolved when its payment is settled or
+    /// was found charged.
+    fn failure_record(&self, findings: &Findings<'_>, now: i64) -> FailureRecord {
+        let (message, process) = (findings.message, findings.process.as_ref());
+        let given_up = message_attribute(message, dead_letter::DEAD_LETTER_REASON);
+        let failed = FailedMessage {
+            message_id: findings.message_id,
+            hint: findings.hint.as_ref(),
+            body: findings.body,
             receive_count: receive_count(message).unwrap_or(0),
-            first_attempt_at_ms: process.as_ref().map(|r| r.created_at_ms),
-            last_attempt_at_ms: process.as_ref().map(|r| r.updated_at_ms),
-            last_error: last_error(process.as_ref(), given_up, resolution.as_ref()).map(|e| stored_error(&e)),
-            failure_class: class.clone(),
             source_queue: attribute(message, "DeadLetterQueueSourceArn")
                 .or_else(|| message_attribute(message, dead_letter::SOURCE_QUEUE))
-                .unwrap_or(&self.source_queue)
-                .to_owned(),
-            recorded_at_ms: now,
-            kind: FailureKind::DeadLetter,
-            state: match (settled, &resolution) {
+                .unwrap_or(&self.source_queue),
+        };
+        let class = failure_class(findings.hint.is_some(), process);
+        FailureRecord {
+            first_attempt_at_ms: process.map(|r| r.created_at_ms),
+            last_attempt_at_ms: process.map(|r| r.updated_at_ms),
+            last_error: last_error(process, given_up, findings.resolution.as_ref()).map(|e| stored_error(&e)),
+            state: match (findings.settled(), &findings.resolution) {
                 (Some(r), _) => FailureState::Resolved {
                     at_ms: now,
                     note: format!("payment already settled ({})", r.status.as_str()),
@@ -169,53 +242,44 @@ impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl, G: PaymentGatew
                 },
                 (None, _) => FailureState::Open,
             },
-        };
-        let written = self.failures.record(&record).await.map_err(|e| e.to_string())?;
-        if let (Some(Resolution::Charged(charge_id)), Some(h)) = (&resolution, &hint) {
-            // Earlier dead copies may have been recorded "not charged" before this one charged.
-            let note = format!("the payment succeeded later (charge {charge_id})");
-            resolve_open_records(&self.failures, &h.scope, &h.idempotency_key, &note, now)
-                .await
-                .map_err(|e| e.to_string())?;
+            ..FailureRecord::open(FailureKind::DeadLetter, failed, class, now)
         }
-        let outcome = match (written, settled, resolution) {
-            (Recorded::AlreadyRecorded, _, _) => DeadLetterOutcome::Duplicate,
-            (Recorded::New, Some(_), _) => DeadLetterOutcome::AlreadySettled,
-            (Recorded::New, None, Some(Resolution::Charged(charge_id))) => {
-                DeadLetterOutcome::ResolvedCharged { charge_id }
-            }
-            (Recorded::New, None, _) => DeadLetterOutcome::Recorded { class: class.clone() },
-        };
-        let sent_ms = attribute(message, "SentTimestamp").and_then(|t| t.parse::<i64>().ok());
-        let age_s = sent_ms.map(|sent| (now - sent).max(0) as f64 / 1000.0);
-        match &outcome {
-            DeadLetterOutcome::Recorded { class } => {
-                metrics.count("DeadLettered", 1);
-                metrics.count_with("DeadLettered", 1, &[("FailureClass", class)]);
-                if let Some(age) = age_s {
-                    metrics.observe("AgeAtDeadLetter", Unit::Seconds, age);
-                }
-            }
-            DeadLetterOutcome::AlreadySettled => metrics.count("DeadLetteredSettled", 1),
-            DeadLetterOutcome::ResolvedCharged { .. } => metrics.count("DeadLetterResolvedCharged", 1),
-            DeadLetterOutcome::Duplicate => metrics.count("DeadLetterDuplicate", 1),
-        }
-        tracing::warn!(
-            event = "payment_dead_lettered",
-            message_id,
-            scope = record.scope.as_ref().map(|s| s.as_str()).unwrap_or(""),
-            idempotency_key = record.idempotency_key.as_ref().map(|k| k.as_str()).unwrap_or(""),
-            failure_class = class,
-            last_error = record.last_error.as_deref().unwrap_or(""),
-            receive_count = record.receive_count,
-            first_attempt_at = record.first_attempt_at_ms.map(rfc3339_ms).unwrap_or_default(),
-            last_attempt_at = record.last_attempt_at_ms.map(rfc3339_ms).unwrap_or_default(),
-            source_queue = record.source_queue,
-            outcome = ?outcome,
-            "dead-lettered payment message recorded"
-        );
-        Ok(outcome)
     }
+}
+
+/// Counts what became of a dead message; `age_s` is how long it had been in the queues.
+fn count_outcome(metrics: &Metrics, outcome: &DeadLetterOutcome, age_s: Option<f64>) {
+    match outcome {
+        DeadLetterOutcome::Recorded { class } => {
+            metrics.count("DeadLettered", 1);
+            metrics.count_with("DeadLettered", 1, &[("FailureClass", class)]);
+            if let Some(age) = age_s {
+                metrics.observe("AgeAtDeadLetter", Unit::Seconds, age);
+            }
+        }
+        DeadLetterOutcome::AlreadySettled => metrics.count("DeadLetteredSettled", 1),
+        DeadLetterOutcome::ResolvedCharged { .. } => metrics.count("DeadLetterResolvedCharged", 1),
+        DeadLetterOutcome::Duplicate => metrics.count("DeadLetterDuplicate", 1),
+        DeadLetterOutcome::NotRecorded { .. } => metrics.count("DeadLetterRecordFailed", 1),
+    }
+}
+
+/// The structured event operators search for: one per dead message recorded.
+fn log_recorded(record: &FailureRecord, outcome: &DeadLetterOutcome) {
+    tracing::warn!(
+        event = "payment_dead_lettered",
+        message_id = record.message_id,
+        scope = record.scope.as_ref().map(|s| s.as_str()).unwrap_or(""),
+        idempotency_key = record.idempotency_key.as_ref().map(|k| k.as_str()).unwrap_or(""),
+        failure_class = record.failure_class,
+        last_error = record.last_error.as_deref().unwrap_or(""),
+        receive_count = record.receive_count,
+        first_attempt_at = record.first_attempt_at_ms.map(rfc3339_ms).unwrap_or_default(),
+        last_attempt_at = record.last_attempt_at_ms.map(rfc3339_ms).unwrap_or_default(),
+        source_queue = record.source_queue,
+        outcome = ?outcome,
+        "dead-lettered payment message recorded"
+    );
 }
 
 impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl, G: PaymentGateway> DlqConsumer<S, F, V, G> {
@@ -291,23 +355,21 @@ fn message_attribute<'a>(message: &'a SqsMessage, name: &str) -> Option<&'a str>
     message.message_attributes.get(name).and_then(|v| v.string_value.as_deref())
 }
 
-struct Invocation<'a, S, F, V, G> {
-    consumer: &'a DlqConsumer<S, F, V, G>,
-    metrics: &'a Metrics,
-}
-
 impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl, G: PaymentGateway> RecordHandler
-    for Invocation<'_, S, F, V, G>
+    for DlqConsumer<S, F, V, G>
 {
-    async fn handle(&self, message: &SqsMessage) -> RecordOutcome {
-        match self.consumer.record(message, self.metrics).await {
-            Ok(_) => RecordOutcome::Done,
-            Err(e) => {
-                let count = receive_count(message).unwrap_or(1);
-                tracing::error!(error = e, "could not record a dead message; it will be retried");
-                self.metrics.count("DeadLetterRecordFailed", 1);
-                RecordOutcome::RetryAfter { after: self.consumer.jitter.delay(&self.consumer.backoff, count) }
-            }
-        }
+    type Fate = DeadLetterOutcome;
+
+    async fn handle_record(&self, message: &SqsMessage, invocation: &Invocation<'_>) -> DeadLetterOutcome {
+        let metrics = invocation.metrics();
+        self.record(message, metrics).await.unwrap_or_else(|error| {
+            tracing::error!(error, "could not record a dead message; it will be retried");
+            let outcome = DeadLetterOutcome::NotRecorded {
+                error,
+                after: self.jitter.delay(&self.backoff, receive_count(message).unwrap_or(1)),
+            };
+            count_outcome(metrics, &outcome, None);
+            outcome
+        })
     }
 }

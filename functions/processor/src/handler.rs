@@ -2,7 +2,7 @@
 //! idempotency record, charge with the scoped key, then complete, fail permanently, or release
 //! and back off — or, when the payment's retry budget or age runs out, dead-letter it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
@@ -10,8 +10,7 @@ use lambda_runtime::LambdaEvent;
 use payments_core::breaker::{Admitted, BreakerStore, CallHealth, CircuitBreaker, Permit, Phase, Transition};
 use payments_core::clock::{Clock, epoch_ms};
 use payments_core::failures::{
-    FailureKind, FailureRecord, FailureState, FailureStore, failure_partition, resolve_open_records, stored_body,
-    stored_error,
+    FailedMessage, FailureKind, FailureRecord, FailureStore, resolve_open_records, stored_error,
 };
 use payments_core::idempotency::{
     ClaimOutcome, Idempotency, IdempotencyRecord, IdempotencyStore, Lease, PayloadHash, RecordStatus, Recovery,
@@ -26,8 +25,8 @@ use payments_core::payment::{
 };
 use payments_core::sqs::backoff::SQS_MAX_VISIBILITY;
 use payments_core::sqs::{
-    Backoff, BatchRunner, DeadLetter, DeadLetterQueue, GiveUpReason, Jitter, RecordHandler, RecordOutcome,
-    RecordResult, RetryBudget, Verdict, VisibilityControl, receive_count,
+    Backoff, BatchReport, BatchRunner, DeadLetter, DeadLetterQueue, Fate, GiveUpReason, Invocation, Jitter,
+    RecordHandler, RetryBudget, SqsFunction, Verdict, VisibilityControl, receive_count,
 };
 use tracing::Instrument;
 
@@ -71,7 +70,7 @@ pub struct Processor<A: Adapters> {
     idempotency: Idempotency<A::Store>,
     failures: A::Failures,
     gateway: A::Gateway,
-    runner: BatchRunner<A::Visibility>,
+    sqs: SqsFunction<A::Visibility>,
     breaker: CircuitBreaker<A::Breaker>,
     dead_letters: A::DeadLetters,
     backoff: Backoff,
@@ -79,7 +78,6 @@ pub struct Processor<A: Adapters> {
     jitter: Jitter,
     pacer: Pacer,
     call_time: Duration,
-    metrics: MetricsSink,
     clock: Arc<dyn Clock>,
 }
 
@@ -131,14 +129,17 @@ pub enum Handled {
     },
 }
 
-impl Handled {
-    fn outcome(&self) -> RecordOutcome {
+impl Fate for Handled {
+    /// A retry or a deferral comes back after its delay; every other fate is final.
+    fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::Retry { after, .. } | Self::Deferred { after, .. } => RecordOutcome::RetryAfter { after: *after },
-            _ => RecordOutcome::Done,
+            Self::Retry { after, .. } | Self::Deferred { after, .. } => Some(*after),
+            _ => None,
         }
     }
+}
 
+impl Handled {
     fn label(&self) -> &'static str {
         match self {
             Self::Charged { .. } => "charged",
@@ -196,6 +197,24 @@ struct Delivery<'a> {
     deadline_ms: i64,
 }
 
+impl<'a> Delivery<'a> {
+    fn of(sqs: &'a SqsMessage, invocation: &Invocation<'_>) -> Self {
+        let body = sqs.body.as_deref().unwrap_or("");
+        Self { sqs, body, receive_count: receive_count(sqs).unwrap_or(1), deadline_ms: invocation.deadline_ms() }
+    }
+
+    /// The message as a failure record names it, for the payment `hint` when it names one.
+    fn failed<'h>(&'h self, hint: Option<&'h KeyHint>) -> FailedMessage<'h> {
+        FailedMessage {
+            message_id: self.sqs.message_id.as_deref().unwrap_or_default(),
+            hint,
+            body: self.body,
+            receive_count: self.receive_count,
+            source_queue: self.sqs.event_source_arn.as_deref().unwrap_or_default(),
+        }
+    }
+}
+
 impl<A: Adapters> Processor<A> {
     /// Assembles a processor from its adapters and validated configuration, on the real clock,
     /// with jitter from the OS unless replaced ([`Self::with_jitter`]).
@@ -209,7 +228,12 @@ impl<A: Adapters> Processor<A> {
             idempotency: Idempotency::with_clock(ports.store, config.idempotency, clock.clone()),
             failures: ports.failures,
             gateway: ports.gateway,
-            runner: BatchRunner::new(config.batch, ports.visibility),
+            sqs: SqsFunction::new(
+                config.batch,
+                ports.visibility,
+                MetricsSink::new(&config.metrics_namespace, "processor"),
+                clock.clone(),
+            ),
             breaker: CircuitBreaker::new(ports.breaker, config.breaker.clone(), clock.clone()),
             dead_letters: ports.dead_letters,
             backoff: config.backoff,
@@ -217,7 +241,6 @@ impl<A: Adapters> Processor<A> {
             jitter: Jitter::from_os(),
             pacer: Pacer::new(config.provider_rate, clock.clone()),
             call_time: config.batch.start_margin,
-            metrics: MetricsSink::new(&config.metrics_namespace, "processor"),
             clock,
         }
     }
@@ -245,7 +268,7 @@ impl<A: Adapters> Processor<A> {
 
     /// The batch runner (its visibility adapter records calls in tests).
     pub fn runner(&self) -> &BatchRunner<A::Visibility> {
-        &self.runner
+        self.sqs.runner()
     }
 
     /// The circuit breaker.
@@ -260,27 +283,28 @@ impl<A: Adapters> Processor<A> {
 
     /// The Lambda handler: a partial batch response, never an error (failures are per record).
     pub async fn handle(&self, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-        let deadline_ms = payments_core::clock::invocation_deadline_ms(event.context.deadline, self.clock.now_ms());
-        Ok(self.process_batch(&event.payload.records, deadline_ms, &event.context.request_id).await.response)
+        self.sqs.handle(event, self).await
     }
 
-    /// Processes `records` before `deadline_ms`, flushing this invocation's metrics at the end.
+    /// Processes `records` before `deadline_ms`: what became of each, for tests, tools and the
+    /// benchmark.
     pub async fn process_batch(&self, records: &[SqsMessage], deadline_ms: i64, request_id: &str) -> BatchSummary {
-        let metrics = self.metrics.invocation();
-        metrics.property("RequestId", request_id);
-        let invocation = Invocation { processor: self, metrics: &metrics, deadline_ms, handled: Mutex::default() };
-        let report = self.runner.run(records, deadline_ms, self.clock.as_ref(), &invocation).await;
-        for (result, name) in
-            [(RecordResult::Panicked, "RecordPanicked"), (RecordResult::NotStarted, "RecordNotStarted")]
-        {
-            let n = report.count(&result);
-            if n > 0 {
-                metrics.count(name, n as u64);
-            }
+        self.sqs.process_batch(records, deadline_ms, request_id, self).await
+    }
+
+    /// One record's fate, decided in one place: a payment is executed; a message of a newer
+    /// schema waits for the processor that reads it; anything else is poison.
+    async fn decide(
+        &self,
+        delivery: &Delivery<'_>,
+        parsed: &Result<PaymentMessage, EnvelopeError>,
+        metrics: &Metrics,
+    ) -> Handled {
+        match parsed {
+            Ok(message) => self.execute(message, delivery, metrics).await,
+            Err(error @ EnvelopeError::UnsupportedVersion(_)) => self.unsupported_version(error, delivery).await,
+            Err(error) => self.invalid(error, delivery).await,
         }
-        metrics.flush();
-        let handled = invocation.handled.into_inner().unwrap_or_else(|p| p.into_inner());
-        BatchSummary { response: report.response, handled }
     }
 
     /// Executes one valid payment message.
@@ -288,7 +312,9 @@ impl<A: Adapters> Processor<A> {
         let key = process_key(&message.scope, &message.idempotency_key);
         let hash = match PayloadHash::of(&message.payment) {
             Ok(hash) => hash,
-            Err(e) => return Handled::Poison { code: "unhashable_payload".into(), detail: e.to_string() },
+            Err(e) => {
+                return self.poison(delivery, Some(&hint_of(message)), "unhashable_payload", &e.to_string()).await;
+            }
         };
         let permit = match self.breaker.admit().await {
             Admitted::Go(permit) => permit,
@@ -312,7 +338,7 @@ impl<A: Adapters> Processor<A> {
             other => {
                 // No call after all: a probe lease goes back at once.
                 self.breaker.record(&permit, None).await;
-                return self.not_claimed(other, delivery.receive_count);
+                return self.not_claimed(other, message, delivery).await;
             }
         };
         let attempt = Attempt { message, delivery, lease, permit, metrics, request: charge_request(message) };
@@ -368,7 +394,13 @@ impl<A: Adapters> Processor<A> {
     }
 
     /// What a refused claim means for this delivery.
-    fn not_claimed(&self, outcome: Result<ClaimOutcome, impl ToString>, receive_count: u32) -> Handled {
+    async fn not_claimed(
+        &self,
+        outcome: Result<ClaimOutcome, impl ToString>,
+        message: &PaymentMessage,
+        delivery: &Delivery<'_>,
+    ) -> Handled {
+        let receive_count = delivery.receive_count;
         match outcome {
             Ok(ClaimOutcome::Claimed(_)) => unreachable!("claimed outcomes are handled by the caller"),
             Ok(ClaimOutcome::AlreadyCompleted { .. } | ClaimOutcome::AlreadyFailed(_)) => Handled::Duplicate,
@@ -378,10 +410,10 @@ impl<A: Adapters> Processor<A> {
                 let after = Duration::from_millis(wait_ms).max(Duration::from_secs(1)).min(self.backoff.cap());
                 Handled::Deferred { reason: "in_progress_elsewhere".into(), after: round_up_secs(after) }
             }
-            Ok(ClaimOutcome::PayloadMismatch) => Handled::Poison {
-                code: "idempotency_key_reused".into(),
-                detail: "this idempotency key was used before for a different payment".into(),
-            },
+            Ok(ClaimOutcome::PayloadMismatch) => {
+                let detail = "this idempotency key was used before for a different payment";
+                self.poison(delivery, Some(&hint_of(message)), "idempotency_key_reused", detail).await
+            }
             Err(e) => self.retry("idempotency_store_unavailable", &e.to_string(), receive_count, None),
         }
     }
@@ -594,24 +626,24 @@ impl<A: Adapters> Processor<A> {
     /// A message that does not parse: when its key can still be read, fail its payment record
     /// (the status then shows FAILED with the reason). Never retried, unless recording fails.
     async fn invalid(&self, error: &EnvelopeError, delivery: &Delivery<'_>) -> Handled {
-        if let Some(hint) = KeyHint::find(delivery.body) {
+        let hint = KeyHint::find(delivery.body);
+        if let Some(hint) = &hint {
             let key = process_key(&hint.scope, &hint.idempotency_key);
             let hash = PayloadHash::of_bytes(delivery.body.as_bytes());
-            match self.idempotency.claim(&key, &hash, delivery.deadline_ms).await {
+            let failed = match self.idempotency.claim(&key, &hash, delivery.deadline_ms).await {
                 Ok(ClaimOutcome::Claimed(lease)) => {
                     let failure = StoredFailure { code: error.code().into(), reason: error.to_string() };
-                    if let Err(e) = self.idempotency.fail_permanently(&lease, failure).await {
-                        return self.retry("failure_not_recorded", &e.to_string(), delivery.receive_count, None);
-                    }
+                    self.idempotency.fail_permanently(&lease, failure).await.map(|_| ()).map_err(|e| e.to_string())
                 }
                 // A valid payment owns this key, or it is settled: leave its record alone.
-                Ok(_) => {}
-                Err(e) => {
-                    return self.retry("idempotency_store_unavailable", &e.to_string(), delivery.receive_count, None);
-                }
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = failed {
+                return self.retry("failure_not_recorded", &e, delivery.receive_count, None);
             }
         }
-        Handled::Poison { code: error.code().to_owned(), detail: error.to_string() }
+        self.poison(delivery, hint.as_ref(), error.code(), &error.to_string()).await
     }
 
     /// A message of a schema version this code does not read: during a rolling deploy the newer
@@ -627,34 +659,26 @@ impl<A: Adapters> Processor<A> {
         self.dead_letter(delivery, error.code(), error.code(), "not_tried").await
     }
 
-    /// Writes the failure record of a poison message, for operators; a store failure turns the
-    /// outcome into a retry so that nothing is lost.
-    async fn record_poison(&self, delivery: &Delivery<'_>, handled: Handled) -> Handled {
-        let Handled::Poison { code, detail } = &handled else { return handled };
-        let hint = KeyHint::find(delivery.body);
-        let message_id = delivery.sqs.message_id.clone().unwrap_or_default();
+    /// A message that is not a valid payment, or reuses a key for another one: its failure
+    /// record is written, for operators, and it is never retried — unless the write fails, so
+    /// that nothing is lost.
+    async fn poison(&self, delivery: &Delivery<'_>, hint: Option<&KeyHint>, code: &str, detail: &str) -> Handled {
         let now = self.clock.now_ms();
         let record = FailureRecord {
-            partition: failure_partition(hint.as_ref(), &message_id),
-            message_id,
-            scope: hint.as_ref().map(|h| h.scope.clone()),
-            idempotency_key: hint.as_ref().map(|h| h.idempotency_key.clone()),
-            body: stored_body(delivery.body),
-            receive_count: delivery.receive_count,
-            first_attempt_at_ms: None,
             last_attempt_at_ms: Some(now),
             last_error: Some(stored_error(detail)),
-            failure_class: code.clone(),
-            source_queue: delivery.sqs.event_source_arn.clone().unwrap_or_default(),
-            recorded_at_ms: now,
-            kind: FailureKind::Poison,
-            state: FailureState::Open,
+            ..FailureRecord::open(FailureKind::Poison, delivery.failed(hint), code.to_owned(), now)
         };
         match self.failures.record(&record).await {
-            Ok(_) => handled,
+            Ok(_) => Handled::Poison { code: code.to_owned(), detail: detail.to_owned() },
             Err(e) => self.retry("failure_not_recorded", &e.to_string(), delivery.receive_count, None),
         }
     }
+}
+
+/// The payment a valid message names, as a failure record keys it.
+fn hint_of(message: &PaymentMessage) -> KeyHint {
+    KeyHint { scope: message.scope.clone(), idempotency_key: message.idempotency_key.clone() }
 }
 
 /// The charge for `message`, under the provider key derived from its scope and key.
@@ -696,85 +720,53 @@ fn round_up_secs(d: Duration) -> Duration {
     Duration::from_secs(d.as_millis().div_ceil(1000) as u64)
 }
 
-/// What a batch came to: the response for Lambda, and what became of each record the handler
-/// ran (by message id), for tests, tools and the benchmark.
-#[derive(Debug, Clone, Default)]
-pub struct BatchSummary {
-    /// The partial batch response.
-    pub response: SqsBatchResponse,
-    /// Each handled record's outcome (records not started or panicked are absent).
-    pub handled: Vec<(String, Handled)>,
-}
+/// What a batch came to: the response for Lambda, and each record's fate.
+pub type BatchSummary = BatchReport<Handled>;
 
-/// One invocation's view: the processor, its metrics buffer and its deadline.
-struct Invocation<'a, A: Adapters> {
-    processor: &'a Processor<A>,
-    metrics: &'a Metrics,
-    deadline_ms: i64,
-    handled: Mutex<Vec<(String, Handled)>>,
-}
+impl<A: Adapters> RecordHandler for Processor<A> {
+    type Fate = Handled;
 
-impl<A: Adapters> RecordHandler for Invocation<'_, A> {
     /// Handles one record inside a span naming it, so that every line logged meanwhile (a
-    /// warning deep in a retry included) carries the payment's identity at the top level.
-    async fn handle(&self, sqs: &SqsMessage) -> RecordOutcome {
-        let body = sqs.body.as_deref().unwrap_or("");
-        let parsed = PaymentMessage::parse(body);
-        let (key, scope, correlation_id) = match &parsed {
-            Ok(m) => (m.idempotency_key.as_str(), m.scope.as_str(), m.correlation_id.as_str()),
-            Err(_) => ("", "", ""),
-        };
-        let delivery =
-            Delivery { sqs, body, receive_count: receive_count(sqs).unwrap_or(1), deadline_ms: self.deadline_ms };
+    /// warning deep in a retry included) carries the payment's identity at the top level; then
+    /// counts and logs its fate.
+    async fn handle_record(&self, sqs: &SqsMessage, invocation: &Invocation<'_>) -> Handled {
+        let started = Instant::now();
+        let delivery = Delivery::of(sqs, invocation);
+        let parsed = PaymentMessage::parse(delivery.body);
+        let message = parsed.as_ref().ok();
         let span = tracing::info_span!(
             "record",
-            idempotency_key = key,
-            scope,
-            correlation_id,
+            idempotency_key = message.map_or("", |m| m.idempotency_key.as_str()),
+            scope = message.map_or("", |m| m.scope.as_str()),
+            correlation_id = message.map_or("", |m| m.correlation_id.as_str()),
             message_id = sqs.message_id.as_deref().unwrap_or(""),
             receive_count = delivery.receive_count,
         );
-        self.handle_parsed(&delivery, &parsed).instrument(span).await
+        async {
+            let handled = self.decide(&delivery, &parsed, invocation.metrics()).await;
+            let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+            self.record_metrics(invocation.metrics(), &handled, elapsed_ms, message);
+            tracing::info!(
+                outcome = handled.label(),
+                reason = handled.reason(),
+                duration_ms = elapsed_ms,
+                "record processed"
+            );
+            handled
+        }
+        .instrument(span)
+        .await
     }
 }
 
-impl<A: Adapters> Invocation<'_, A> {
-    async fn handle_parsed(
-        &self,
-        delivery: &Delivery<'_>,
-        parsed: &Result<PaymentMessage, EnvelopeError>,
-    ) -> RecordOutcome {
-        let started = Instant::now();
-        let handled = match parsed {
-            Ok(message) => self.processor.execute(message, delivery, self.metrics).await,
-            Err(error @ EnvelopeError::UnsupportedVersion(_)) => {
-                self.processor.unsupported_version(error, delivery).await
-            }
-            Err(error) => self.processor.invalid(error, delivery).await,
-        };
-        let handled = self.processor.record_poison(delivery, handled).await;
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-        self.record_metrics(&handled, elapsed_ms, parsed.as_ref().ok());
-        tracing::info!(
-            outcome = handled.label(),
-            reason = handled.reason(),
-            duration_ms = elapsed_ms,
-            "record processed"
-        );
-        let outcome = handled.outcome();
-        let id = delivery.sqs.message_id.clone().unwrap_or_default();
-        self.handled.lock().unwrap_or_else(|p| p.into_inner()).push((id, handled));
-        outcome
-    }
-
-    fn record_metrics(&self, handled: &Handled, elapsed_ms: f64, message: Option<&PaymentMessage>) {
-        let m = self.metrics;
+impl<A: Adapters> Processor<A> {
+    fn record_metrics(&self, m: &Metrics, handled: &Handled, elapsed_ms: f64, message: Option<&PaymentMessage>) {
         m.observe("ProcessingLatency", Unit::Milliseconds, elapsed_ms);
         match handled {
             Handled::Charged { .. } => {
                 m.count("Processed", 1);
                 if let Some(accepted) = message.and_then(|msg| humantime::parse_rfc3339(&msg.created_at).ok()) {
-                    let age_ms = (self.processor.clock.now_ms() - epoch_ms(accepted)).max(0);
+                    let age_ms = (self.clock.now_ms() - epoch_ms(accepted)).max(0);
                     m.observe("PaymentLatency", Unit::Milliseconds, age_ms as f64);
                 }
             }

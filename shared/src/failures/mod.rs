@@ -7,7 +7,7 @@ pub mod record;
 pub mod redrive;
 
 pub use record::{
-    FailureKind, FailureRecord, FailureState, FailureStore, FailureStoreError, MAX_STORED_BODY_BYTES,
+    FailedMessage, FailureKind, FailureRecord, FailureState, FailureStore, FailureStoreError, MAX_STORED_BODY_BYTES,
     MAX_STORED_ERROR_BYTES, Recorded, failure_partition, payment_partition, stored_body, stored_error,
 };
 

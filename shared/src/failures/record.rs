@@ -82,6 +82,45 @@ pub struct FailureRecord {
     pub state: FailureState,
 }
 
+/// The SQS message a failure record is about, as both writers know it: the processor (a poison
+/// message) and the DLQ consumer (a dead one).
+#[derive(Debug, Clone, Copy)]
+pub struct FailedMessage<'a> {
+    /// The id that keys the record.
+    pub message_id: &'a str,
+    /// The payment it names, when its body can still be read that far.
+    pub hint: Option<&'a KeyHint>,
+    /// The body as it arrived (stored redacted and bounded).
+    pub body: &'a str,
+    /// ApproximateReceiveCount.
+    pub receive_count: u32,
+    /// The queue it came from.
+    pub source_queue: &'a str,
+}
+
+impl FailureRecord {
+    /// An open record of `message`, of `kind` and class `failure_class`, recorded at `now_ms`;
+    /// the attempt times and last error are the writer's to add.
+    pub fn open(kind: FailureKind, message: FailedMessage<'_>, failure_class: String, now_ms: i64) -> Self {
+        Self {
+            partition: failure_partition(message.hint, message.message_id),
+            message_id: message.message_id.to_owned(),
+            scope: message.hint.map(|h| h.scope.clone()),
+            idempotency_key: message.hint.map(|h| h.idempotency_key.clone()),
+            body: stored_body(message.body),
+            receive_count: message.receive_count,
+            first_attempt_at_ms: None,
+            last_attempt_at_ms: None,
+            last_error: None,
+            failure_class,
+            source_queue: message.source_queue.to_owned(),
+            recorded_at_ms: now_ms,
+            kind,
+            state: FailureState::Open,
+        }
+    }
+}
+
 /// Longest body a failure record keeps. Any body the intake enqueues (at most 64 KiB of request
 /// plus the envelope) fits whole, so it can be redriven; a larger one is forged or corrupt and is
 /// cut. DynamoDB's item limit (400 KB) is never approached.

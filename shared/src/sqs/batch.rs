@@ -13,43 +13,75 @@ use futures::{FutureExt, StreamExt};
 
 use super::visibility::VisibilityControl;
 use crate::clock::Clock;
+use crate::observability::Metrics;
 
-/// What became of one record, as its handler decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RecordOutcome {
-    /// Finished for good (succeeded, duplicate, or failed permanently and recorded): delete it.
-    Done,
-    /// Try again later: hide the message for `after`, then report it failed.
-    RetryAfter {
-        /// How long the message stays invisible.
-        after: Duration,
-    },
+/// What a record's handler decided, as far as its queue is concerned. Each SQS function has one
+/// enum of fates (the processor's `Handled`, the DLQ consumer's `DeadLetterOutcome`) that a
+/// reader follows from the event to the batch response; this is the one question the runner asks
+/// of it.
+pub trait Fate {
+    /// `None`: finished for good (succeeded, duplicate, or failed permanently and recorded), so
+    /// the message is deleted. `Some(after)`: hide the message for `after`, then report it failed
+    /// so that SQS delivers it again.
+    fn retry_after(&self) -> Option<Duration>;
 }
 
 /// Handles one record. Implemented by each SQS function; the runner does the rest.
 pub trait RecordHandler: Send + Sync {
-    /// Processes `message`; panics are caught and fail this record only.
-    fn handle(&self, message: &SqsMessage) -> impl Future<Output = RecordOutcome> + Send;
+    /// What one record can come to.
+    type Fate: Fate + Send;
+
+    /// Processes `message` within `invocation`; a panic is caught and fails this record only.
+    fn handle_record(
+        &self,
+        message: &SqsMessage,
+        invocation: &Invocation<'_>,
+    ) -> impl Future<Output = Self::Fate> + Send;
 }
 
-/// How a record ended, as the runner saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RecordResult {
-    /// Handler finished it: deleted.
-    Done,
-    /// Handler asked for a retry: hidden, then reported failed.
-    Retried,
-    /// Handler panicked: reported failed, visibility untouched.
+/// What a record's handler may need of the invocation it runs in.
+#[derive(Debug, Clone, Copy)]
+pub struct Invocation<'a> {
+    metrics: &'a Metrics,
+    deadline_ms: i64,
+}
+
+impl<'a> Invocation<'a> {
+    /// An invocation ending at `deadline_ms` (epoch ms), buffering its metrics in `metrics`.
+    pub fn new(metrics: &'a Metrics, deadline_ms: i64) -> Self {
+        Self { metrics, deadline_ms }
+    }
+
+    /// This invocation's metrics buffer, flushed once when the batch is done.
+    pub fn metrics(&self) -> &'a Metrics {
+        self.metrics
+    }
+
+    /// When Lambda ends the invocation (epoch ms): no work may be left half done past it.
+    pub fn deadline_ms(&self) -> i64 {
+        self.deadline_ms
+    }
+}
+
+/// Why the runner reported a record failed without its handler deciding its fate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotHandled {
+    /// The handler panicked: visibility untouched.
     Panicked,
-    /// Not started, too close to the deadline: reported failed.
+    /// Not started, too close to the deadline.
     NotStarted,
-    /// FIFO: an earlier record of its group failed, so it was not processed: reported failed.
+    /// FIFO: an earlier record of its group was not deleted, so it was not processed.
     SkippedAfterGroupFailure,
 }
 
-impl RecordResult {
-    fn deletes(&self) -> bool {
-        matches!(self, Self::Done)
+impl NotHandled {
+    /// The metric counting records that ended this way.
+    pub fn metric(self) -> &'static str {
+        match self {
+            Self::Panicked => "RecordPanicked",
+            Self::NotStarted => "RecordNotStarted",
+            Self::SkippedAfterGroupFailure => "RecordSkipped",
+        }
     }
 }
 
@@ -63,20 +95,36 @@ pub struct BatchConfig {
     pub start_margin: Duration,
 }
 
-/// What a batch came to: the response for Lambda and each record's result, for metrics.
-#[derive(Debug, Clone, Default)]
-pub struct BatchReport {
+/// What a batch came to: the response for Lambda, and what became of each record (by message id,
+/// in batch order), for metrics, tests, tools and the benchmark.
+#[derive(Debug, Clone)]
+pub struct BatchReport<F> {
     /// Partial batch response: the ids of records to be retried.
     pub response: SqsBatchResponse,
-    /// Each record's message id and result, in batch order.
-    pub results: Vec<(String, RecordResult)>,
+    /// The fate of each record its handler ran.
+    pub handled: Vec<(String, F)>,
+    /// The records reported failed without a fate.
+    pub not_handled: Vec<(String, NotHandled)>,
 }
 
-impl BatchReport {
-    /// How many records ended with `result`.
-    pub fn count(&self, result: &RecordResult) -> usize {
-        self.results.iter().filter(|(_, r)| r == result).count()
+impl<F> Default for BatchReport<F> {
+    fn default() -> Self {
+        Self { response: SqsBatchResponse::default(), handled: Vec::new(), not_handled: Vec::new() }
     }
+}
+
+impl<F> BatchReport<F> {
+    /// How many records were not handled for `why`.
+    pub fn count(&self, why: NotHandled) -> usize {
+        self.not_handled.iter().filter(|(_, w)| *w == why).count()
+    }
+}
+
+/// How one record ended, as the runner saw it.
+type RecordResult<F> = Result<F, NotHandled>;
+
+fn deletes<F: Fate>(result: &RecordResult<F>) -> bool {
+    matches!(result, Ok(fate) if fate.retry_after().is_none())
 }
 
 /// Runs batches; holds what is built once per cold start.
@@ -97,17 +145,17 @@ impl<V: VisibilityControl> BatchRunner<V> {
         &self.visibility
     }
 
-    /// Runs `records` with `handler`, given the invocation's deadline (epoch ms).
+    /// Runs `records` with `handler` within `invocation`.
     pub async fn run<H: RecordHandler>(
         &self,
         records: &[SqsMessage],
-        deadline_ms: i64,
+        invocation: &Invocation<'_>,
         clock: &dyn Clock,
         handler: &H,
-    ) -> BatchReport {
-        let groups = group(records);
-        let mut results: Vec<(usize, RecordResult)> = futures::stream::iter(groups)
-            .map(|group| self.run_group(group, records, deadline_ms, clock, handler))
+    ) -> BatchReport<H::Fate> {
+        let batch = Batch { records, invocation, clock, handler };
+        let mut results: Vec<(usize, RecordResult<H::Fate>)> = futures::stream::iter(group(records))
+            .map(|group| self.run_group(group, &batch))
             .buffer_unordered(self.config.concurrency)
             .flat_map(futures::stream::iter)
             .collect()
@@ -117,14 +165,17 @@ impl<V: VisibilityControl> BatchRunner<V> {
         let mut report = BatchReport::default();
         for (index, result) in results {
             let id = records[index].message_id.clone().unwrap_or_default();
-            if !result.deletes() {
+            if !deletes(&result) {
                 // An empty identifier makes Lambda retry the whole batch: the safe answer for a
                 // record that cannot be named.
                 let mut failure = BatchItemFailure::default();
                 failure.item_identifier = id.clone();
                 report.response.batch_item_failures.push(failure);
             }
-            report.results.push((id, result));
+            match result {
+                Ok(fate) => report.handled.push((id, fate)),
+                Err(why) => report.not_handled.push((id, why)),
+            }
         }
         report
     }
@@ -132,49 +183,31 @@ impl<V: VisibilityControl> BatchRunner<V> {
     async fn run_group<H: RecordHandler>(
         &self,
         group: Vec<usize>,
-        records: &[SqsMessage],
-        deadline_ms: i64,
-        clock: &dyn Clock,
-        handler: &H,
-    ) -> Vec<(usize, RecordResult)> {
+        batch: &Batch<'_, H>,
+    ) -> Vec<(usize, RecordResult<H::Fate>)> {
         let mut results = Vec::with_capacity(group.len());
         let mut failed = false;
         for index in group {
             let result = if failed {
-                RecordResult::SkippedAfterGroupFailure
+                Err(NotHandled::SkippedAfterGroupFailure)
             } else {
-                self.run_record(&records[index], deadline_ms, clock, handler).await
+                self.run_record(&batch.records[index], batch).await
             };
-            failed |= !result.deletes();
+            failed |= !deletes(&result);
             results.push((index, result));
         }
         results
     }
 
-    async fn run_record<H: RecordHandler>(
-        &self,
-        message: &SqsMessage,
-        deadline_ms: i64,
-        clock: &dyn Clock,
-        handler: &H,
-    ) -> RecordResult {
+    async fn run_record<H: RecordHandler>(&self, message: &SqsMessage, batch: &Batch<'_, H>) -> RecordResult<H::Fate> {
         let id = message.message_id.as_deref().unwrap_or("");
         let margin_ms = i64::try_from(self.config.start_margin.as_millis()).unwrap_or(i64::MAX);
-        if clock.now_ms().saturating_add(margin_ms) > deadline_ms {
+        if batch.clock.now_ms().saturating_add(margin_ms) > batch.invocation.deadline_ms() {
             tracing::warn!(message_id = id, "not started: too close to the invocation deadline");
-            return RecordResult::NotStarted;
+            return Err(NotHandled::NotStarted);
         }
-        match AssertUnwindSafe(handler.handle(message)).catch_unwind().await {
-            Ok(RecordOutcome::Done) => RecordResult::Done,
-            Ok(RecordOutcome::RetryAfter { after }) => {
-                if let (Some(queue_arn), Some(receipt)) = (&message.event_source_arn, &message.receipt_handle)
-                    && let Err(e) = self.visibility.hide(queue_arn, receipt, after).await
-                {
-                    // The message still comes back, after the queue's own visibility timeout.
-                    tracing::warn!(message_id = id, error = %e, "could not change visibility");
-                }
-                RecordResult::Retried
-            }
+        let fate = match AssertUnwindSafe(batch.handler.handle_record(message, batch.invocation)).catch_unwind().await {
+            Ok(fate) => fate,
             Err(panic) => {
                 let reason = panic
                     .downcast_ref::<&str>()
@@ -182,10 +215,26 @@ impl<V: VisibilityControl> BatchRunner<V> {
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "non-string panic".to_owned());
                 tracing::error!(message_id = id, panic = %reason, "record handler panicked; only this record fails");
-                RecordResult::Panicked
+                return Err(NotHandled::Panicked);
             }
+        };
+        if let (Some(after), Some(queue_arn), Some(receipt)) =
+            (fate.retry_after(), &message.event_source_arn, &message.receipt_handle)
+            && let Err(e) = self.visibility.hide(queue_arn, receipt, after).await
+        {
+            // The message still comes back, after the queue's own visibility timeout.
+            tracing::warn!(message_id = id, error = %e, "could not change visibility");
         }
+        Ok(fate)
     }
+}
+
+/// One batch being run: what every record's run needs.
+struct Batch<'a, H> {
+    records: &'a [SqsMessage],
+    invocation: &'a Invocation<'a>,
+    clock: &'a dyn Clock,
+    handler: &'a H,
 }
 
 /// How many times SQS has delivered `record` (its ApproximateReceiveCount), when it says.
@@ -239,20 +288,43 @@ mod tests {
         seen: Mutex<Vec<String>>,
     }
 
+    /// The tests' fate: deleted, or retried after a delay.
+    #[derive(Debug, PartialEq)]
+    struct Retry(Option<Duration>);
+
+    impl Fate for Retry {
+        fn retry_after(&self) -> Option<Duration> {
+            self.0
+        }
+    }
+
     impl RecordHandler for ScriptedHandler {
-        async fn handle(&self, message: &SqsMessage) -> RecordOutcome {
+        type Fate = Retry;
+
+        async fn handle_record(&self, message: &SqsMessage, _: &Invocation<'_>) -> Retry {
             let body = message.body.clone().unwrap_or_default();
             self.seen.lock().unwrap().push(message.message_id.clone().unwrap_or_default());
             match body.as_str() {
-                "retry" => RecordOutcome::RetryAfter { after: Duration::from_secs(7) },
+                "retry" => Retry(Some(Duration::from_secs(7))),
                 "panic" => panic!("boom"),
                 "slow" => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    RecordOutcome::Done
+                    Retry(None)
                 }
-                _ => RecordOutcome::Done,
+                _ => Retry(None),
             }
         }
+    }
+
+    /// Runs `records` with `handler`, the invocation ending at `deadline_ms`.
+    async fn run<H: RecordHandler>(
+        runner: &BatchRunner<RecordingVisibility>,
+        records: &[SqsMessage],
+        deadline_ms: i64,
+        handler: &H,
+    ) -> BatchReport<H::Fate> {
+        let metrics = Metrics::default();
+        runner.run(records, &Invocation::new(&metrics, deadline_ms), &ManualClock::at(0), handler).await
     }
 
     fn runner(concurrency: usize) -> BatchRunner<RecordingVisibility> {
@@ -262,7 +334,7 @@ mod tests {
         )
     }
 
-    fn failed_ids(report: &BatchReport) -> Vec<&str> {
+    fn failed_ids<F>(report: &BatchReport<F>) -> Vec<&str> {
         report.response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect()
     }
 
@@ -270,10 +342,13 @@ mod tests {
     async fn a_panic_fails_its_record_only_and_retries_are_hidden_first() {
         let records = [message("a", "ok", None), message("b", "panic", None), message("c", "retry", None)];
         let runner = runner(4);
-        let clock = ManualClock::at(0);
-        let report = runner.run(&records, 60_000, &clock, &ScriptedHandler::default()).await;
+        let report = run(&runner, &records, 60_000, &ScriptedHandler::default()).await;
         assert_eq!(failed_ids(&report), ["b", "c"]);
-        assert_eq!(report.count(&RecordResult::Panicked), 1);
+        assert_eq!(report.count(NotHandled::Panicked), 1);
+        assert_eq!(
+            report.handled,
+            [("a".to_owned(), Retry(None)), ("c".to_owned(), Retry(Some(Duration::from_secs(7))))]
+        );
         assert_eq!(
             runner.visibility.calls(),
             [("arn:aws:sqs:us-east-1:1:q".to_owned(), "rh-c".to_owned(), Duration::from_secs(7))]
@@ -284,8 +359,8 @@ mod tests {
     async fn records_are_not_started_near_the_deadline() {
         let records = [message("a", "ok", None)];
         let handler = ScriptedHandler::default();
-        let report = runner(1).run(&records, 500, &ManualClock::at(0), &handler).await;
-        assert_eq!(report.results, [("a".to_owned(), RecordResult::NotStarted)]);
+        let report = run(&runner(1), &records, 500, &handler).await;
+        assert_eq!(report.not_handled, [("a".to_owned(), NotHandled::NotStarted)]);
         assert!(handler.seen.lock().unwrap().is_empty(), "the handler must not run");
     }
 
@@ -297,7 +372,9 @@ mod tests {
     }
 
     impl RecordHandler for ConcurrencyProbe {
-        async fn handle(&self, _: &SqsMessage) -> RecordOutcome {
+        type Fate = Retry;
+
+        async fn handle_record(&self, _: &SqsMessage, _: &Invocation<'_>) -> Retry {
             use std::sync::atomic::Ordering::SeqCst;
             let now = self.running.fetch_add(1, SeqCst) + 1;
             self.peak.fetch_max(now, SeqCst);
@@ -306,7 +383,7 @@ mod tests {
                 tokio::task::yield_now().await;
             }
             self.running.fetch_sub(1, SeqCst);
-            RecordOutcome::Done
+            Retry(None)
         }
     }
 
@@ -314,11 +391,11 @@ mod tests {
     async fn records_run_concurrently_up_to_the_bound() {
         let records: Vec<_> = (0..12).map(|i| message(&i.to_string(), "ok", None)).collect();
         let probe = ConcurrencyProbe::default();
-        let report = runner(5).run(&records, i64::MAX, &ManualClock::at(0), &probe).await;
+        let report = run(&runner(5), &records, i64::MAX, &probe).await;
         assert!(report.response.batch_item_failures.is_empty());
         assert_eq!(probe.peak.load(std::sync::atomic::Ordering::SeqCst), 5);
         let one_at_a_time = ConcurrencyProbe::default();
-        runner(1).run(&records, i64::MAX, &ManualClock::at(0), &one_at_a_time).await;
+        run(&runner(1), &records, i64::MAX, &one_at_a_time).await;
         assert_eq!(one_at_a_time.peak.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
@@ -332,9 +409,9 @@ mod tests {
             message("g1-3", "ok", Some("g1")),
         ];
         let handler = ScriptedHandler::default();
-        let report = runner(4).run(&records, i64::MAX, &ManualClock::at(0), &handler).await;
+        let report = run(&runner(4), &records, i64::MAX, &handler).await;
         assert_eq!(failed_ids(&report), ["g2-1", "g2-2"]);
-        assert_eq!(report.results[3].1, RecordResult::SkippedAfterGroupFailure);
+        assert_eq!(report.not_handled, [("g2-2".to_owned(), NotHandled::SkippedAfterGroupFailure)]);
         let seen = handler.seen.lock().unwrap().clone();
         let g1: Vec<_> = seen.iter().filter(|id| id.starts_with("g1")).collect();
         assert_eq!(g1, ["g1-1", "g1-2", "g1-3"]);

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use dlq_consumer::DeadLetterOutcome;
 use integration_tests::http::{get_payment, parts, payment_body, post_payment};
 use integration_tests::pipeline::{
     dlq_consumer, drive_once, intake, ledger, processor, queue_depth, redriver, test_config,
@@ -47,8 +48,10 @@ async fn a_dead_payment_gets_one_failure_record_shows_dead_lettered_and_redrives
     let deadline = SystemClock.now_ms() + 10_000;
     let first = consumer.process_batch(&records, deadline, "r1").await;
     let second = consumer.process_batch(&records, deadline, "r2").await;
-    assert!(first.batch_item_failures.is_empty() && second.batch_item_failures.is_empty());
-    settle(&sqs, stack.dlq_url(), &dead, &second).await.unwrap();
+    assert!(first.response.batch_item_failures.is_empty() && second.response.batch_item_failures.is_empty());
+    assert!(matches!(first.handled[..], [(_, DeadLetterOutcome::Recorded { .. })]), "{:?}", first.handled);
+    assert!(matches!(second.handled[..], [(_, DeadLetterOutcome::Duplicate)]), "{:?}", second.handled);
+    settle(&sqs, stack.dlq_url(), &dead, &second.response).await.unwrap();
     let key = IdempotencyKey::new("dead-1").unwrap();
     let failures = consumer.failures().for_payment(&scope, &key).await.unwrap();
     assert_eq!(failures.len(), 1, "{failures:?}");

@@ -154,7 +154,7 @@ async fn a_payment_that_exhausts_its_budget_is_dead_lettered_by_the_processor_an
     let deadline = SystemClock.now_ms() + 10_000;
     consumer.process_batch(&records, deadline, "r1").await;
     let answer = consumer.process_batch(&records, deadline, "r2").await;
-    settle(&sqs, stack.dlq_url(), &dead, &answer).await.unwrap();
+    settle(&sqs, stack.dlq_url(), &dead, &answer.response).await.unwrap();
     let failures = consumer.failures().for_payment(&scope, &IdempotencyKey::new("b-1").unwrap()).await.unwrap();
     assert_eq!(failures.len(), 1, "{failures:?}");
     let source_id = dead[0].message_attributes().and_then(|a| a.get("SourceMessageId")).and_then(|v| v.string_value());

@@ -43,9 +43,9 @@ async fn every_sample_event_runs_through_its_handler() {
 
     let consumer = dlq_consumer(&stack, &sdk, &sim.base_url());
     let dead: SqsEvent = serde_json::from_str(&sample("sqs-dead-letter.json")).unwrap();
-    let response =
+    let report =
         consumer.process_batch(&dead.records, deadline + Duration::from_secs(1).as_millis() as i64, "sample").await;
-    assert!(response.batch_item_failures.is_empty());
+    assert!(report.response.batch_item_failures.is_empty(), "{:?}", report.handled);
     let records = payments_core::failures::FailureStore::list(consumer.failures(), true).await.unwrap();
     assert!(records.iter().any(|r| r.source_queue.ends_with("payments-payments") && r.receive_count == 6));
 

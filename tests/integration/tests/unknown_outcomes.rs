@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use dlq_consumer::DeadLetterOutcome;
 use integration_tests::http::{get_payment, parts, payment_body, post_payment};
 use integration_tests::pipeline::{
     dlq_consumer, drive_once, drive_until_empty, intake, ledger, processor, queue_depth, test_config,
@@ -88,8 +89,8 @@ async fn a_charged_payment_that_reaches_the_dlq_is_completed_by_the_consumer_and
     assert_eq!(dead.len(), 1);
     let records: Vec<_> = dead.iter().map(|m| lambda_record(m, stack.dlq_arn())).collect();
     let answer = consumer.process_batch(&records, SystemClock.now_ms() + 10_000, "r1").await;
-    assert!(answer.batch_item_failures.is_empty());
-    settle(&sqs, stack.dlq_url(), &dead, &answer).await.unwrap();
+    assert!(answer.response.batch_item_failures.is_empty());
+    settle(&sqs, stack.dlq_url(), &dead, &answer.response).await.unwrap();
 
     let failures = consumer.failures().for_payment(&scope, &IdempotencyKey::new("c-1").unwrap()).await.unwrap();
     assert_eq!(failures.len(), 1);
@@ -115,7 +116,8 @@ async fn an_unreachable_provider_keeps_a_dead_message_unrecorded_and_retried() {
     let dead = receive(&sqs, stack.dlq_url(), 10, 2).await.unwrap();
     let records: Vec<_> = dead.iter().map(|m| lambda_record(m, stack.dlq_arn())).collect();
     let answer = consumer.process_batch(&records, SystemClock.now_ms() + 10_000, "r1").await;
-    assert_eq!(answer.batch_item_failures.len(), 1, "kept for a retry");
+    assert_eq!(answer.response.batch_item_failures.len(), 1, "kept for a retry");
+    assert!(matches!(answer.handled[..], [(_, DeadLetterOutcome::NotRecorded { .. })]), "{:?}", answer.handled);
     assert!(consumer.failures().for_payment(&scope, &IdempotencyKey::new("n-1").unwrap()).await.unwrap().is_empty());
     drop(sim);
 }

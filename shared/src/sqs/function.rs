@@ -1,0 +1,78 @@
+//! The skeleton every SQS-triggered function shares: the invocation's deadline, its metrics
+//! (request id, records not handled, one flush), the batch run, and the partial batch response.
+//! A function supplies only its [`RecordHandler`]: what one record comes to.
+
+use std::sync::Arc;
+
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use lambda_runtime::LambdaEvent;
+
+use super::batch::{BatchConfig, BatchReport, BatchRunner, Invocation, NotHandled, RecordHandler};
+use super::visibility::VisibilityControl;
+use crate::clock::{Clock, invocation_deadline_ms};
+use crate::observability::MetricsSink;
+
+/// What an SQS function builds once per cold start besides its own logic.
+pub struct SqsFunction<V> {
+    runner: BatchRunner<V>,
+    metrics: MetricsSink,
+    clock: Arc<dyn Clock>,
+}
+
+impl<V: VisibilityControl> SqsFunction<V> {
+    /// A function running batches by `config`, hiding retried messages through `visibility`,
+    /// writing its metrics to `metrics`, on `clock`.
+    pub fn new(config: BatchConfig, visibility: V, metrics: MetricsSink, clock: Arc<dyn Clock>) -> Self {
+        Self { runner: BatchRunner::new(config, visibility), metrics, clock }
+    }
+
+    /// The Lambda handler's body: a partial batch response, never an error (failures are per
+    /// record, so one bad record never sends the whole batch back).
+    pub async fn handle<H: RecordHandler>(
+        &self,
+        event: LambdaEvent<SqsEvent>,
+        handler: &H,
+    ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+        let deadline_ms = invocation_deadline_ms(event.context.deadline, self.clock.now_ms());
+        let report = self.process_batch(&event.payload.records, deadline_ms, &event.context.request_id, handler).await;
+        Ok(report.response)
+    }
+
+    /// Runs `records` with `handler` before `deadline_ms` (epoch ms), counting the records not
+    /// handled and flushing this invocation's metrics at the end.
+    pub async fn process_batch<H: RecordHandler>(
+        &self,
+        records: &[SqsMessage],
+        deadline_ms: i64,
+        request_id: &str,
+        handler: &H,
+    ) -> BatchReport<H::Fate> {
+        let metrics = self.metrics.invocation();
+        metrics.property("RequestId", request_id);
+        let invocation = Invocation::new(&metrics, deadline_ms);
+        let report = self.runner.run(records, &invocation, self.clock.as_ref(), handler).await;
+        for why in [NotHandled::Panicked, NotHandled::NotStarted, NotHandled::SkippedAfterGroupFailure] {
+            let n = report.count(why);
+            if n > 0 {
+                metrics.count(why.metric(), n as u64);
+            }
+        }
+        metrics.flush();
+        report
+    }
+
+    /// The batch runner (its visibility adapter records calls in tests).
+    pub fn runner(&self) -> &BatchRunner<V> {
+        &self.runner
+    }
+
+    /// The function's metrics sink.
+    pub fn metrics(&self) -> &MetricsSink {
+        &self.metrics
+    }
+
+    /// The clock deadlines are measured on.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+}
