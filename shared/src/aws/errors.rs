@@ -2,6 +2,10 @@
 
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+
+use crate::idempotency::dynamodb::Item;
 
 /// Service error codes that mean "later": throttling, capacity, internal faults.
 const RETRYABLE_CODES: &[&str] = &[
@@ -55,4 +59,39 @@ where
 {
     let judged = classify(err);
     if judged.retryable { transient(judged.description) } else { permanent(judged.description) }
+}
+
+/// A DynamoDB write that carries a condition. A refused condition is an answer, not a failure:
+/// every adapter reads it the same way, through [`refused`].
+pub trait ConditionalWrite: ProvideErrorMetadata + std::error::Error + 'static {
+    /// `Some` when the condition failed, holding the stored item when the write asked for it
+    /// (ALL_OLD) and one existed.
+    fn refused_item(&self) -> Option<Option<&Item>>;
+}
+
+impl ConditionalWrite for UpdateItemError {
+    fn refused_item(&self) -> Option<Option<&Item>> {
+        match self {
+            Self::ConditionalCheckFailedException(failed) => Some(failed.item()),
+            _ => None,
+        }
+    }
+}
+
+impl ConditionalWrite for PutItemError {
+    fn refused_item(&self) -> Option<Option<&Item>> {
+        match self {
+            Self::ConditionalCheckFailedException(failed) => Some(failed.item()),
+            _ => None,
+        }
+    }
+}
+
+/// `Some` when a conditional write's condition refused it (with the item it found, if returned);
+/// `None` for any other error, which the caller classifies.
+pub fn refused<E: ConditionalWrite>(err: &SdkError<E, HttpResponse>) -> Option<Option<&Item>> {
+    match err {
+        SdkError::ServiceError(e) => e.err().refused_item(),
+        _ => None,
+    }
 }

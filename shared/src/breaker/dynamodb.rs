@@ -5,13 +5,11 @@
 //! race costs no extra read.
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 
 use super::protocol::{BreakerState, Circuit};
 use super::store::{BreakerStore, BreakerStoreError, Written};
-use crate::aws::errors::classify;
+use crate::aws::errors::{classify, refused};
 use crate::idempotency::dynamodb::Item;
 use crate::idempotency::dynamodb::attributes::{n, s};
 
@@ -117,11 +115,10 @@ impl BreakerStore for DynamoDbBreakerStore {
         };
         match put.send().await {
             Ok(_) => Ok(Written::Stored),
-            Err(SdkError::ServiceError(e)) if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) => {
-                let PutItemError::ConditionalCheckFailedException(failed) = e.err() else { unreachable!() };
-                Ok(Written::Conflict(failed.item().map(state).transpose()?.unwrap_or_default()))
-            }
-            Err(e) => Err(BreakerStoreError(classify(&e).description)),
+            Err(e) => match refused(&e) {
+                Some(found) => Ok(Written::Conflict(found.map(state).transpose()?.unwrap_or_default())),
+                None => Err(BreakerStoreError(classify(&e).description)),
+            },
         }
     }
 }

@@ -3,13 +3,11 @@
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 
 use super::record::{
     FailureKind, FailureRecord, FailureState, FailureStore, FailureStoreError, Recorded, payment_partition,
 };
-use crate::aws::errors::sort_error;
+use crate::aws::errors::{refused, sort_error};
 use crate::idempotency::dynamodb::Item;
 use crate::idempotency::dynamodb::attributes::{n, s};
 use crate::idempotency::{IdempotencyKey, Scope};
@@ -122,9 +120,7 @@ impl FailureStore for DynamoDbFailureStore {
             .await;
         match result {
             Ok(_) => Ok(Recorded::New),
-            Err(SdkError::ServiceError(e)) if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) => {
-                Ok(Recorded::AlreadyRecorded)
-            }
+            Err(e) if refused(&e).is_some() => Ok(Recorded::AlreadyRecorded),
             Err(e) => Err(error(&e)),
         }
     }
@@ -205,11 +201,7 @@ impl FailureStore for DynamoDbFailureStore {
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e))
-                if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
-            {
-                Ok(false)
-            }
+            Err(e) if refused(&e).is_some() => Ok(false),
             Err(e) => Err(error(&e)),
         }
     }

@@ -6,16 +6,15 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 
 use super::key::{Operation, RecordKey};
 use super::protocol::{
-    ClaimDecision, ClaimRequest, IdempotencyRecord, OwnerToken, RecordStatus, Settle, decide_claim, now_s,
+    ClaimDecision, ClaimRequest, IdempotencyRecord, RecordStatus, Settle, SettleRequest, decide_claim, now_s,
 };
 use super::store::{ClaimOutcome, IdempotencyStore, Lease, Settlement, StoreError, refused_outcome};
-use crate::aws::errors::sort_error;
+use crate::aws::errors::{ConditionalWrite, refused, sort_error};
 
 pub mod attributes;
 
@@ -103,11 +102,8 @@ impl DynamoDbStore {
         }
     }
 
-    async fn try_claim(
-        &self,
-        request: &ClaimRequest,
-        pk: &str,
-    ) -> Result<Result<ClaimOutcome, Option<IdempotencyRecord>>, StoreError> {
+    /// One conditional claim: claimed, or the record that stood in the way.
+    async fn try_claim(&self, request: &ClaimRequest, pk: &str) -> Result<ClaimRound, StoreError> {
         let (set_recovery, set_input) = match &request.recovery {
             None => ("", ""),
             Some(recovery) => (CLAIM_RECOVERY, if recovery.input.is_some() { ", #input = :input" } else { "" }),
@@ -147,24 +143,14 @@ impl DynamoDbStore {
                 let attempts = number("attempts").and_then(|n| u32::try_from(n).ok()).unwrap_or(1);
                 // `created_at` is kept on a take-over: an older one means the record existed.
                 let resumed = number("created_at").is_some_and(|created| created != request.now_ms);
-                Ok(Ok(claimed(request, attempts, resumed)))
+                Ok(ClaimRound::Claimed(claimed(request, attempts, resumed)))
             }
-            Err(SdkError::ServiceError(e))
-                if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
-            {
-                let UpdateItemError::ConditionalCheckFailedException(failed) = e.err() else { unreachable!() };
-                Ok(Err(failed.item().map(|item| record_from_item(pk, item)).transpose()?))
-            }
-            Err(err) => Err(store_error(&err)),
+            Err(err) => Ok(ClaimRound::Refused(refused_record(pk, &err)?)),
         }
     }
 
     /// Replaces a record that is past its TTL with a fresh claim (attempt 1, no history).
-    async fn replace_expired(
-        &self,
-        request: &ClaimRequest,
-        pk: &str,
-    ) -> Result<Result<ClaimOutcome, Option<IdempotencyRecord>>, StoreError> {
+    async fn replace_expired(&self, request: &ClaimRequest, pk: &str) -> Result<ClaimRound, StoreError> {
         let fresh = super::protocol::claimed_record(None, ClaimDecision::Create, request);
         let result = self
             .client
@@ -177,15 +163,30 @@ impl DynamoDbStore {
             .send()
             .await;
         match result {
-            Ok(_) => Ok(Ok(claimed(request, 1, false))),
-            Err(SdkError::ServiceError(e)) if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) => {
-                let PutItemError::ConditionalCheckFailedException(failed) = e.err() else { unreachable!() };
-                Ok(Err(failed.item().map(|item| record_from_item(pk, item)).transpose()?))
-            }
-            Err(err) => Err(store_error(&err)),
+            Ok(_) => Ok(ClaimRound::Claimed(claimed(request, 1, false))),
+            Err(err) => Ok(ClaimRound::Refused(refused_record(pk, &err)?)),
         }
     }
 }
+
+/// What one conditional claim request came to.
+enum ClaimRound {
+    /// The claim is ours.
+    Claimed(ClaimOutcome),
+    /// The condition failed on this record (`None`: it vanished meanwhile).
+    Refused(Option<IdempotencyRecord>),
+}
+
+/// The record a refused conditional write found at `pk`; any other failure is a store error.
+fn refused_record<E: ConditionalWrite>(pk: &str, err: &SdkResult<E>) -> Result<Option<IdempotencyRecord>, StoreError> {
+    match refused(err) {
+        Some(found) => found.map(|item| record_from_item(pk, item)).transpose(),
+        None => Err(store_error(err)),
+    }
+}
+
+/// An SDK error of a DynamoDB operation.
+type SdkResult<E> = SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>;
 
 /// The values of [`CLAIM_RECOVERY`] and the input, when the claim asks for recovery.
 fn recovery_values(request: &ClaimRequest, pk: &str) -> Option<HashMap<String, AttributeValue>> {
@@ -208,7 +209,42 @@ fn claimed(request: &ClaimRequest, attempt: u32, resumed: bool) -> ClaimOutcome 
     })
 }
 
-fn store_error<E>(err: &SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>) -> StoreError
+/// What each settlement writes: completed or failed for good (the recovery schedule removed, the
+/// TTL set), or released (the lease ended, the attempt given back on a refund).
+fn settle_update(update: UpdateItemFluentBuilder, settle: &Settle, expires_at_s: i64) -> UpdateItemFluentBuilder {
+    match settle {
+        Settle::Complete { result } => update
+            .update_expression(
+                "SET #status = :completed, #result = :result, updated_at = :now_ms, expires_at = :exp \
+                 REMOVE recovery_shard, recovery_due",
+            )
+            .expression_attribute_names("#result", "result")
+            .expression_attribute_values(":completed", s(RecordStatus::Completed.as_str()))
+            .expression_attribute_values(":result", s(result))
+            .expression_attribute_values(":exp", n(expires_at_s)),
+        Settle::Fail(failure) => update
+            .update_expression(
+                "SET #status = :failed, error_code = :code, error_reason = :reason, last_error = :reason, \
+                 updated_at = :now_ms, expires_at = :exp REMOVE recovery_shard, recovery_due",
+            )
+            .expression_attribute_values(":failed", s(RecordStatus::Failed.as_str()))
+            .expression_attribute_values(":code", s(&failure.code))
+            .expression_attribute_values(":reason", s(&failure.reason))
+            .expression_attribute_values(":exp", n(expires_at_s)),
+        Settle::Release { reason, refund } => {
+            let refunded = if *refund { ", attempts = attempts - :one" } else { "" };
+            let update = update
+                .update_expression(format!(
+                    "SET lease_until_ms = :zero, last_error = :reason, updated_at = :now_ms{refunded} REMOVE #owner"
+                ))
+                .expression_attribute_values(":zero", n(0))
+                .expression_attribute_values(":reason", s(reason));
+            if *refund { update.expression_attribute_values(":one", n(1)) } else { update }
+        }
+    }
+}
+
+fn store_error<E>(err: &SdkResult<E>) -> StoreError
 where
     E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -223,8 +259,8 @@ impl IdempotencyStore for DynamoDbStore {
         let mut attempt = self.try_claim(request, &pk).await?;
         for _ in 0..MAX_CLAIM_ROUNDS {
             let found = match attempt {
-                Ok(outcome) => return Ok(outcome),
-                Err(found) => found,
+                ClaimRound::Claimed(outcome) => return Ok(outcome),
+                ClaimRound::Refused(found) => found,
             };
             attempt = match decide_claim(found.as_ref(), &request.payload_hash, request.now_ms) {
                 ClaimDecision::Refuse(refusal) => {
@@ -238,16 +274,9 @@ impl IdempotencyStore for DynamoDbStore {
         Err(StoreError::Transient(format!("claim of {pk} kept losing races")))
     }
 
-    async fn settle(
-        &self,
-        key: &RecordKey,
-        owner: &OwnerToken,
-        settle: &Settle,
-        now_ms: i64,
-        expires_at_s: i64,
-    ) -> Result<Settlement, StoreError> {
-        let pk = key.partition_key();
-        let mut request = self
+    async fn settle(&self, request: &SettleRequest) -> Result<Settlement, StoreError> {
+        let pk = request.key.partition_key();
+        let update = self
             .client
             .update_item()
             .table_name(&self.table)
@@ -256,53 +285,12 @@ impl IdempotencyStore for DynamoDbStore {
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#owner", "owner")
             .expression_attribute_values(":in_progress", s(RecordStatus::InProgress.as_str()))
-            .expression_attribute_values(":owner", s(owner.as_str()))
-            .expression_attribute_values(":now_ms", n(now_ms))
+            .expression_attribute_values(":owner", s(request.owner.as_str()))
+            .expression_attribute_values(":now_ms", n(request.now_ms))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        request = match settle {
-            Settle::Complete { result } => request
-                .update_expression(
-                    "SET #status = :completed, #result = :result, updated_at = :now_ms, expires_at = :exp \
-                     REMOVE recovery_shard, recovery_due",
-                )
-                .expression_attribute_names("#result", "result")
-                .expression_attribute_values(":completed", s(RecordStatus::Completed.as_str()))
-                .expression_attribute_values(":result", s(result))
-                .expression_attribute_values(":exp", n(expires_at_s)),
-            Settle::Fail(failure) => request
-                .update_expression(
-                    "SET #status = :failed, error_code = :code, error_reason = :reason, last_error = :reason, \
-                     updated_at = :now_ms, expires_at = :exp REMOVE recovery_shard, recovery_due",
-                )
-                .expression_attribute_values(":failed", s(RecordStatus::Failed.as_str()))
-                .expression_attribute_values(":code", s(&failure.code))
-                .expression_attribute_values(":reason", s(&failure.reason))
-                .expression_attribute_values(":exp", n(expires_at_s)),
-            Settle::Release { reason, refund: false } => request
-                .update_expression(
-                    "SET lease_until_ms = :zero, last_error = :reason, updated_at = :now_ms REMOVE #owner",
-                )
-                .expression_attribute_values(":zero", n(0))
-                .expression_attribute_values(":reason", s(reason)),
-            Settle::Release { reason, refund: true } => request
-                .update_expression(
-                    "SET lease_until_ms = :zero, last_error = :reason, updated_at = :now_ms, \
-                     attempts = attempts - :one REMOVE #owner",
-                )
-                .expression_attribute_values(":zero", n(0))
-                .expression_attribute_values(":one", n(1))
-                .expression_attribute_values(":reason", s(reason)),
-        };
-        match request.send().await {
+        match settle_update(update, &request.settle, request.expires_at_s).send().await {
             Ok(_) => Ok(Settlement::Recorded),
-            Err(SdkError::ServiceError(e))
-                if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
-            {
-                let UpdateItemError::ConditionalCheckFailedException(failed) = e.err() else { unreachable!() };
-                let current = failed.item().map(|item| record_from_item(&pk, item)).transpose()?.map(Box::new);
-                Ok(Settlement::NotOwner { current })
-            }
-            Err(err) => Err(store_error(&err)),
+            Err(err) => Ok(Settlement::NotOwner { current: refused_record(&pk, &err)?.map(Box::new) }),
         }
     }
 
@@ -388,11 +376,7 @@ impl IdempotencyStore for DynamoDbStore {
         };
         match update.send().await {
             Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e))
-                if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
-            {
-                Ok(false)
-            }
+            Err(err) if refused(&err).is_some() => Ok(false),
             Err(err) => Err(store_error(&err)),
         }
     }

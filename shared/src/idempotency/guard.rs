@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use super::hash::PayloadHash;
 use super::key::{Operation, RecordKey};
-use super::protocol::{ClaimRequest, IdempotencyRecord, OwnerToken, Recovery, Settle, StoredFailure, now_s};
+use super::protocol::{
+    ClaimRequest, IdempotencyRecord, OwnerToken, Recovery, Settle, SettleRequest, StoredFailure, now_s,
+};
 use super::store::{ClaimOutcome, IdempotencyStore, Lease, Settlement, StoreError};
 use crate::clock::{Clock, SystemClock};
 
@@ -151,7 +153,14 @@ impl<S: IdempotencyStore> Idempotency<S> {
             complete @ Settle::Complete { .. } => complete,
         };
         let now_ms = self.now_ms();
-        self.store.settle(&lease.key, &lease.owner, &settle, now_ms, self.expires_at_s(now_ms)).await
+        let request = SettleRequest {
+            key: lease.key.clone(),
+            owner: lease.owner.clone(),
+            settle,
+            now_ms,
+            expires_at_s: self.expires_at_s(now_ms),
+        };
+        self.store.settle(&request).await
     }
 
     fn expires_at_s(&self, now_ms: i64) -> i64 {

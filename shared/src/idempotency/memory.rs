@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::key::{Operation, RecordKey};
 use super::protocol::{
-    ClaimDecision, ClaimRequest, IdempotencyRecord, OwnerToken, Settle, claimed_record, decide_claim,
+    ClaimDecision, ClaimRequest, IdempotencyRecord, SettleRequest, claimed_record, decide_claim,
     may_reschedule_recovery, may_settle, settled_record,
 };
 use super::store::{ClaimOutcome, IdempotencyStore, Lease, Settlement, StoreError, refused_outcome};
@@ -58,21 +58,15 @@ impl IdempotencyStore for InMemoryStore {
         }
     }
 
-    async fn settle(
-        &self,
-        key: &RecordKey,
-        owner: &OwnerToken,
-        settle: &Settle,
-        now_ms: i64,
-        expires_at_s: i64,
-    ) -> Result<Settlement, StoreError> {
-        let pk = key.partition_key();
+    async fn settle(&self, request: &SettleRequest) -> Result<Settlement, StoreError> {
+        let pk = request.key.partition_key();
         let mut records = self.lock();
         let stored = records.get(&pk);
-        if !may_settle(stored, owner) {
+        if !may_settle(stored, &request.owner) {
             return Ok(Settlement::NotOwner { current: stored.cloned().map(Box::new) });
         }
-        let next = settled_record(stored.expect("may_settle needs a record"), settle, now_ms, expires_at_s);
+        let stored = stored.expect("may_settle needs a record");
+        let next = settled_record(stored, &request.settle, request.now_ms, request.expires_at_s);
         records.insert(pk, next);
         Ok(Settlement::Recorded)
     }

@@ -157,6 +157,22 @@ pub struct ClaimRequest {
     pub recovery: Option<Recovery>,
 }
 
+/// A settlement as sent to the store: the owner's lease ends in `settle`, if it still owns the
+/// record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettleRequest {
+    /// Which record.
+    pub key: RecordKey,
+    /// The claim that settles it.
+    pub owner: OwnerToken,
+    /// Completed, failed, or released.
+    pub settle: Settle,
+    /// The time of the settlement (epoch ms).
+    pub now_ms: i64,
+    /// TTL of a settled record (epoch s).
+    pub expires_at_s: i64,
+}
+
 /// What lets a completer finish an operation whose claimer never settled it: a time from which
 /// the claim counts as abandoned, and the input to redo the operation from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

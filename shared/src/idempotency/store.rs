@@ -3,7 +3,7 @@
 use std::future::Future;
 
 use super::key::{Operation, RecordKey};
-use super::protocol::{ClaimRequest, IdempotencyRecord, OwnerToken, Settle, StoredFailure};
+use super::protocol::{ClaimRequest, IdempotencyRecord, OwnerToken, SettleRequest, StoredFailure};
 
 /// What a claim found. A refused claim is an outcome, not an error: the caller decides what a
 /// duplicate, a conflict or a key reuse means for it.
@@ -88,15 +88,8 @@ pub trait IdempotencyStore: Send + Sync {
     /// Claims the record if no live record stands in the way; otherwise says what stands there.
     fn claim(&self, request: &ClaimRequest) -> impl Future<Output = Result<ClaimOutcome, StoreError>> + Send;
 
-    /// Completes, fails or releases the record, if `owner` still owns it.
-    fn settle(
-        &self,
-        key: &RecordKey,
-        owner: &OwnerToken,
-        settle: &Settle,
-        now_ms: i64,
-        expires_at_s: i64,
-    ) -> impl Future<Output = Result<Settlement, StoreError>> + Send;
+    /// Completes, fails or releases the record, if the request's owner still owns it.
+    fn settle(&self, request: &SettleRequest) -> impl Future<Output = Result<Settlement, StoreError>> + Send;
 
     /// Reads a record (strongly consistent), expired or not: for status queries and operators.
     fn get(&self, key: &RecordKey) -> impl Future<Output = Result<Option<IdempotencyRecord>, StoreError>> + Send;

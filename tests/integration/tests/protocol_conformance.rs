@@ -10,8 +10,8 @@ use integration_tests::{aws, shared_stack};
 use payments_core::idempotency::dynamodb::DynamoDbStore;
 use payments_core::idempotency::dynamodb::attributes::item_from_record;
 use payments_core::idempotency::protocol::{
-    ClaimDecision, ClaimRequest, IdempotencyRecord, OwnerToken, RecordStatus, Recovery, Refusal, Settle, StoredFailure,
-    claimed_record, decide_claim, may_reschedule_recovery, may_settle, now_s, settled_record,
+    ClaimDecision, ClaimRequest, IdempotencyRecord, OwnerToken, RecordStatus, Recovery, Refusal, Settle, SettleRequest,
+    StoredFailure, claimed_record, decide_claim, may_reschedule_recovery, may_settle, now_s, settled_record,
 };
 use payments_core::idempotency::{
     ClaimOutcome, IdempotencyKey, IdempotencyStore, Operation, PayloadHash, RecordKey, Scope, Settlement,
@@ -204,7 +204,14 @@ fn settlements_in_dynamodb_follow_may_settle_and_settled_record() {
                 h.seed(stored.as_ref()).await;
                 let owner = OwnerToken::from_stored(owner.into());
                 let expires = now_s(NOW) + 7200;
-                let outcome = h.store.settle(&key, &owner, &settle, NOW, expires).await.unwrap();
+                let request = SettleRequest {
+                    key: key.clone(),
+                    owner: owner.clone(),
+                    settle: settle.clone(),
+                    now_ms: NOW,
+                    expires_at_s: expires,
+                };
+                let outcome = h.store.settle(&request).await.unwrap();
                 let after = h.store.get(&key).await.unwrap();
                 if may_settle(stored.as_ref(), &owner) {
                     prop_assert_eq!(outcome, Settlement::Recorded);
