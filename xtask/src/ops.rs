@@ -166,24 +166,29 @@ pub async fn run(ops: Ops) -> Result<ExitCode, String> {
         OpsCommand::Circuit { action, for_, ref provider } => {
             circuit(dynamodb, stack.idempotency_table(), provider, action, for_).await?;
         }
-        OpsCommand::Complete { quiet } => {
-            let quiet = quiet.as_secs().to_string();
-            let vars = [
-                ("IDEMPOTENCY_TABLE", stack.idempotency_table()),
-                ("FAILURES_TABLE", stack.failures_table()),
-                ("PAYMENTS_QUEUE_URL", stack.queue_url()),
-                ("RECOVERY_QUIET_SECONDS", quiet.as_str()),
-            ];
-            let env = Env::from_lookup(|name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned()));
-            let config = completer::CompleterConfig::from_env(&env).map_err(|e| e.to_string())?;
-            let sweep = completer::build(&config, &sdk).sweep(now + 60_000).await;
-            println!("{}", serde_json::to_string_pretty(&sweep).map_err(|e| e.to_string())?);
-        }
+        OpsCommand::Complete { quiet } => complete_now(&sdk, &stack, quiet, now).await?,
         OpsCommand::StuckIntake { older_than } => {
             stuck_intake(DynamoDbStore::new(dynamodb, stack.idempotency_table()), older_than, now).await?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the completer's sweep now, as the deployed function would with quiet period `quiet`, and
+/// prints what it did.
+async fn complete_now(sdk: &aws_config::SdkConfig, stack: &Stack, quiet: Duration, now: i64) -> Result<(), String> {
+    let quiet = quiet.as_secs().to_string();
+    let vars = [
+        ("IDEMPOTENCY_TABLE", stack.idempotency_table()),
+        ("FAILURES_TABLE", stack.failures_table()),
+        ("PAYMENTS_QUEUE_URL", stack.queue_url()),
+        ("RECOVERY_QUIET_SECONDS", quiet.as_str()),
+    ];
+    let env = Env::from_lookup(|name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned()));
+    let config = completer::CompleterConfig::from_env(&env).map_err(|e| e.to_string())?;
+    let sweep = completer::build(&config, sdk).sweep(now + 60_000).await;
+    println!("{}", serde_json::to_string_pretty(&sweep).map_err(|e| e.to_string())?);
+    Ok(())
 }
 
 /// The redriver: SQS, the failure records, and the provider asked before anything is re-sent

@@ -9,7 +9,8 @@ use lambda_http::{Body, Request, RequestExt, Response};
 use payments_core::clock::rfc3339_ms;
 use payments_core::failures::FailureStore;
 use payments_core::idempotency::{
-    ClaimOutcome, Idempotency, IdempotencyKey, IdempotencyStore, PayloadHash, Recovery, Scope, Settlement,
+    ClaimOutcome, Idempotency, IdempotencyKey, IdempotencyStore, Lease, PayloadHash, Recovery, Scope, Settlement,
+    StoreError,
 };
 use payments_core::observability::{Metrics, MetricsSink};
 use payments_core::payment::card_data::{contains_card_number, redact_card_data};
@@ -121,6 +122,42 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
         correlation_id: &str,
         metrics: &Metrics,
     ) -> Result<Response<Body>, Problem> {
+        let Submission { scope, key, payment, hash } = self.submission(request)?;
+        let now = self.idempotency.now_ms();
+        // The lease ends with the invocation, and at the latest after the configured intake lease.
+        let deadline = request
+            .lambda_context_ref()
+            .map(|c| payments_core::clock::invocation_deadline_ms(c.deadline, now))
+            .unwrap_or(i64::MAX);
+        let message = PaymentMessage {
+            schema_version: SCHEMA_VERSION,
+            idempotency_key: key,
+            scope,
+            payment,
+            created_at: rfc3339_ms(now),
+            correlation_id: correlation_id.to_owned(),
+        };
+        // The claim keeps the message: should this invocation die before it enqueues and
+        // completes, the completer enqueues it once the recovery is due.
+        let recovery = Recovery { due_ms: self.recovery_due_ms(now, deadline), input: Some(message.to_body()) };
+        let record_key = intake_key(&message.scope, &message.idempotency_key);
+        let claimed = self.idempotency.claim_recoverable(&record_key, &hash, deadline, Some(recovery)).await;
+        let lease = match claimed {
+            Ok(ClaimOutcome::Claimed(lease)) => lease,
+            Ok(ClaimOutcome::AlreadyCompleted { result }) => {
+                metrics.count("Replayed", 1);
+                return self.replay(&message.scope, &message.idempotency_key, &result).await;
+            }
+            refused => return Err(refusal_problem(refused, now, correlation_id)),
+        };
+        let body = self.enqueue_and_record(&message, &lease).await?;
+        metrics.count("Accepted", 1);
+        Ok(accepted(&message.idempotency_key, &body, false))
+    }
+
+    /// The request's payment, read and validated before anything is claimed: who asks, under
+    /// which key, for what, and the payload's fingerprint.
+    fn submission(&self, request: &Request) -> Result<Submission, Problem> {
         let scope = self.caller_scope(request)?;
         let key = match request.headers().get("idempotency-key") {
             None => return Err(Problem::MissingIdempotencyKey),
@@ -154,58 +191,22 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
         }
         let hash =
             PayloadHash::of(&payment).map_err(|e| Problem::InvalidBody { field: ".".into(), detail: e.to_string() })?;
+        Ok(Submission { scope, key, payment, hash })
+    }
 
-        let now = self.idempotency.now_ms();
-        // The lease ends with the invocation, and at the latest after the configured intake lease.
-        let deadline = request
-            .lambda_context_ref()
-            .map(|c| payments_core::clock::invocation_deadline_ms(c.deadline, now))
-            .unwrap_or(i64::MAX);
-        let message = PaymentMessage {
-            schema_version: SCHEMA_VERSION,
-            idempotency_key: key.clone(),
-            scope: scope.clone(),
-            payment,
-            created_at: rfc3339_ms(now),
-            correlation_id: correlation_id.to_owned(),
-        };
-        // The claim keeps the message: should this invocation die before it enqueues and
-        // completes, the completer enqueues it once the recovery is due.
-        let recovery = Recovery { due_ms: self.recovery_due_ms(now, deadline), input: Some(message.to_body()) };
-        let record_key = intake_key(&scope, &key);
-        let lease = match self.idempotency.claim_recoverable(&record_key, &hash, deadline, Some(recovery)).await {
-            Ok(ClaimOutcome::Claimed(lease)) => lease,
-            Ok(ClaimOutcome::AlreadyCompleted { result }) => {
-                metrics.count("Replayed", 1);
-                return self.replay(&scope, &key, &result).await;
-            }
-            Ok(ClaimOutcome::InProgressElsewhere { lease_until_ms }) => {
-                let retry_after_s = u64::try_from((lease_until_ms - now).max(1000)).unwrap_or(1000).div_ceil(1000);
-                return Err(Problem::RequestInProgress { retry_after_s });
-            }
-            Ok(ClaimOutcome::PayloadMismatch) => return Err(Problem::IdempotencyKeyReused),
-            Ok(ClaimOutcome::AlreadyFailed(failure)) => {
-                // The intake never stores failures; a FAILED intake record is corrupt data.
-                tracing::error!(correlation_id, code = failure.code, "intake record is FAILED");
-                return Err(Problem::Internal);
-            }
-            Err(e) if e.is_retryable() => return Err(Problem::ServiceUnavailable { retry_after_s: 1 }),
-            Err(e) => {
-                tracing::error!(correlation_id, error = %e, "idempotency store error");
-                return Err(Problem::Internal);
-            }
-        };
-
-        if let Err(e) = self.queue.enqueue(&message).await {
-            // Nothing was enqueued: give the key back so the client's retry proceeds at once.
-            if let Err(release) = self.idempotency.release(&lease, &e.detail).await {
+    /// Enqueues the claimed payment and records the acceptance (the 202's body) as the claim's
+    /// result. Not enqueued: the key is given back so the client's retry proceeds at once.
+    async fn enqueue_and_record(&self, message: &PaymentMessage, lease: &Lease) -> Result<Value, Problem> {
+        let correlation_id = message.correlation_id.as_str();
+        if let Err(e) = self.queue.enqueue(message).await {
+            if let Err(release) = self.idempotency.release(lease, &e.detail).await {
                 tracing::warn!(correlation_id, error = %release, "release failed; the lease frees the key when it ends");
             }
             tracing::error!(correlation_id, error = %e, "enqueue failed");
             return Err(Problem::ServiceUnavailable { retry_after_s: 1 });
         }
-        let body = acceptance(&message);
-        match self.idempotency.complete(&lease, &body).await {
+        let body = acceptance(message);
+        match self.idempotency.complete(lease, &body).await {
             Ok(Settlement::Recorded) => {}
             // Enqueued but not recorded: the lease runs out and a client retry enqueues again,
             // which the processor deduplicates. Visible to operators as a stuck intake record.
@@ -214,8 +215,7 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
             }
             Err(e) => tracing::warn!(correlation_id, error = %e, "enqueued, but the intake record was not completed"),
         }
-        metrics.count("Accepted", 1);
-        Ok(accepted(&key, &body, false))
+        Ok(body)
     }
 
     /// When an acceptance claimed at `now` with this deadline counts as abandoned: the end of its
@@ -298,6 +298,38 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
             tracing::warn!(error = %e, "caller identity is not a valid scope");
             Problem::Unauthenticated
         })
+    }
+}
+
+/// A payment request as read and validated from the HTTP request.
+struct Submission {
+    scope: Scope,
+    key: IdempotencyKey,
+    payment: PaymentRequest,
+    hash: PayloadHash,
+}
+
+/// The answer to a claim that was neither granted nor a replay.
+fn refusal_problem(refused: Result<ClaimOutcome, StoreError>, now: i64, correlation_id: &str) -> Problem {
+    match refused {
+        Ok(ClaimOutcome::InProgressElsewhere { lease_until_ms }) => {
+            let retry_after_s = u64::try_from((lease_until_ms - now).max(1000)).unwrap_or(1000).div_ceil(1000);
+            Problem::RequestInProgress { retry_after_s }
+        }
+        Ok(ClaimOutcome::PayloadMismatch) => Problem::IdempotencyKeyReused,
+        Ok(ClaimOutcome::AlreadyFailed(failure)) => {
+            // The intake never stores failures; a FAILED intake record is corrupt data.
+            tracing::error!(correlation_id, code = failure.code, "intake record is FAILED");
+            Problem::Internal
+        }
+        Err(e) if e.is_retryable() => Problem::ServiceUnavailable { retry_after_s: 1 },
+        Err(e) => {
+            tracing::error!(correlation_id, error = %e, "idempotency store error");
+            Problem::Internal
+        }
+        Ok(ClaimOutcome::Claimed(_) | ClaimOutcome::AlreadyCompleted { .. }) => {
+            unreachable!("claims and replays are answered by the caller")
+        }
     }
 }
 
