@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use payments_core::clock::rfc3339_ms;
 use payments_core::failures::dynamodb::DynamoDbFailureStore;
-use payments_core::failures::{FailureState, FailureStore};
+use payments_core::failures::{FailureRecord, FailureState, FailureStore};
 use payments_core::idempotency::dynamodb::DynamoDbStore;
 use payments_core::idempotency::{Idempotency, IdempotencyConfig, IdempotencyKey, PayloadHash, Recovery, Scope};
 use payments_core::payment::envelope::{SCHEMA_VERSION, parse_strict};
@@ -284,103 +284,7 @@ pub struct Reconciliation {
 impl Reconciliation {
     /// The table printed at the end of a run.
     pub fn table(&self) -> String {
-        let status = |s: &str| self.statuses.get(s).copied().unwrap_or(0);
-        let mut rows = vec![
-            ("accepted payments".to_owned(), self.accepted.to_string()),
-            ("  succeeded".to_owned(), status("SUCCEEDED").to_string()),
-            ("  failed (declined)".to_owned(), status("FAILED").to_string()),
-            ("  dead-lettered".to_owned(), status("DEAD_LETTERED").to_string()),
-            (
-                "  not settled".to_owned(),
-                (self.accepted - status("SUCCEEDED") - status("FAILED") - status("DEAD_LETTERED")).to_string(),
-            ),
-            (
-                "intake answers".to_owned(),
-                self.http.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(" "),
-            ),
-            ("duplicates suppressed (intake replays)".to_owned(), self.replays.to_string()),
-            ("duplicates suppressed (processor)".to_owned(), self.duplicates_suppressed.to_string()),
-            ("retries".to_owned(), self.retries.to_string()),
-            ("poison messages recorded".to_owned(), self.poison.to_string()),
-            ("provider charge requests".to_owned(), self.provider_requests.to_string()),
-            (
-                "provider faults injected".to_owned(),
-                self.provider_faults.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(" "),
-            ),
-            ("provider charges".to_owned(), self.provider_charges.to_string()),
-            ("open failure records".to_owned(), self.open_failure_records.to_string()),
-            ("charged twice / lost".to_owned(), format!("{} / {}", self.double_charges, self.lost)),
-            (
-                "processing latency p50 / p99 (ms)".to_owned(),
-                format!(
-                    "{:.1} / {:.1}",
-                    self.latency_p50_p99.0.unwrap_or(f64::NAN),
-                    self.latency_p50_p99.1.unwrap_or(f64::NAN)
-                ),
-            ),
-            (
-                "intake latency p50 / p99 (ms)".to_owned(),
-                format!(
-                    "{:.1} / {:.1}",
-                    self.intake_latency_p50_p99.0.unwrap_or(f64::NAN),
-                    self.intake_latency_p50_p99.1.unwrap_or(f64::NAN)
-                ),
-            ),
-            (
-                format!("queue depth, 1 sample/s (max {})", self.queue_depth.iter().max().copied().unwrap_or(0)),
-                sparkline(&self.queue_depth, 60),
-            ),
-            ("provider peak request rate".to_owned(), self.provider_load.describe()),
-            ("processor killed mid-batch".to_owned(), if self.killed { "yes" } else { "no" }.to_owned()),
-            ("invocations interrupted".to_owned(), self.interrupted_invocations.to_string()),
-            ("drained in (queues empty)".to_owned(), format!("{:.1} s", self.drain_time.as_secs_f64())),
-            ("settled in (statuses read back)".to_owned(), format!("{:.1} s", self.settle_time.as_secs_f64())),
-        ];
-        let list = |m: &BTreeMap<String, f64>| m.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(" ");
-        rows.push(("failure reasons (retried and permanent)".to_owned(), list(&self.retry_reasons)));
-        rows.push(("given up by the processor (to the DLQ)".to_owned(), list(&self.given_up)));
-        rows.push(("deferred without a provider call".to_owned(), list(&self.deferred)));
-        rows.push(("circuit breaker transitions".to_owned(), list(&self.circuit_transitions)));
-        rows.push((
-            "abandoned acceptances (intake died after its claim)".to_owned(),
-            format!(
-                "{}; the completer: {}",
-                self.abandoned,
-                list(&self.recovered.iter().filter(|(k, _)| *k != "skipped").map(|(k, v)| (k.clone(), *v)).collect())
-            ),
-        ));
-        let looked = |answer: &str| self.outcome_lookups.get(answer).copied().unwrap_or(0.0);
-        rows.push((
-            "unknown outcomes".to_owned(),
-            format!(
-                "{} resolved by lookup (charged {}, not charged {}), {} lookups unanswered and retried, {} left unknown",
-                looked("charged") + looked("not_charged"),
-                looked("charged"),
-                looked("not_charged"),
-                looked("unknown"),
-                self.accepted - status("SUCCEEDED") - status("FAILED") - status("DEAD_LETTERED"),
-            ),
-        ));
-        rows.push((
-            "provider requests per payment".to_owned(),
-            format!("{:.2}", self.provider_requests as f64 / self.accepted.max(1) as f64),
-        ));
-        rows.push(("scenario".to_owned(), self.scenario.to_owned()));
-        if let Some(incident) = &self.incident {
-            rows.push(("incident window".to_owned(), format!("{} s", incident.window.as_secs())));
-            rows.push((
-                "provider requests during the incident (probes overall)".to_owned(),
-                format!("{} ({})", incident.requests_during, incident.probes),
-            ));
-            rows.push((
-                "provider requests per payment during the incident".to_owned(),
-                format!("{:.2}", incident.requests_during as f64 / self.accepted.max(1) as f64),
-            ));
-            rows.push((
-                "from recovery to settled".to_owned(),
-                format!("{:.1} s", incident.recovery_to_settled.as_secs_f64()),
-            ));
-        }
+        let rows = [self.outcome_rows(), self.traffic_rows(), self.timing_rows(), self.incident_rows()].concat();
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         let mut out = String::from("| what | count |\n|---|---|\n");
         for (k, v) in rows {
@@ -396,6 +300,115 @@ impl Reconciliation {
         }
         out
     }
+
+    fn status(&self, status: &str) -> usize {
+        self.statuses.get(status).copied().unwrap_or(0)
+    }
+
+    fn not_settled(&self) -> usize {
+        self.accepted - self.status("SUCCEEDED") - self.status("FAILED") - self.status("DEAD_LETTERED")
+    }
+
+    /// What became of the payments, and of the messages that were not payments.
+    fn outcome_rows(&self) -> Vec<(String, String)> {
+        let looked = |answer: &str| self.outcome_lookups.get(answer).copied().unwrap_or(0.0);
+        let recovered = self.recovered.iter().filter(|(k, _)| *k != "skipped").map(|(k, v)| (k.clone(), *v));
+        vec![
+            row("accepted payments", self.accepted),
+            row("  succeeded", self.status("SUCCEEDED")),
+            row("  failed (declined)", self.status("FAILED")),
+            row("  dead-lettered", self.status("DEAD_LETTERED")),
+            row("  not settled", self.not_settled()),
+            row("duplicates suppressed (intake replays)", self.replays),
+            row("duplicates suppressed (processor)", self.duplicates_suppressed),
+            row("retries", self.retries),
+            row("poison messages recorded", self.poison),
+            row("open failure records", self.open_failure_records),
+            row("charged twice / lost", format!("{} / {}", self.double_charges, self.lost)),
+            row("failure reasons (retried and permanent)", counts(&self.retry_reasons)),
+            row("given up by the processor (to the DLQ)", counts(&self.given_up)),
+            row("deferred without a provider call", counts(&self.deferred)),
+            row("circuit breaker transitions", counts(&self.circuit_transitions)),
+            row(
+                "abandoned acceptances (intake died after its claim)",
+                format!("{}; the completer: {}", self.abandoned, counts(&recovered.collect())),
+            ),
+            row(
+                "unknown outcomes",
+                format!(
+                    "{} resolved by lookup (charged {}, not charged {}), {} lookups unanswered and retried, {} left \
+                     unknown",
+                    looked("charged") + looked("not_charged"),
+                    looked("charged"),
+                    looked("not_charged"),
+                    looked("unknown"),
+                    self.not_settled(),
+                ),
+            ),
+        ]
+    }
+
+    /// What the intake answered and what the provider was sent.
+    fn traffic_rows(&self) -> Vec<(String, String)> {
+        vec![
+            row("intake answers", counts(&self.http)),
+            row("provider charge requests", self.provider_requests),
+            row("provider faults injected", counts(&self.provider_faults)),
+            row("provider charges", self.provider_charges),
+            row("provider peak request rate", self.provider_load.describe()),
+            row(
+                "provider requests per payment",
+                format!("{:.2}", self.provider_requests as f64 / self.accepted.max(1) as f64),
+            ),
+            row("processor killed mid-batch", if self.killed { "yes" } else { "no" }),
+            row("invocations interrupted", self.interrupted_invocations),
+            row("scenario", self.scenario),
+        ]
+    }
+
+    /// How long things took.
+    fn timing_rows(&self) -> Vec<(String, String)> {
+        let ms = |(p50, p99): (Option<f64>, Option<f64>)| {
+            format!("{:.1} / {:.1}", p50.unwrap_or(f64::NAN), p99.unwrap_or(f64::NAN))
+        };
+        vec![
+            row("processing latency p50 / p99 (ms)", ms(self.latency_p50_p99)),
+            row("intake latency p50 / p99 (ms)", ms(self.intake_latency_p50_p99)),
+            row(
+                format!("queue depth, 1 sample/s (max {})", self.queue_depth.iter().max().copied().unwrap_or(0)),
+                sparkline(&self.queue_depth, 60),
+            ),
+            row("drained in (queues empty)", format!("{:.1} s", self.drain_time.as_secs_f64())),
+            row("settled in (statuses read back)", format!("{:.1} s", self.settle_time.as_secs_f64())),
+        ]
+    }
+
+    /// The provider incident of an outage or brownout run.
+    fn incident_rows(&self) -> Vec<(String, String)> {
+        let Some(incident) = &self.incident else { return Vec::new() };
+        vec![
+            row("incident window", format!("{} s", incident.window.as_secs())),
+            row(
+                "provider requests during the incident (probes overall)",
+                format!("{} ({})", incident.requests_during, incident.probes),
+            ),
+            row(
+                "provider requests per payment during the incident",
+                format!("{:.2}", incident.requests_during as f64 / self.accepted.max(1) as f64),
+            ),
+            row("from recovery to settled", format!("{:.1} s", incident.recovery_to_settled.as_secs_f64())),
+        ]
+    }
+}
+
+/// One row of the reconciliation table.
+fn row(what: impl Into<String>, value: impl ToString) -> (String, String) {
+    (what.into(), value.to_string())
+}
+
+/// Counts by name, as `name×count` pairs.
+fn counts<K: std::fmt::Display, V: std::fmt::Display>(by_name: &BTreeMap<K, V>) -> String {
+    by_name.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(" ")
 }
 
 /// What a provider incident came to.
@@ -470,141 +483,34 @@ pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> 
     let name = unique_name("pipeline");
     let receive = options.max_receive_count.to_string();
     let stack = deploy(&sdk, &name, &[("MaxReceiveCount", &receive), ("ProcessorTimeoutSeconds", "10")]).await?;
-    // The provider checks the key the stack's secret holds, as a real one checks its account's.
-    let mut provider_key = read_secret(&sdk, stack.provider_key_secret()).await?;
-    if options.provider_refuses_key {
-        provider_key.push_str("-rotated-at-the-provider");
-    }
-    let simulator_config = SimConfig {
-        api_key: Some(provider_key.clone()),
-        capacity: options.scenario.provider_capacity(),
-        ..options.simulator.clone()
-    };
-    let simulator = Simulator::start(simulator_config).await.map_err(PipelineError::Simulator)?;
+    let (simulator, provider_key) = start_provider(options, &sdk, &stack).await?;
     let log_dir = cache_dir().join("pipeline").join(&name);
     std::fs::create_dir_all(&log_dir).map_err(|e| PipelineError::Other(format!("log dir: {e}")))?;
 
     crate::functions::build().await?;
     // Clients reach the intake through the front door on `port`; the emulator sits behind it.
-    let emulator = Emulator::start(options.port + EMULATOR_PORT_OFFSET, &log_dir.join("emulator.log")).await?;
+    let emulator_port = options.port + EMULATOR_PORT_OFFSET;
+    let emulator = Emulator::start(emulator_port, &log_dir.join("emulator.log")).await?;
     let front = FrontDoor::start(options.port, emulator.url(""))
         .await
         .map_err(|e| PipelineError::Other(format!("front door on port {}: {e}", options.port)))?;
     let metrics = MetricTotals::default();
-    let mut common: HashMap<String, String> = [
-        ("IDEMPOTENCY_TABLE", stack.idempotency_table()),
-        ("FAILURES_TABLE", stack.failures_table()),
-        ("METRICS_NAMESPACE", "PaymentsPipeline"),
-        ("RUST_LOG", "info"),
-    ]
-    .iter()
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect();
-    for var in [
-        "AWS_ENDPOINT_URL",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_REGION",
-        "AWS_SDK_ATTEMPT_TIMEOUT_MS",
-        "AWS_SDK_OPERATION_TIMEOUT_MS",
-    ] {
-        if let Ok(value) = std::env::var(var) {
-            common.insert(var.to_owned(), value);
-        }
-    }
-    let with = |extra: &[(&str, String)]| {
-        let mut env = common.clone();
-        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
-        env
-    };
-    // The processor's tuning in local runs: a short provider timeout, retries within seconds, and
-    // a circuit breaker that probes after 5 s (then up to every 20 s), so that an outage of
-    // minutes plays out in minutes.
-    let specific = [
-        (
-            "intake",
-            with(&[
-                ("PAYMENTS_QUEUE_URL", stack.queue_url().to_owned()),
-                ("ALLOW_SCOPE_HEADER", "true".into()),
-                ("RECOVERY_GRACE_SECONDS", LOCAL_RECOVERY_GRACE_S.to_string()),
-            ]),
-        ),
-        (
-            "completer",
-            with(&[("PAYMENTS_QUEUE_URL", stack.queue_url().to_owned()), ("RECOVERY_QUIET_SECONDS", "60".into())]),
-        ),
-        (
-            "processor",
-            with(&[
-                ("PROVIDER_BASE_URL", simulator.base_url()),
-                ("PROVIDER_ALLOW_HTTP", "true".into()),
-                ("PROVIDER_API_KEY_SECRET", stack.provider_key_secret().to_owned()),
-                ("PROVIDER_TIMEOUT_MS", "1500".into()),
-                ("PROVIDER_CONNECT_TIMEOUT_MS", "500".into()),
-                ("LEASE_MARGIN_MS", "500".into()),
-                ("IDEMPOTENCY_MAX_LEASE_SECONDS", "15".into()),
-                ("BACKOFF_BASE_MS", "500".into()),
-                ("BACKOFF_CAP_SECONDS", "4".into()),
-                ("BATCH_CONCURRENCY", PROCESSOR_CONCURRENCY.to_string()),
-                ("DEAD_LETTER_QUEUE_URL", stack.dlq_url().to_owned()),
-                ("MAX_PROVIDER_ATTEMPTS", options.max_provider_attempts.to_string()),
-                ("MAX_PAYMENT_AGE_SECONDS", "1800".into()),
-                ("BREAKER_FAILURE_WINDOW_SECONDS", "10".into()),
-                ("BREAKER_OPEN_SECONDS", "5".into()),
-                ("BREAKER_OPEN_MAX_SECONDS", "20".into()),
-                ("BREAKER_CACHE_SECONDS", "2".into()),
-                ("BREAKER_HALF_OPEN_WAIT_MS", "1000".into()),
-                // Unset (empty) unless the run paces the processor.
-                ("PROVIDER_RATE_LIMIT", options.scenario.processor_pace().map_or(String::new(), |r| r.to_string())),
-            ]),
-        ),
-        (
-            "dlq-consumer",
-            with(&[
-                ("SOURCE_QUEUE_URL", stack.queue_url().to_owned()),
-                ("PROVIDER_BASE_URL", simulator.base_url()),
-                ("PROVIDER_ALLOW_HTTP", "true".into()),
-                ("PROVIDER_API_KEY_SECRET", stack.provider_key_secret().to_owned()),
-                ("PROVIDER_TIMEOUT_MS", "1500".into()),
-                ("PROVIDER_CONNECT_TIMEOUT_MS", "500".into()),
-            ]),
-        ),
-    ];
-    let mut functions = HashMap::new();
-    // The functions poll the emulator itself, never through the front door.
-    let emulator_port = options.port + EMULATOR_PORT_OFFSET;
-    for (name, env) in specific {
-        let log = log_dir.join(format!("{name}.log"));
-        let process = FunctionProcess::start(name, env, emulator_port, log, metrics.clone()).await?;
-        functions.insert(name.to_owned(), process);
-    }
-
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let envs = function_envs(options, &stack, &simulator.base_url());
+    let functions = start_functions(envs, emulator_port, &log_dir, &metrics).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let completer_runs = Arc::new(ScheduleStats::default());
     let (payments_poller, dlq_poller) = (Arc::new(PollerStats::default()), Arc::new(PollerStats::default()));
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
     let pollers = vec![
         spawn_poller(
             sqs.clone(),
-            PollerConfig {
-                queue_url: stack.queue_url().into(),
-                queue_arn: stack.queue_arn().into(),
-                invoke_url: emulator.invoke_url("processor"),
-                batch_size: 10,
-                invoke_timeout: Duration::from_secs(10),
-            },
+            poller_config(stack.queue_url(), stack.queue_arn(), emulator.invoke_url("processor")),
             payments_poller.clone(),
             stop.clone(),
         ),
         spawn_poller(
             sqs,
-            PollerConfig {
-                queue_url: stack.dlq_url().into(),
-                queue_arn: stack.dlq_arn().into(),
-                invoke_url: emulator.invoke_url("dlq-consumer"),
-                batch_size: 10,
-                invoke_timeout: Duration::from_secs(10),
-            },
+            poller_config(stack.dlq_url(), stack.dlq_arn(), emulator.invoke_url("dlq-consumer")),
             dlq_poller.clone(),
             stop.clone(),
         ),
@@ -627,6 +533,132 @@ pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> 
         stop,
         pollers,
     })
+}
+
+/// Starts each function with its environment, logging to `log_dir` and totalling its metrics.
+/// The functions poll the emulator itself, never through the front door.
+async fn start_functions(
+    envs: [(&'static str, HashMap<String, String>); 4],
+    emulator_port: u16,
+    log_dir: &std::path::Path,
+    metrics: &MetricTotals,
+) -> Result<HashMap<String, FunctionProcess>, PipelineError> {
+    let mut functions = HashMap::new();
+    for (name, env) in envs {
+        let log = log_dir.join(format!("{name}.log"));
+        let process = FunctionProcess::start(name, env, emulator_port, log, metrics.clone()).await?;
+        functions.insert(name.to_owned(), process);
+    }
+    Ok(functions)
+}
+
+/// The provider simulator, checking the key the stack's secret holds as a real provider checks
+/// its account's (or another one, when the run plays a key rotated at the provider).
+async fn start_provider(
+    options: &PipelineOptions,
+    sdk: &aws_config::SdkConfig,
+    stack: &Stack,
+) -> Result<(Simulator, String), PipelineError> {
+    let mut provider_key = read_secret(sdk, stack.provider_key_secret()).await?;
+    if options.provider_refuses_key {
+        provider_key.push_str("-rotated-at-the-provider");
+    }
+    let config = SimConfig {
+        api_key: Some(provider_key.clone()),
+        capacity: options.scenario.provider_capacity(),
+        ..options.simulator.clone()
+    };
+    let simulator = Simulator::start(config).await.map_err(PipelineError::Simulator)?;
+    Ok((simulator, provider_key))
+}
+
+/// An event source mapping's stand-in: batches of 10 from `queue_url` to `invoke_url`.
+fn poller_config(queue_url: &str, queue_arn: &str, invoke_url: String) -> PollerConfig {
+    PollerConfig {
+        queue_url: queue_url.into(),
+        queue_arn: queue_arn.into(),
+        invoke_url,
+        batch_size: 10,
+        invoke_timeout: Duration::from_secs(10),
+    }
+}
+
+/// Each function's environment: the stack's resources, the AWS endpoint of this run, and the
+/// function's own settings.
+fn function_envs(
+    options: &PipelineOptions,
+    stack: &Stack,
+    provider_url: &str,
+) -> [(&'static str, HashMap<String, String>); 4] {
+    let mut common: HashMap<String, String> = [
+        ("IDEMPOTENCY_TABLE", stack.idempotency_table()),
+        ("FAILURES_TABLE", stack.failures_table()),
+        ("METRICS_NAMESPACE", "PaymentsPipeline"),
+        ("RUST_LOG", "info"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    for var in [
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+        "AWS_SDK_ATTEMPT_TIMEOUT_MS",
+        "AWS_SDK_OPERATION_TIMEOUT_MS",
+    ] {
+        if let Ok(value) = std::env::var(var) {
+            common.insert(var.to_owned(), value);
+        }
+    }
+    let with = |extra: Vec<(&str, String)>| {
+        let mut env = common.clone();
+        env.extend(extra.into_iter().map(|(k, v)| (k.to_owned(), v)));
+        env
+    };
+    let provider = [
+        ("PROVIDER_BASE_URL", provider_url.to_owned()),
+        ("PROVIDER_ALLOW_HTTP", "true".into()),
+        ("PROVIDER_API_KEY_SECRET", stack.provider_key_secret().to_owned()),
+        ("PROVIDER_TIMEOUT_MS", "1500".into()),
+        ("PROVIDER_CONNECT_TIMEOUT_MS", "500".into()),
+    ];
+    let queue = ("PAYMENTS_QUEUE_URL", stack.queue_url().to_owned());
+    [
+        (
+            "intake",
+            with(vec![
+                queue.clone(),
+                ("ALLOW_SCOPE_HEADER", "true".into()),
+                ("RECOVERY_GRACE_SECONDS", LOCAL_RECOVERY_GRACE_S.to_string()),
+            ]),
+        ),
+        ("completer", with(vec![queue, ("RECOVERY_QUIET_SECONDS", "60".into())])),
+        ("processor", with([&provider[..], &processor_tuning(options, stack)].concat())),
+        ("dlq-consumer", with([&provider[..], &[("SOURCE_QUEUE_URL", stack.queue_url().to_owned())]].concat())),
+    ]
+}
+
+/// The processor's tuning in local runs: retries within seconds, and a circuit breaker that
+/// probes after 5 s (then up to every 20 s), so that an outage of minutes plays out in minutes.
+fn processor_tuning(options: &PipelineOptions, stack: &Stack) -> Vec<(&'static str, String)> {
+    vec![
+        ("LEASE_MARGIN_MS", "500".into()),
+        ("IDEMPOTENCY_MAX_LEASE_SECONDS", "15".into()),
+        ("BACKOFF_BASE_MS", "500".into()),
+        ("BACKOFF_CAP_SECONDS", "4".into()),
+        ("BATCH_CONCURRENCY", PROCESSOR_CONCURRENCY.to_string()),
+        ("DEAD_LETTER_QUEUE_URL", stack.dlq_url().to_owned()),
+        ("MAX_PROVIDER_ATTEMPTS", options.max_provider_attempts.to_string()),
+        ("MAX_PAYMENT_AGE_SECONDS", "1800".into()),
+        ("BREAKER_FAILURE_WINDOW_SECONDS", "10".into()),
+        ("BREAKER_OPEN_SECONDS", "5".into()),
+        ("BREAKER_OPEN_MAX_SECONDS", "20".into()),
+        ("BREAKER_CACHE_SECONDS", "2".into()),
+        ("BREAKER_HALF_OPEN_WAIT_MS", "1000".into()),
+        // Unset (empty) unless the run paces the processor.
+        ("PROVIDER_RATE_LIMIT", options.scenario.processor_pace().map_or(String::new(), |r| r.to_string())),
+    ]
 }
 
 /// The string value of the secret `secret_id`.
@@ -930,7 +962,8 @@ impl Running {
     }
 }
 
-/// Checks the invariants and gathers the numbers.
+/// Reads the run's outcome from the provider's ledger, the failure records, the payments'
+/// statuses and the functions' metrics, and checks every invariant against it.
 async fn reconcile(
     running: &Running,
     options: &PipelineOptions,
@@ -943,8 +976,32 @@ async fn reconcile(
     let failures =
         DynamoDbFailureStore::new(aws_sdk_dynamodb::Client::new(&running.sdk), running.stack.failures_table());
     let records = failures.list(false).await.map_err(|e| PipelineError::Other(e.to_string()))?;
+    let mut r = figures(running, options, submission, &ledger, &records);
+    r.abandoned = plan.abandoned.len();
+    r.settle_time = settle_time;
+    for status in statuses.values() {
+        *r.statuses.entry(status.clone()).or_default() += 1;
+    }
+    check_money(&mut r, &ledger, submission, &statuses, &records);
+    check_metrics(&mut r, options, plan, &running.metrics, &ledger);
+    Ok(r)
+}
+
+/// The run's figures, before any check.
+fn figures(
+    running: &Running,
+    options: &PipelineOptions,
+    submission: &Submission,
+    ledger: &LedgerSnapshot,
+    records: &[FailureRecord],
+) -> Reconciliation {
     let m = &running.metrics;
-    let mut r = Reconciliation {
+    let latency = |service: &str, name: &str| (m.percentile(service, name, 50.0), m.percentile(service, name, 99.0));
+    let mut outcome_lookups = m.by_dimension("processor", "OutcomeLookup");
+    for (answer, n) in m.by_dimension("dlq-consumer", "OutcomeLookup") {
+        *outcome_lookups.entry(answer).or_default() += n;
+    }
+    Reconciliation {
         accepted: submission.accepted.len(),
         http: submission.statuses.clone(),
         replays: submission.replays,
@@ -956,10 +1013,7 @@ async fn reconcile(
         provider_requests: ledger.requests,
         provider_faults: ledger.faults.clone(),
         open_failure_records: records.iter().filter(|f| f.state == FailureState::Open).count(),
-        latency_p50_p99: (
-            m.percentile("processor", "ProcessingLatency", 50.0),
-            m.percentile("processor", "ProcessingLatency", 99.0),
-        ),
+        latency_p50_p99: latency("processor", "ProcessingLatency"),
         killed: options.kill_processor,
         log_dir: running.log_dir.clone(),
         intake_latency_p50_p99: (submission.latency_percentile(50.0), submission.latency_percentile(99.0)),
@@ -969,26 +1023,20 @@ async fn reconcile(
             seen: ledger.capacity.clone(),
         },
         interrupted_invocations: running.payments_poller.invoke_errors.load(Relaxed),
-        settle_time,
         scenario: options.scenario.name(),
         given_up: m.by_dimension("processor", "GivenUp"),
         deferred: m.by_dimension("processor", "Deferred"),
         circuit_transitions: m.by_dimension("processor", "CircuitTransition"),
         recovered: m.by_dimension("completer", "Recovery"),
-        abandoned: plan.abandoned.len(),
-        outcome_lookups: {
-            let mut lookups = m.by_dimension("processor", "OutcomeLookup");
-            for (answer, n) in m.by_dimension("dlq-consumer", "OutcomeLookup") {
-                *lookups.entry(answer).or_default() += n;
-            }
-            lookups
-        },
+        outcome_lookups,
+        metrics: headline_metrics(m),
         ..Reconciliation::default()
-    };
-    for status in statuses.values() {
-        *r.statuses.entry(status.clone()).or_default() += 1;
     }
-    for name in [
+}
+
+/// The metrics the checks compare with the ledger, by `service.Name`.
+fn headline_metrics(m: &MetricTotals) -> BTreeMap<String, f64> {
+    let processor = [
         "Processed",
         "FailedPermanently",
         "DuplicateSuppressed",
@@ -997,21 +1045,24 @@ async fn reconcile(
         "ProviderProbe",
         "GivenUp",
         "ProviderUnauthorized",
-    ] {
-        r.metrics.insert(format!("processor.{name}"), m.sum("processor", name));
-    }
-    r.metrics.insert("dlq-consumer.DeadLettered".into(), m.sum("dlq-consumer", "DeadLettered"));
-    r.metrics.insert("intake.Accepted".into(), m.sum("intake", "Accepted"));
+    ];
+    let named = processor.iter().map(|name| ("processor", *name));
+    named
+        .chain([("dlq-consumer", "DeadLettered"), ("intake", "Accepted")])
+        .map(|(service, name)| (format!("{service}.{name}"), m.sum(service, name)))
+        .collect()
+}
 
-    // Every abandoned acceptance was found and finished by the completer, and nothing else was.
-    let finished = r.recovered.get("enqueued").copied().unwrap_or(0.0) as usize;
-    if finished != plan.abandoned.len() {
-        r.violations.push(format!(
-            "the completer finished {finished} abandoned acceptances, {} were left",
-            plan.abandoned.len()
-        ));
-    }
-    // At most one charge per provider key.
+/// The money invariants: at most one charge per provider key; every accepted payment reaches
+/// exactly one terminal state; SUCCEEDED ones have exactly one charge of their amount; no other
+/// payment has a charge; DEAD_LETTERED ones have an open failure record.
+fn check_money(
+    r: &mut Reconciliation,
+    ledger: &LedgerSnapshot,
+    submission: &Submission,
+    statuses: &BTreeMap<(String, String), String>,
+    records: &[FailureRecord],
+) {
     let mut per_key: BTreeMap<&str, usize> = BTreeMap::new();
     for charge in &ledger.charges {
         *per_key.entry(charge.idempotency_key.as_str()).or_default() += 1;
@@ -1022,45 +1073,55 @@ async fn reconcile(
             r.violations.push(format!("provider key {key} charged {n} times"));
         }
     }
-    // Every accepted payment reaches exactly one terminal state; SUCCEEDED ones have exactly one
-    // charge of their amount; no other payment has a charge; DEAD_LETTERED ones have a record.
     for ((scope, key), amount) in &submission.accepted {
         let status = statuses.get(&(scope.clone(), key.clone())).map(String::as_str).unwrap_or("UNKNOWN");
         let (Ok(s), Ok(k)) = (Scope::new(scope), IdempotencyKey::new(key)) else { continue };
         let provider_key = provider_idempotency_key(&s, &k);
         let charges: Vec<_> = ledger.charges.iter().filter(|c| c.idempotency_key == provider_key).collect();
-        match status {
-            "SUCCEEDED" => {
-                if charges.len() != 1 || charges[0].amount != *amount {
-                    r.lost += 1;
-                    r.violations.push(format!("{scope}/{key} SUCCEEDED with {} charges", charges.len()));
-                }
+        let recorded_dead = || {
+            records.iter().any(|f| {
+                f.state == FailureState::Open && f.idempotency_key.as_ref() == Some(&k) && f.scope.as_ref() == Some(&s)
+            })
+        };
+        let wrong = match status {
+            "SUCCEEDED" if charges.len() != 1 || charges[0].amount != *amount => {
+                Some(format!("SUCCEEDED with {} charges", charges.len()))
             }
-            "FAILED" | "DEAD_LETTERED" => {
-                if !charges.is_empty() {
-                    r.lost += 1;
-                    r.violations.push(format!("{scope}/{key} is {status} but was charged"));
-                }
-                if status == "DEAD_LETTERED"
-                    && !records.iter().any(|f| {
-                        f.state == FailureState::Open
-                            && f.idempotency_key.as_ref() == Some(&k)
-                            && f.scope.as_ref() == Some(&s)
-                    })
-                {
-                    r.violations.push(format!("{scope}/{key} DEAD_LETTERED without a failure record"));
-                }
+            "SUCCEEDED" => None,
+            "FAILED" | "DEAD_LETTERED" if !charges.is_empty() => Some(format!("is {status} but was charged")),
+            "DEAD_LETTERED" if !recorded_dead() => {
+                r.violations.push(format!("{scope}/{key} DEAD_LETTERED without a failure record"));
+                None
             }
-            other => {
-                r.lost += 1;
-                r.violations.push(format!("{scope}/{key} lost: ended {other}"));
-            }
+            "FAILED" | "DEAD_LETTERED" => None,
+            other => Some(format!("lost: ended {other}")),
+        };
+        if let Some(wrong) = wrong {
+            r.lost += 1;
+            r.violations.push(format!("{scope}/{key} {wrong}"));
         }
     }
-    // Metrics agree with the ledger and the statuses. A SIGKILLed instance loses the metrics of
-    // the batch it was running (EMF is flushed per invocation), so that run allows a shortfall of
-    // at most one batch.
-    let succeeded = r.statuses.get("SUCCEEDED").copied().unwrap_or(0) as f64;
+}
+
+/// The metrics agree with the ledger, the statuses and the plan.
+fn check_metrics(
+    r: &mut Reconciliation,
+    options: &PipelineOptions,
+    plan: &Plan,
+    m: &MetricTotals,
+    ledger: &LedgerSnapshot,
+) {
+    // Every abandoned acceptance was found and finished by the completer, and nothing else was.
+    let finished = r.recovered.get("enqueued").copied().unwrap_or(0.0) as usize;
+    if finished != plan.abandoned.len() {
+        r.violations.push(format!(
+            "the completer finished {finished} abandoned acceptances, {} were left",
+            plan.abandoned.len()
+        ));
+    }
+    // A SIGKILLed instance loses the metrics of the batch it was running (EMF is flushed per
+    // invocation), so that run allows a shortfall of at most one batch.
+    let succeeded = r.status("SUCCEEDED") as f64;
     let processed = m.sum("processor", "Processed");
     let slack = if options.kill_processor { 10.0 } else { 0.0 };
     if processed > succeeded || succeeded - processed > slack {
@@ -1076,7 +1137,7 @@ async fn reconcile(
         .iter()
         .filter(|body| PaymentMessage::parse(body).is_err_and(|e| e.code() == "unsupported_schema_version"))
         .count();
-    let dead = r.statuses.get("DEAD_LETTERED").copied().unwrap_or(0) as f64;
+    let dead = r.status("DEAD_LETTERED") as f64;
     if r.metrics["dlq-consumer.DeadLettered"] != dead + future as f64 {
         r.violations.push(format!(
             "metric DeadLettered = {}, but {dead} payments DEAD_LETTERED and {future} messages of an unknown schema version",
@@ -1094,5 +1155,4 @@ async fn reconcile(
     if r.poison < poison as u64 && !options.kill_processor {
         r.violations.push(format!("{poison} poison messages sent, {} recorded", r.poison));
     }
-    Ok(r)
 }

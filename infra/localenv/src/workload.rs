@@ -4,7 +4,6 @@
 //! seed.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -94,37 +93,8 @@ pub struct Plan {
 pub fn plan(spec: &WorkloadSpec, max_provider_attempts: u32) -> Plan {
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let run = format!("{:08x}", rng.random::<u32>());
-    let scopes = ["merchant-north", "merchant-south"];
-    let currencies = ["EUR", "USD", "GBP", "JPY"];
-    let payments: Vec<PlannedPayment> = (0..spec.payments)
-        .map(|i| {
-            let mut metadata = serde_json::Map::new();
-            let method = if i < spec.dead_letters {
-                let script = vec!["409"; max_provider_attempts as usize + 1].join(",");
-                metadata.insert("simulate".into(), Value::from(script));
-                "pm_card_visa"
-            } else if i < spec.dead_letters + spec.commit_timeouts {
-                metadata.insert("simulate".into(), Value::from("commit_then_timeout"));
-                "pm_card_visa"
-            } else if rng.random_bool(spec.decline_rate) {
-                "pm_card_insufficient_funds"
-            } else {
-                "pm_card_visa"
-            };
-            metadata.insert("run".into(), Value::from(run.clone()));
-            PlannedPayment {
-                scope: scopes[i % scopes.len()].to_owned(),
-                key: format!("pay-{run}-{i:05}"),
-                body: json!({
-                    "amount": rng.random_range(100..250_000u64),
-                    "currency": currencies[rng.random_range(0..currencies.len())],
-                    "payment_method": method,
-                    "merchant_reference": format!("order-{i:05}"),
-                    "metadata": metadata,
-                }),
-            }
-        })
-        .collect();
+    let payments: Vec<PlannedPayment> =
+        (0..spec.payments).map(|i| planned_payment(i, spec, max_provider_attempts, &run, &mut rng)).collect();
     let first_abandoned = payments.len() - spec.abandoned.min(payments.len());
     let mut pick = |count: usize, from: usize| -> Vec<usize> {
         let mut chosen: Vec<usize> = (from..first_abandoned.max(from)).collect();
@@ -141,17 +111,59 @@ pub fn plan(spec: &WorkloadSpec, max_provider_attempts: u32) -> Plan {
         client_retries: pick(retries, first_regular),
         concurrent: pick(spec.concurrent_duplicates, first_regular),
         reused: pick(spec.key_reuses, first_regular),
-        poison: (0..spec.poison)
-            .map(|i| match i % 3 {
-                0 => "this is not JSON".to_owned(),
-                1 => json!({"schema_version": 1, "idempotency_key": format!("poison-{run}-{i}"), "scope": "merchant-north",
-                            "payment": {"amount": -5}, "created_at": "2026-01-01T00:00:00Z", "correlation_id": "p"})
-                    .to_string(),
-                _ => json!({"schema_version": 99, "note": "a message from the future"}).to_string(),
-            })
-            .collect(),
+        poison: (0..spec.poison).map(|i| poison_body(i, &run)).collect(),
         abandoned: (first_abandoned..payments.len()).collect(),
         payments,
+    }
+}
+
+/// Payment `i` of run `run`: the first ones scripted to dead-letter or to time out after the
+/// provider committed, the rest declined at `spec.decline_rate`.
+fn planned_payment(
+    i: usize,
+    spec: &WorkloadSpec,
+    max_provider_attempts: u32,
+    run: &str,
+    rng: &mut StdRng,
+) -> PlannedPayment {
+    const SCOPES: [&str; 2] = ["merchant-north", "merchant-south"];
+    const CURRENCIES: [&str; 4] = ["EUR", "USD", "GBP", "JPY"];
+    let mut metadata = serde_json::Map::new();
+    let method = if i < spec.dead_letters {
+        let script = vec!["409"; max_provider_attempts as usize + 1].join(",");
+        metadata.insert("simulate".into(), Value::from(script));
+        "pm_card_visa"
+    } else if i < spec.dead_letters + spec.commit_timeouts {
+        metadata.insert("simulate".into(), Value::from("commit_then_timeout"));
+        "pm_card_visa"
+    } else if rng.random_bool(spec.decline_rate) {
+        "pm_card_insufficient_funds"
+    } else {
+        "pm_card_visa"
+    };
+    metadata.insert("run".into(), Value::from(run));
+    PlannedPayment {
+        scope: SCOPES[i % SCOPES.len()].to_owned(),
+        key: format!("pay-{run}-{i:05}"),
+        body: json!({
+            "amount": rng.random_range(100..250_000u64),
+            "currency": CURRENCIES[rng.random_range(0..CURRENCIES.len())],
+            "payment_method": method,
+            "merchant_reference": format!("order-{i:05}"),
+            "metadata": metadata,
+        }),
+    }
+}
+
+/// Poison message `i`: not JSON, an invalid payment under a readable key, or a schema version
+/// from the future, in turn.
+fn poison_body(i: usize, run: &str) -> String {
+    match i % 3 {
+        0 => "this is not JSON".to_owned(),
+        1 => json!({"schema_version": 1, "idempotency_key": format!("poison-{run}-{i}"), "scope": "merchant-north",
+                    "payment": {"amount": -5}, "created_at": "2026-01-01T00:00:00Z", "correlation_id": "p"})
+        .to_string(),
+        _ => json!({"schema_version": 99, "note": "a message from the future"}).to_string(),
     }
 }
 
@@ -196,42 +208,8 @@ const MAX_503_RETRIES: u32 = 30;
 pub async fn submit(plan: &Plan, intake_url: &str, parallelism: usize) -> Submission {
     use futures::StreamExt;
     let client = reqwest::Client::new();
-    let result = Arc::new(tokio::sync::Mutex::new(Submission::default()));
-    let post = |payment: PlannedPayment, body: Value| {
-        let (client, result, url) = (client.clone(), result.clone(), intake_url.to_owned());
-        async move {
-            for _ in 0..=MAX_503_RETRIES {
-                let started = std::time::Instant::now();
-                let response = client
-                    .post(&url)
-                    .header("Idempotency-Key", &payment.key)
-                    .header("X-Local-Scope", &payment.scope)
-                    .json(&body)
-                    .send()
-                    .await;
-                let mut result = result.lock().await;
-                result.latencies_ms.push(started.elapsed().as_secs_f64() * 1000.0);
-                let Ok(response) = response else {
-                    result.transport_errors += 1;
-                    return;
-                };
-                let status = response.status().as_u16();
-                *result.statuses.entry(status).or_default() += 1;
-                if response.headers().contains_key("idempotent-replayed") {
-                    result.replays += 1;
-                }
-                if status == 202 {
-                    result.accepted.insert((payment.scope.clone(), payment.key.clone()), payment.amount());
-                }
-                if status != 503 {
-                    return;
-                }
-                drop(result);
-                let wait = response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok());
-                tokio::time::sleep(std::time::Duration::from_secs(wait.unwrap_or(1))).await;
-            }
-        }
-    };
+    let result = tokio::sync::Mutex::new(Submission::default());
+    let post = |payment: PlannedPayment, body: Value| post_until_answered(&client, intake_url, payment, body, &result);
     // First submissions, with the concurrent duplicates fired three at a time.
     let mut requests = Vec::new();
     for (i, payment) in plan.payments.iter().enumerate().filter(|(i, _)| !plan.abandoned.contains(i)) {
@@ -252,7 +230,47 @@ pub async fn submit(plan: &Plan, intake_url: &str, parallelism: usize) -> Submis
         later.push(post(plan.payments[i].clone(), body));
     }
     futures::stream::iter(later).buffer_unordered(parallelism.max(1)).collect::<Vec<()>>().await;
-    Arc::try_unwrap(result).map(|m| m.into_inner()).unwrap_or_default()
+    result.into_inner()
+}
+
+/// Posts one payment, coming back after each 503's `Retry-After`, and counts every answer.
+async fn post_until_answered(
+    client: &reqwest::Client,
+    url: &str,
+    payment: PlannedPayment,
+    body: Value,
+    result: &tokio::sync::Mutex<Submission>,
+) {
+    for _ in 0..=MAX_503_RETRIES {
+        let started = std::time::Instant::now();
+        let response = client
+            .post(url)
+            .header("Idempotency-Key", &payment.key)
+            .header("X-Local-Scope", &payment.scope)
+            .json(&body)
+            .send()
+            .await;
+        let mut result = result.lock().await;
+        result.latencies_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        let Ok(response) = response else {
+            result.transport_errors += 1;
+            return;
+        };
+        let status = response.status().as_u16();
+        *result.statuses.entry(status).or_default() += 1;
+        if response.headers().contains_key("idempotent-replayed") {
+            result.replays += 1;
+        }
+        if status == 202 {
+            result.accepted.insert((payment.scope.clone(), payment.key.clone()), payment.amount());
+        }
+        if status != 503 {
+            return;
+        }
+        drop(result);
+        let wait = response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok());
+        tokio::time::sleep(std::time::Duration::from_secs(wait.unwrap_or(1))).await;
+    }
 }
 
 #[cfg(test)]
