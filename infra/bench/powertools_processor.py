@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import resource
+import sys
 import time
 import urllib.request
 
@@ -114,12 +115,14 @@ def main():
         batches = json.load(f)
     durations, failures = [], 0
     cpu_before = cpu_seconds()
-    for batch in batches:
+    for i, batch in enumerate(batches):
         event = {"Records": batch}
         started = time.perf_counter()
         response = handler(event, Context(time.time() + 60))
         durations.append((time.perf_counter() - started) * 1000)
         failures += len(response["batchItemFailures"])
+        if (i + 1) % 10 == 0:
+            print(f"  {i + 1} of {len(batches)} batches", file=sys.stderr, flush=True)
     cpu = cpu_seconds() - cpu_before
     print(
         json.dumps(

@@ -12,6 +12,12 @@
 //! answers, and every later request hung too. API Gateway in front of the real intake answers
 //! 429 past its throttle and 503/504 past its integration timeout; this proxy plays that part
 //! locally. The functions themselves poll the emulator directly, never through this door.
+//!
+//! The same proxy, with [`Policy::Latency`], stands between the benchmark and its backends
+//! (DynamoDB Local, the provider simulator) to add an in-region round trip to every request
+//! while serving them concurrently, as AWS does. Written here rather than taken from a crate: the
+//! maintained reverse-proxy crates do not add latency or admission control, and this is 100
+//! lines over hyper and reqwest.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -38,6 +44,15 @@ pub const ADMISSION_WAIT: Duration = Duration::from_secs(5);
 /// never a hang.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// What the proxy does to each request besides forwarding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// At most [`MAX_IN_FLIGHT`] requests upstream at once; `503` past [`ADMISSION_WAIT`].
+    Admission,
+    /// Each request waits this long before it is forwarded; no limit on how many at once.
+    Latency(Duration),
+}
+
 /// The proxy; stops when dropped.
 pub struct FrontDoor {
     addr: SocketAddr,
@@ -48,10 +63,19 @@ impl FrontDoor {
     /// Listens on 127.0.0.1:`port` and forwards to the emulator at `upstream`
     /// (`http://127.0.0.1:PORT`).
     pub async fn start(port: u16, upstream: String) -> std::io::Result<Self> {
+        Self::with_policy(port, upstream, Policy::Admission).await
+    }
+
+    /// Listens on 127.0.0.1:`port` (0: any free port) and forwards to `upstream` under `policy`.
+    pub async fn with_policy(port: u16, upstream: String, policy: Policy) -> std::io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
-        let shared =
-            Arc::new(Shared { upstream, admission: Semaphore::new(MAX_IN_FLIGHT), http: reqwest::Client::new() });
+        let shared = Arc::new(Shared {
+            upstream,
+            policy,
+            admission: Semaphore::new(MAX_IN_FLIGHT),
+            http: reqwest::Client::new(),
+        });
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
@@ -79,6 +103,7 @@ impl Drop for FrontDoor {
 
 struct Shared {
     upstream: String,
+    policy: Policy,
     admission: Semaphore,
     http: reqwest::Client,
 }
@@ -87,8 +112,15 @@ async fn forward(
     shared: Arc<Shared>,
     request: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let Ok(Ok(_permit)) = tokio::time::timeout(ADMISSION_WAIT, shared.admission.acquire()).await else {
-        return Ok(busy());
+    let _permit = match shared.policy {
+        Policy::Admission => match tokio::time::timeout(ADMISSION_WAIT, shared.admission.acquire()).await {
+            Ok(Ok(permit)) => Some(permit),
+            _ => return Ok(busy()),
+        },
+        Policy::Latency(latency) => {
+            tokio::time::sleep(latency).await;
+            None
+        }
     };
     let (parts, body) = request.into_parts();
     let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else { return Ok(busy()) };

@@ -15,7 +15,7 @@ use payments_core::config::Env;
 use payments_core::idempotency::{ClaimOutcome, IdempotencyKey, PayloadHash, Scope};
 use payments_core::payment::http_gateway::HttpGateway;
 use payments_core::payment::{ChargeRequest, PaymentGateway, PaymentMessage, process_key, provider_idempotency_key};
-use processor::{ProcessorConfig, build_with_clients};
+use processor::{Processor, ProcessorConfig, build_with_clients};
 use serde_json::json;
 
 fn cpu_and_rss() -> (f64, i64) {
@@ -29,8 +29,14 @@ fn cpu_and_rss() -> (f64, i64) {
     (seconds(usage.ru_utime) + seconds(usage.ru_stime), usage.ru_maxrss)
 }
 
+type Error = Box<dyn std::error::Error>;
+
+/// The processor as the benchmark runs it: the deployed adapters, the HTTP gateway built without
+/// a key store.
+type AwsProcessor<G> = Processor<processor::Aws<G>>;
+
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
     let config = ProcessorConfig::from_env(&Env::process())?;
     let sdk = payments_core::aws::load_config().await;
@@ -40,68 +46,82 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let gateway = HttpGateway::new(&config.provider)?;
     let processor = build_with_clients(&config, dynamodb, aws_sdk_sqs::Client::new(&sdk), gateway);
-    match args.get(1).map(String::as_str) {
-        Some("--messages") => {
-            let batches: Vec<Vec<SqsMessage>> = serde_json::from_str(&std::fs::read_to_string(&args[2])?)?;
-            let (cpu_before, _) = cpu_and_rss();
-            let mut batch_ms = Vec::with_capacity(batches.len());
-            let mut failures = 0;
-            for batch in &batches {
-                let started = Instant::now();
-                let deadline = SystemClock.now_ms() + 60_000;
-                let summary = processor.process_batch(batch, deadline, "bench").await;
-                batch_ms.push(started.elapsed().as_secs_f64() * 1000.0);
-                failures += summary.response.batch_item_failures.len();
-            }
-            let (cpu_after, rss) = cpu_and_rss();
-            let out = json!({
-                "batch_ms": batch_ms,
-                "messages": batches.iter().map(Vec::len).sum::<usize>(),
-                "failures": failures,
-                "dynamodb_requests": counter.by_operation(),
-                "cpu_s": cpu_after - cpu_before,
-                "peak_rss_kib": rss,
-            });
-            println!("{out}");
-        }
-        Some("--floor") => {
-            let n: usize = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(50);
-            let scope = Scope::new("bench-floor")?;
-            let mut floor_ms = Vec::with_capacity(n);
-            for i in 0..n {
-                let key = IdempotencyKey::new(&format!("floor-{}-{i}", std::process::id()))?;
-                let message = PaymentMessage::parse(
-                    &json!({"schema_version": 1, "idempotency_key": key, "scope": scope,
-                        "payment": {"amount": 100, "currency": "EUR", "payment_method": "pm_card_visa", "merchant_reference": "floor"},
-                        "created_at": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-                        "correlation_id": "floor"})
-                    .to_string(),
-                )?;
-                let started = Instant::now();
-                let record = process_key(&scope, &key);
-                let hash = PayloadHash::of(&message.payment)?;
-                let ClaimOutcome::Claimed(lease) =
-                    processor.idempotency().claim(&record, &hash, SystemClock.now_ms() + 60_000).await?
-                else {
-                    return Err("floor: claim refused".into());
-                };
-                let charge = processor
-                    .gateway()
-                    .charge(&ChargeRequest {
-                        idempotency_key: provider_idempotency_key(&scope, &key),
-                        amount: message.payment.amount,
-                        currency: message.payment.currency,
-                        payment_method: message.payment.payment_method.clone(),
-                        merchant_reference: message.payment.merchant_reference.clone(),
-                        metadata: message.payment.metadata.clone(),
-                    })
-                    .await?;
-                processor.idempotency().complete(&lease, &json!({"charge_id": charge.id})).await?;
-                floor_ms.push(started.elapsed().as_secs_f64() * 1000.0);
-            }
-            println!("{}", json!({ "floor_ms": floor_ms }));
-        }
-        _ => return Err("usage: bench_processor --messages FILE | --floor N".into()),
+    match (args.get(1).map(String::as_str), args.get(2)) {
+        (Some("--messages"), Some(file)) => run_messages(&processor, &counter, file).await,
+        (Some("--floor"), n) => run_floor(&processor, n.and_then(|n| n.parse().ok()).unwrap_or(50)).await,
+        _ => Err("usage: bench_processor --messages FILE | --floor N".into()),
     }
+}
+
+/// Every batch of `file` through the handler; prints the batch durations, the DynamoDB requests
+/// by operation, and this process's CPU time and peak RSS over the run.
+async fn run_messages(
+    processor: &AwsProcessor<HttpGateway>,
+    counter: &RequestCounter,
+    file: &str,
+) -> Result<(), Error> {
+    let batches: Vec<Vec<SqsMessage>> = serde_json::from_str(&std::fs::read_to_string(file)?)?;
+    let (cpu_before, _) = cpu_and_rss();
+    let mut batch_ms = Vec::with_capacity(batches.len());
+    let mut failures = 0;
+    for (i, batch) in batches.iter().enumerate() {
+        let started = Instant::now();
+        let deadline = SystemClock.now_ms() + 60_000;
+        let summary = processor.process_batch(batch, deadline, "bench").await;
+        batch_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        failures += summary.response.batch_item_failures.len();
+        if (i + 1) % 10 == 0 {
+            eprintln!("  {} of {} batches", i + 1, batches.len());
+        }
+    }
+    let (cpu_after, rss) = cpu_and_rss();
+    let out = json!({
+        "batch_ms": batch_ms,
+        "messages": batches.iter().map(Vec::len).sum::<usize>(),
+        "failures": failures,
+        "dynamodb_requests": counter.by_operation(),
+        "cpu_s": cpu_after - cpu_before,
+        "peak_rss_kib": rss,
+    });
+    println!("{out}");
+    Ok(())
+}
+
+/// `n` × (claim, provider call, completion) in sequence, the least one payment can take.
+async fn run_floor(processor: &AwsProcessor<HttpGateway>, n: usize) -> Result<(), Error> {
+    let scope = Scope::new("bench-floor")?;
+    let mut floor_ms = Vec::with_capacity(n);
+    for i in 0..n {
+        let key = IdempotencyKey::new(&format!("floor-{}-{i}", std::process::id()))?;
+        let message = PaymentMessage::parse(
+            &json!({"schema_version": 1, "idempotency_key": key, "scope": scope,
+                "payment": {"amount": 100, "currency": "EUR", "payment_method": "pm_card_visa", "merchant_reference": "floor"},
+                "created_at": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                "correlation_id": "floor"})
+            .to_string(),
+        )?;
+        let started = Instant::now();
+        let record = process_key(&scope, &key);
+        let hash = PayloadHash::of(&message.payment)?;
+        let ClaimOutcome::Claimed(lease) =
+            processor.idempotency().claim(&record, &hash, SystemClock.now_ms() + 60_000).await?
+        else {
+            return Err("floor: claim refused".into());
+        };
+        let charge = processor
+            .gateway()
+            .charge(&ChargeRequest {
+                idempotency_key: provider_idempotency_key(&scope, &key),
+                amount: message.payment.amount,
+                currency: message.payment.currency,
+                payment_method: message.payment.payment_method.clone(),
+                merchant_reference: message.payment.merchant_reference.clone(),
+                metadata: message.payment.metadata.clone(),
+            })
+            .await?;
+        processor.idempotency().complete(&lease, &json!({"charge_id": charge.id})).await?;
+        floor_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    println!("{}", json!({ "floor_ms": floor_ms }));
     Ok(())
 }

@@ -1,0 +1,180 @@
+//! The benchmark's output: a Markdown table per backend with its floor, cold init, the targets,
+//! the bill per million payments, the chart, and all of it as JSON.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use super::chart::{self, Series};
+use super::cost::{self, PRICES_SOURCE, US_EAST_1};
+use super::{BackendRun, BenchArgs, VARIANTS, machine, percentile};
+
+/// Everything measured in one run.
+pub(super) struct Report<'a> {
+    pub args: &'a BenchArgs,
+    pub runs: &'a [BackendRun],
+    pub rust_init: &'a [f64],
+    pub python_init: &'a [f64],
+}
+
+fn f(v: &Value, k: &str) -> f64 {
+    v[k].as_f64().unwrap_or(f64::NAN)
+}
+
+impl Report<'_> {
+    /// Prints the report and writes `results.{md,json}` and `chart.svg` into `dir`; whether
+    /// every target was met.
+    pub fn write(&self, dir: &Path) -> Result<bool, String> {
+        let targets = self.targets();
+        let mut md = String::new();
+        for run in self.runs {
+            md.push_str(&backend_table(run));
+        }
+        let _ = writeln!(
+            md,
+            "Cold init (process start → ready for the first event), median of {}: Rust {:.1} ms, Python/Powertools {:.1} ms.\n",
+            self.args.cold_starts,
+            percentile(self.rust_init, 50.0),
+            percentile(self.python_init, 50.0)
+        );
+        md.push_str(&self.bill_table());
+        md.push_str("\n| target (DynamoDB Local backend) | measured | limit | met |\n|---|---|---|---|\n");
+        for (name, measured, limit) in &targets {
+            let met = if measured <= limit { "yes" } else { "NO" };
+            let _ = writeln!(md, "| {name} | {measured:.3} | {limit:.3} | {met} |");
+        }
+        let chart_path = dir.join("chart.svg");
+        chart::draw(&chart_path, &self.series())?;
+        let report = json!({
+            "backends": self.runs.iter().map(|run| json!({
+                "backend": run.name,
+                "variants": run.variants.iter().map(super::Variant::summary).collect::<Vec<_>>(),
+                "floor_ms": {"p50": percentile(&run.floor_ms, 50.0), "p99": percentile(&run.floor_ms, 99.0)},
+            })).collect::<Vec<_>>(),
+            "cold_init_ms": {"rust": self.rust_init, "python": self.python_init},
+            "targets": targets.iter().map(|(n, m, l)| json!({"target": n, "measured": m, "limit": l, "met": m <= l})).collect::<Vec<_>>(),
+            "prices": PRICES_SOURCE,
+            "machine": machine(),
+        });
+        let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("results.json"), json).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("results.md"), &md).map_err(|e| e.to_string())?;
+        println!(
+            "{md}\nMachine: {}\nResults: {}; chart: {}",
+            machine(),
+            dir.join("results.{md,json}").display(),
+            chart_path.display()
+        );
+        Ok(targets.iter().all(|(_, measured, limit)| measured <= limit))
+    }
+
+    /// The backend whose requests are served concurrently, as AWS serves them: the targets' one.
+    fn concurrent(&self) -> &BackendRun {
+        self.runs.last().expect("the benchmark runs at least one backend")
+    }
+
+    fn targets(&self) -> Vec<(&'static str, f64, f64)> {
+        let run = self.concurrent();
+        let (first, dup, pt_first, pt_dup) =
+            (run.summary(VARIANTS[0]), run.summary(VARIANTS[1]), run.summary(VARIANTS[3]), run.summary(VARIANTS[4]));
+        let floor = percentile(&run.floor_ms, 50.0);
+        vec![
+            ("batch p50 ≤ 1/4 of Powertools'", f(&first, "batch_p50_ms"), f(&pt_first, "batch_p50_ms") / 4.0),
+            ("batch p50 ≤ 1.5 × floor", f(&first, "batch_p50_ms"), 1.5 * floor),
+            (
+                "CPU per first-time message ≤ 1/10 of Powertools'",
+                f(&first, "cpu_ms_per_message"),
+                f(&pt_first, "cpu_ms_per_message") / 10.0,
+            ),
+            (
+                "CPU per duplicate ≤ 1/10 of Powertools'",
+                f(&dup, "cpu_ms_per_message"),
+                f(&pt_dup, "cpu_ms_per_message") / 10.0,
+            ),
+            ("CPU per first-time message ≤ 0.8 ms", f(&first, "cpu_ms_per_message"), 0.8),
+            ("CPU per duplicate ≤ 0.3 ms", f(&dup, "cpu_ms_per_message"), 0.3),
+            ("DynamoDB writes per first-time message ≤ 2", f(&first, "dynamodb_writes_per_message"), 2.0),
+            ("DynamoDB writes per duplicate ≤ 1", f(&dup, "dynamodb_writes_per_message"), 1.0),
+            ("processor peak RSS ≤ 20 MiB", f(&first, "peak_rss_mib"), 20.0),
+            ("cold init ≤ 20 ms", percentile(self.rust_init, 50.0), 20.0),
+        ]
+    }
+
+    /// The bill per million first-time payments, from the concurrent backend's figures.
+    fn bill_table(&self) -> String {
+        let memory = f64::from(self.args.memory_mb);
+        let mut md = format!(
+            "AWS bill per million payments (first-time; {} MB arm64; batches of 10; a message billed for its wall time, or \
+             its CPU time over the function's {:.2} vCPU when longer). Prices: {PRICES_SOURCE}.\n\n\
+             | implementation | billed ms/msg | Lambda compute | Lambda requests | DynamoDB | SQS | CloudWatch Logs | total |\n\
+             |---|---|---|---|---|---|---|---|\n",
+            self.args.memory_mb,
+            memory / 1769.0
+        );
+        for name in [VARIANTS[0], VARIANTS[3]] {
+            let Some(variant) = self.concurrent().variants.iter().find(|v| v.name == name) else { continue };
+            let measured = variant.per_message();
+            let bill = cost::per_million(&measured, memory, 10.0, &US_EAST_1);
+            let billed = measured.wall_ms.max(measured.cpu_ms / (memory / 1769.0).min(1.0));
+            let _ = writeln!(
+                md,
+                "| {name} | {billed:.2} | ${:.2} | ${:.2} | ${:.2} | ${:.2} | ${:.2} | **${:.2}** |",
+                bill.lambda_compute,
+                bill.lambda_requests,
+                bill.dynamodb,
+                bill.sqs,
+                bill.logs,
+                bill.total()
+            );
+        }
+        md
+    }
+
+    fn series(&self) -> Vec<Series> {
+        let mut series = Vec::new();
+        for run in self.runs {
+            for variant in &run.variants {
+                series.push(Series {
+                    label: format!("{} · {}", run.name, variant.name),
+                    batch_ms: variant.batch_ms(),
+                    cpu_ms_per_message: variant.per_message().cpu_ms,
+                });
+            }
+        }
+        series
+    }
+}
+
+/// One backend's variants, its floor and the ratio of the concurrent first-time batch to it.
+fn backend_table(run: &BackendRun) -> String {
+    let mut md = format!(
+        "### {}\n\n| variant | batch p50 (ms) | batch p99 (ms) | msg/s | DynamoDB req/msg (writes) | CPU ms/msg | peak RSS (MiB) |\n|---|---|---|---|---|---|---|\n",
+        run.name
+    );
+    for variant in &run.variants {
+        let s = variant.summary();
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} | {:.1} | {:.0} | {:.2} ({:.2}) | {:.3} | {:.1} |",
+            variant.name,
+            f(&s, "batch_p50_ms"),
+            f(&s, "batch_p99_ms"),
+            f(&s, "messages_per_s"),
+            f(&s, "dynamodb_requests_per_message"),
+            f(&s, "dynamodb_writes_per_message"),
+            f(&s, "cpu_ms_per_message"),
+            f(&s, "peak_rss_mib"),
+        );
+    }
+    let floor = percentile(&run.floor_ms, 50.0);
+    let first = f(&run.summary(VARIANTS[0]), "batch_p50_ms");
+    let _ = writeln!(
+        md,
+        "\nFloor (one claim + one provider call + one completion, in sequence): p50 {floor:.2} ms, p99 {:.2} ms; \
+         a 10-message batch at concurrency 10 takes {:.1} × the floor.\n",
+        percentile(&run.floor_ms, 99.0),
+        first / floor
+    );
+    md
+}
