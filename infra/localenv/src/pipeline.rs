@@ -595,6 +595,8 @@ fn function_envs(
         ("FAILURES_TABLE", stack.failures_table()),
         ("METRICS_NAMESPACE", "PaymentsPipeline"),
         ("RUST_LOG", "info"),
+        // As the template sets it.
+        ("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
     ]
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

@@ -62,6 +62,8 @@ fn processor_env(idempotency: &str, failures: &str, provider_url: &str, dlq_url:
         ("PROVIDER_ALLOW_HTTP", "true"),
         ("DEAD_LETTER_QUEUE_URL", dlq_url),
         ("METRICS_NAMESPACE", "PaymentsBench"),
+        // As the template sets it for the functions.
+        ("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
     ]
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

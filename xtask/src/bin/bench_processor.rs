@@ -35,7 +35,11 @@ type Error = Box<dyn std::error::Error>;
 /// a key store.
 type AwsProcessor<G> = Processor<processor::Aws<G>>;
 
-#[tokio::main]
+/// As the functions run (see `functions/processor/src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
     let config = ProcessorConfig::from_env(&Env::process())?;
