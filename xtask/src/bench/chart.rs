@@ -7,6 +7,8 @@ use plotters::prelude::*;
 
 /// One row of the chart.
 pub struct Series {
+    /// Whether it is the baseline (drawn in another colour).
+    pub baseline: bool,
     /// Backend and variant.
     pub label: String,
     /// Every batch's duration (ms).
@@ -18,6 +20,22 @@ pub struct Series {
 /// Draws `series` into an SVG at `path`.
 pub fn draw(path: &Path, series: &[Series]) -> Result<(), String> {
     draw_into(path, series).map_err(|e| format!("chart {}: {e}", path.display()))
+}
+
+/// This project's colour, and the baseline's.
+const THIS: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
+const BASELINE: RGBColor = RGBColor(0xff, 0x7f, 0x0e);
+
+fn colour(series: &Series) -> RGBColor {
+    if series.baseline { BASELINE } else { THIS }
+}
+
+/// A row's name as written, not as `Debug` quotes it.
+fn label(value: &SegmentValue<&&str>) -> String {
+    match value {
+        SegmentValue::Exact(label) | SegmentValue::CenterOf(label) => (**label).to_owned(),
+        SegmentValue::Last => String::new(),
+    }
 }
 
 fn draw_into(path: &Path, series: &[Series]) -> Result<(), Box<dyn std::error::Error>> {
@@ -35,9 +53,11 @@ fn draw_into(path: &Path, series: &[Series]) -> Result<(), Box<dyn std::error::E
         .x_label_area_size(30)
         .y_label_area_size(420)
         .build_cartesian_2d(0f32..max_ms * 1.05, labels.as_slice().into_segmented())?;
-    durations.configure_mesh().disable_y_mesh().y_label_style(("sans-serif", 13)).draw()?;
+    durations.configure_mesh().disable_y_mesh().y_label_style(("sans-serif", 13)).y_label_formatter(&label).draw()?;
     durations.draw_series(series.iter().zip(&labels).map(|(s, label)| {
-        Boxplot::new_horizontal(SegmentValue::CenterOf(label), &Quartiles::new(&s.batch_ms)).width(16)
+        Boxplot::new_horizontal(SegmentValue::CenterOf(label), &Quartiles::new(&s.batch_ms))
+            .width(16)
+            .style(colour(s))
     }))?;
 
     let max_cpu = series.iter().map(|s| s.cpu_ms_per_message).fold(0.1f64, f64::max);
@@ -47,13 +67,16 @@ fn draw_into(path: &Path, series: &[Series]) -> Result<(), Box<dyn std::error::E
         .x_label_area_size(30)
         .y_label_area_size(420)
         .build_cartesian_2d(0f64..max_cpu * 1.1, labels.as_slice().into_segmented())?;
-    cpu.configure_mesh().disable_y_mesh().y_label_style(("sans-serif", 13)).draw()?;
-    cpu.draw_series(
-        Histogram::horizontal(&cpu)
-            .style(BLUE.mix(0.6).filled())
-            .margin(8)
-            .data(series.iter().zip(&labels).map(|(s, label)| (label, s.cpu_ms_per_message))),
-    )?;
+    cpu.configure_mesh().disable_y_mesh().y_label_style(("sans-serif", 13)).y_label_formatter(&label).draw()?;
+    for baseline in [false, true] {
+        let bars = series.iter().zip(&labels).filter(|(s, _)| s.baseline == baseline);
+        cpu.draw_series(
+            Histogram::horizontal(&cpu)
+                .style(if baseline { BASELINE } else { THIS }.mix(0.7).filled())
+                .margin(8)
+                .data(bars.map(|(s, label)| (label, s.cpu_ms_per_message))),
+        )?;
+    }
     root.present()?;
     Ok(())
 }

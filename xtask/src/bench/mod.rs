@@ -105,6 +105,12 @@ impl Variant {
         Ok(Self { name, result, log_bytes })
     }
 
+    /// CPU time per message in the steady state (every batch but the first).
+    fn cpu_ms_per_message(&self) -> f64 {
+        let messages = self.result["cpu_messages"].as_f64().unwrap_or(f64::NAN);
+        self.result["cpu_s"].as_f64().unwrap_or(f64::NAN) * 1000.0 / messages
+    }
+
     fn count(&self, operations: &[&str]) -> f64 {
         let requests = &self.result["dynamodb_requests"];
         operations.iter().filter_map(|op| requests.get(*op).and_then(Value::as_f64)).sum()
@@ -115,7 +121,7 @@ impl Variant {
         let ms = self.batch_ms();
         cost::PerMessage {
             wall_ms: ms.iter().sum::<f64>() / self.messages(),
-            cpu_ms: self.result["cpu_s"].as_f64().unwrap_or(f64::NAN) * 1000.0 / self.messages(),
+            cpu_ms: self.cpu_ms_per_message(),
             writes: self.count(&["UpdateItem", "PutItem", "DeleteItem"]) / self.messages(),
             reads: self.count(&["GetItem", "Query", "BatchGetItem"]) / self.messages(),
             log_bytes: self.log_bytes as f64 / self.messages(),
@@ -154,7 +160,8 @@ impl Variant {
             "dynamodb_requests_per_message": self.requests_per_message(),
             "dynamodb_writes_per_message": self.writes_per_message(),
             "dynamodb_requests": self.result["dynamodb_requests"],
-            "cpu_ms_per_message": self.result["cpu_s"].as_f64().unwrap_or(f64::NAN) * 1000.0 / self.messages(),
+            "cpu_ms_per_message": self.cpu_ms_per_message(),
+            "first_batch_cpu_ms": self.result["first_batch_cpu_s"].as_f64().unwrap_or(f64::NAN) * 1000.0,
             "peak_rss_mib": self.result["peak_rss_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0,
             "failures": self.result["failures"],
         })

@@ -136,6 +136,7 @@ impl Report<'_> {
         for run in self.runs {
             for variant in &run.variants {
                 series.push(Series {
+                    baseline: variant.name.starts_with("powertools"),
                     label: format!("{} · {}", run.name, variant.name),
                     batch_ms: variant.batch_ms(),
                     cpu_ms_per_message: variant.per_message().cpu_ms,
@@ -149,14 +150,14 @@ impl Report<'_> {
 /// One backend's variants, its floor and the ratio of the concurrent first-time batch to it.
 fn backend_table(run: &BackendRun) -> String {
     let mut md = format!(
-        "### {}\n\n| variant | batch p50 (ms) | batch p99 (ms) | msg/s | DynamoDB req/msg (writes) | CPU ms/msg | peak RSS (MiB) |\n|---|---|---|---|---|---|---|\n",
+        "### {}\n\n| variant | batch p50 (ms) | batch p99 (ms) | msg/s | DynamoDB req/msg (writes) | CPU ms/msg | first batch CPU (ms) | peak RSS (MiB) |\n|---|---|---|---|---|---|---|---|\n",
         run.name
     );
     for variant in &run.variants {
         let s = variant.summary();
         let _ = writeln!(
             md,
-            "| {} | {:.1} | {:.1} | {:.0} | {:.2} ({:.2}) | {:.3} | {:.1} |",
+            "| {} | {:.1} | {:.1} | {:.0} | {:.2} ({:.2}) | {:.3} | {:.1} | {:.1} |",
             variant.name,
             f(&s, "batch_p50_ms"),
             f(&s, "batch_p99_ms"),
@@ -164,6 +165,7 @@ fn backend_table(run: &BackendRun) -> String {
             f(&s, "dynamodb_requests_per_message"),
             f(&s, "dynamodb_writes_per_message"),
             f(&s, "cpu_ms_per_message"),
+            f(&s, "first_batch_cpu_ms"),
             f(&s, "peak_rss_mib"),
         );
     }
