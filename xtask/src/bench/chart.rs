@@ -55,9 +55,7 @@ fn draw_into(path: &Path, series: &[Series]) -> Result<(), Box<dyn std::error::E
         .build_cartesian_2d(0f32..max_ms * 1.05, labels.as_slice().into_segmented())?;
     durations.configure_mesh().disable_y_mesh().y_label_style(("sans-serif", 13)).y_label_formatter(&label).draw()?;
     durations.draw_series(series.iter().zip(&labels).map(|(s, label)| {
-        Boxplot::new_horizontal(SegmentValue::CenterOf(label), &Quartiles::new(&s.batch_ms))
-            .width(16)
-            .style(colour(s))
+        Boxplot::new_horizontal(SegmentValue::CenterOf(label), &Quartiles::new(&s.batch_ms)).width(16).style(colour(s))
     }))?;
 
     let max_cpu = series.iter().map(|s| s.cpu_ms_per_message).fold(0.1f64, f64::max);

@@ -18,6 +18,7 @@ use payments_core::payment::{ChargeRequest, PaymentGateway, PaymentMessage, proc
 use processor::{Processor, ProcessorConfig, build_with_clients};
 use serde_json::json;
 
+/// This process's CPU time (user + system, seconds) and peak resident memory (KiB).
 fn cpu_and_rss() -> (f64, i64) {
     // SAFETY: getrusage writes into the zeroed struct we own.
     let usage = unsafe {
@@ -26,7 +27,16 @@ fn cpu_and_rss() -> (f64, i64) {
         usage
     };
     let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    (seconds(usage.ru_utime) + seconds(usage.ru_stime), usage.ru_maxrss)
+    (seconds(usage.ru_utime) + seconds(usage.ru_stime), peak_rss_kib().unwrap_or(usage.ru_maxrss))
+}
+
+/// The peak resident memory of this process's own address space (`VmHWM`). Not `ru_maxrss`:
+/// Linux carries the spawning process's peak into it across exec, so a child of a 25 MiB parent
+/// reports at least 25 MiB whatever it uses.
+fn peak_rss_kib() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 type Error = Box<dyn std::error::Error>;
