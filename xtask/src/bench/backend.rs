@@ -153,12 +153,6 @@ async fn create_tables(endpoint: &str) -> Result<(), String> {
         .load()
         .await;
     let client = aws_sdk_dynamodb::Client::new(&sdk);
-    let attribute = |name: &str, kind: ScalarAttributeType| {
-        AttributeDefinition::builder().attribute_name(name).attribute_type(kind).build().map_err(|e| e.to_string())
-    };
-    let key = |name: &str, kind: KeyType| {
-        KeySchemaElement::builder().attribute_name(name).key_type(kind).build().map_err(|e| e.to_string())
-    };
     let recovery = GlobalSecondaryIndex::builder()
         .index_name("recovery")
         .key_schema(key("recovery_shard", KeyType::Hash)?)
@@ -166,28 +160,37 @@ async fn create_tables(endpoint: &str) -> Result<(), String> {
         .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
         .build()
         .map_err(|e| e.to_string())?;
-    client
-        .create_table()
-        .table_name("bench-idempotency")
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(attribute("pk", ScalarAttributeType::S)?)
-        .attribute_definitions(attribute("recovery_shard", ScalarAttributeType::S)?)
-        .attribute_definitions(attribute("recovery_due", ScalarAttributeType::N)?)
-        .key_schema(key("pk", KeyType::Hash)?)
-        .global_secondary_indexes(recovery)
+    let idempotency = [("pk", ScalarAttributeType::S, Some(KeyType::Hash))];
+    let index = [("recovery_shard", ScalarAttributeType::S, None), ("recovery_due", ScalarAttributeType::N, None)];
+    create_table(&client, "bench-idempotency", &[&idempotency[..], &index[..]].concat(), Some(recovery)).await?;
+    let failures =
+        [("pk", ScalarAttributeType::S, Some(KeyType::Hash)), ("sk", ScalarAttributeType::S, Some(KeyType::Range))];
+    create_table(&client, "bench-failures", &failures, None).await
+}
+
+/// An on-demand table with `attributes` (those with a key type form its key) and `index`.
+async fn create_table(
+    client: &aws_sdk_dynamodb::Client,
+    name: &str,
+    attributes: &[(&str, ScalarAttributeType, Option<KeyType>)],
+    index: Option<GlobalSecondaryIndex>,
+) -> Result<(), String> {
+    let mut create = client.create_table().table_name(name).billing_mode(BillingMode::PayPerRequest);
+    for (attribute, kind, key_type) in attributes {
+        let definition = AttributeDefinition::builder().attribute_name(*attribute).attribute_type(kind.clone()).build();
+        create = create.attribute_definitions(definition.map_err(|e| e.to_string())?);
+        if let Some(key_type) = key_type {
+            create = create.key_schema(key(attribute, key_type.clone())?);
+        }
+    }
+    create
+        .set_global_secondary_indexes(index.map(|i| vec![i]))
         .send()
         .await
-        .map_err(|e| format!("create the idempotency table: {e:?}"))?;
-    client
-        .create_table()
-        .table_name("bench-failures")
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(attribute("pk", ScalarAttributeType::S)?)
-        .attribute_definitions(attribute("sk", ScalarAttributeType::S)?)
-        .key_schema(key("pk", KeyType::Hash)?)
-        .key_schema(key("sk", KeyType::Range)?)
-        .send()
-        .await
-        .map_err(|e| format!("create the failures table: {e:?}"))?;
+        .map_err(|e| format!("create {name}: {e:?}"))?;
     Ok(())
+}
+
+fn key(name: &str, kind: KeyType) -> Result<KeySchemaElement, String> {
+    KeySchemaElement::builder().attribute_name(name).key_type(kind).build().map_err(|e| e.to_string())
 }
