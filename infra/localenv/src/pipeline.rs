@@ -16,7 +16,7 @@ use payments_core::failures::{FailureRecord, FailureState, FailureStore};
 use payments_core::idempotency::dynamodb::DynamoDbStore;
 use payments_core::idempotency::{Idempotency, IdempotencyConfig, IdempotencyKey, PayloadHash, Recovery, Scope};
 use payments_core::payment::envelope::{SCHEMA_VERSION, parse_strict};
-use payments_core::payment::{PaymentMessage, intake_key, provider_idempotency_key};
+use payments_core::payment::{PaymentMessage, PaymentStatus, PaymentView, intake_key, provider_idempotency_key};
 use provider_simulator::{Capacity, LedgerSnapshot, SimConfig, Simulator};
 
 use crate::cache_dir;
@@ -214,8 +214,8 @@ pub enum PipelineError {
 pub struct Reconciliation {
     /// Distinct payments the intake accepted.
     pub accepted: usize,
-    /// Final statuses, by name.
-    pub statuses: BTreeMap<String, usize>,
+    /// How many payments ended in each status.
+    pub statuses: BTreeMap<PaymentStatus, usize>,
     /// Intake answers by HTTP status.
     pub http: BTreeMap<u16, u64>,
     /// Intake replays (client retries answered from the stored response).
@@ -301,12 +301,16 @@ impl Reconciliation {
         out
     }
 
-    fn status(&self, status: &str) -> usize {
-        self.statuses.get(status).copied().unwrap_or(0)
+    /// How many payments ended in `status`.
+    pub fn count(&self, status: PaymentStatus) -> usize {
+        self.statuses.get(&status).copied().unwrap_or(0)
     }
 
     fn not_settled(&self) -> usize {
-        self.accepted - self.status("SUCCEEDED") - self.status("FAILED") - self.status("DEAD_LETTERED")
+        self.accepted
+            - self.count(PaymentStatus::Succeeded)
+            - self.count(PaymentStatus::Failed)
+            - self.count(PaymentStatus::DeadLettered)
     }
 
     /// What became of the payments, and of the messages that were not payments.
@@ -315,9 +319,9 @@ impl Reconciliation {
         let recovered = self.recovered.iter().filter(|(k, _)| *k != "skipped").map(|(k, v)| (k.clone(), *v));
         vec![
             row("accepted payments", self.accepted),
-            row("  succeeded", self.status("SUCCEEDED")),
-            row("  failed (declined)", self.status("FAILED")),
-            row("  dead-lettered", self.status("DEAD_LETTERED")),
+            row("  succeeded", self.count(PaymentStatus::Succeeded)),
+            row("  failed (declined)", self.count(PaymentStatus::Failed)),
+            row("  dead-lettered", self.count(PaymentStatus::DeadLettered)),
             row("  not settled", self.not_settled()),
             row("duplicates suppressed (intake replays)", self.replays),
             row("duplicates suppressed (processor)", self.duplicates_suppressed),
@@ -831,7 +835,7 @@ fn judge_incident(r: &mut Reconciliation, options: &PipelineOptions, incident: O
     let Some(mut figures) = incident else { return };
     figures.probes = r.metrics.get("processor.ProviderProbe").copied().unwrap_or(0.0) as u64;
     if matches!(options.scenario, Scenario::Outage { .. }) {
-        let dead = r.statuses.get("DEAD_LETTERED").copied().unwrap_or(0);
+        let dead = r.count(PaymentStatus::DeadLettered);
         if dead > 0 {
             r.violations.push(format!("{dead} payments dead-lettered by an outage shorter than their maximum age"));
         }
@@ -868,9 +872,9 @@ async fn settle(
     submission: &Submission,
     started: Instant,
     over: &AtomicBool,
-) -> Result<(BTreeMap<(String, String), String>, Instant), PipelineError> {
+) -> Result<(BTreeMap<(String, String), PaymentStatus>, Instant), PipelineError> {
     let sqs = aws_sdk_sqs::Client::new(&running.sdk);
-    let mut statuses: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut statuses: BTreeMap<(String, String), PaymentStatus> = BTreeMap::new();
     let mut drained_at = None;
     loop {
         // A depth that cannot be read counts as not settled yet.
@@ -886,8 +890,10 @@ async fn settle(
         if depth == 0 {
             read_statuses(running, submission, &mut statuses).await;
         }
-        let terminal =
-            statuses.values().filter(|s| matches!(s.as_str(), "SUCCEEDED" | "FAILED" | "DEAD_LETTERED")).count();
+        let terminal = statuses
+            .values()
+            .filter(|s| matches!(s, PaymentStatus::Succeeded | PaymentStatus::Failed | PaymentStatus::DeadLettered))
+            .count();
         let provider = running.ledger_summary().await.unwrap_or_default();
         say(
             options,
@@ -914,21 +920,25 @@ async fn settle(
 }
 
 /// Reads the status of every accepted payment not yet known to be final (16 at a time).
-async fn read_statuses(running: &Running, submission: &Submission, statuses: &mut BTreeMap<(String, String), String>) {
+async fn read_statuses(
+    running: &Running,
+    submission: &Submission,
+    statuses: &mut BTreeMap<(String, String), PaymentStatus>,
+) {
     use futures::StreamExt;
     let client = reqwest::Client::new();
     let unsettled: Vec<(String, String)> = submission
         .accepted
         .keys()
-        .filter(|id| !matches!(statuses.get(*id).map(String::as_str), Some("SUCCEEDED" | "FAILED")))
+        .filter(|id| !matches!(statuses.get(*id), Some(PaymentStatus::Succeeded | PaymentStatus::Failed)))
         .cloned()
         .collect();
     let reads = unsettled.into_iter().map(|(scope, key)| {
         let (client, url) = (client.clone(), format!("{}/{key}", running.intake_url()));
         async move {
             let response = client.get(url).header("X-Local-Scope", &scope).send().await.ok()?;
-            let view = response.json::<serde_json::Value>().await.ok()?;
-            Some(((scope, key), view["status"].as_str()?.to_owned()))
+            let view = response.json::<PaymentView>().await.ok()?;
+            Some(((scope, key), view.status))
         }
     });
     let read: Vec<_> = futures::stream::iter(reads).buffer_unordered(16).collect().await;
@@ -971,7 +981,7 @@ async fn reconcile(
     options: &PipelineOptions,
     plan: &Plan,
     submission: &Submission,
-    statuses: BTreeMap<(String, String), String>,
+    statuses: BTreeMap<(String, String), PaymentStatus>,
     settle_time: Duration,
 ) -> Result<Reconciliation, PipelineError> {
     let ledger = running.ledger().await?;
@@ -982,7 +992,7 @@ async fn reconcile(
     r.abandoned = plan.abandoned.len();
     r.settle_time = settle_time;
     for status in statuses.values() {
-        *r.statuses.entry(status.clone()).or_default() += 1;
+        *r.statuses.entry(*status).or_default() += 1;
     }
     check_money(&mut r, &ledger, submission, &statuses, &records);
     check_metrics(&mut r, options, plan, &running.metrics, &ledger);
@@ -1062,7 +1072,7 @@ fn check_money(
     r: &mut Reconciliation,
     ledger: &LedgerSnapshot,
     submission: &Submission,
-    statuses: &BTreeMap<(String, String), String>,
+    statuses: &BTreeMap<(String, String), PaymentStatus>,
     records: &[FailureRecord],
 ) {
     let mut per_key: BTreeMap<&str, usize> = BTreeMap::new();
@@ -1076,7 +1086,7 @@ fn check_money(
         }
     }
     for ((scope, key), amount) in &submission.accepted {
-        let status = statuses.get(&(scope.clone(), key.clone())).map(String::as_str).unwrap_or("UNKNOWN");
+        let status = statuses.get(&(scope.clone(), key.clone())).copied();
         let (Ok(s), Ok(k)) = (Scope::new(scope), IdempotencyKey::new(key)) else { continue };
         let provider_key = provider_idempotency_key(&s, &k);
         let charges: Vec<_> = ledger.charges.iter().filter(|c| c.idempotency_key == provider_key).collect();
@@ -1086,17 +1096,19 @@ fn check_money(
             })
         };
         let wrong = match status {
-            "SUCCEEDED" if charges.len() != 1 || charges[0].amount != *amount => {
+            Some(PaymentStatus::Succeeded) if charges.len() != 1 || charges[0].amount != *amount => {
                 Some(format!("SUCCEEDED with {} charges", charges.len()))
             }
-            "SUCCEEDED" => None,
-            "FAILED" | "DEAD_LETTERED" if !charges.is_empty() => Some(format!("is {status} but was charged")),
-            "DEAD_LETTERED" if !recorded_dead() => {
+            Some(PaymentStatus::Succeeded) => None,
+            Some(ended @ (PaymentStatus::Failed | PaymentStatus::DeadLettered)) if !charges.is_empty() => {
+                Some(format!("is {ended:?} but was charged"))
+            }
+            Some(PaymentStatus::DeadLettered) if !recorded_dead() => {
                 r.violations.push(format!("{scope}/{key} DEAD_LETTERED without a failure record"));
                 None
             }
-            "FAILED" | "DEAD_LETTERED" => None,
-            other => Some(format!("lost: ended {other}")),
+            Some(PaymentStatus::Failed | PaymentStatus::DeadLettered) => None,
+            other => Some(format!("lost: ended {other:?}")),
         };
         if let Some(wrong) = wrong {
             r.lost += 1;
@@ -1123,7 +1135,7 @@ fn check_metrics(
     }
     // A SIGKILLed instance loses the metrics of the batch it was running (EMF is flushed per
     // invocation), so that run allows a shortfall of at most one batch.
-    let succeeded = r.status("SUCCEEDED") as f64;
+    let succeeded = r.count(PaymentStatus::Succeeded) as f64;
     let processed = m.sum("processor", "Processed");
     let slack = if options.kill_processor { 10.0 } else { 0.0 };
     if processed > succeeded || succeeded - processed > slack {
@@ -1139,7 +1151,7 @@ fn check_metrics(
         .iter()
         .filter(|body| PaymentMessage::parse(body).is_err_and(|e| e.code() == "unsupported_schema_version"))
         .count();
-    let dead = r.status("DEAD_LETTERED") as f64;
+    let dead = r.count(PaymentStatus::DeadLettered) as f64;
     if r.metrics["dlq-consumer.DeadLettered"] != dead + future as f64 {
         r.violations.push(format!(
             "metric DeadLettered = {}, but {dead} payments DEAD_LETTERED and {future} messages of an unknown schema version",

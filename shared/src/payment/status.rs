@@ -40,8 +40,8 @@ pub struct ChargeResult {
     pub currency: String,
 }
 
-/// The five states a client can see.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// The five states a client can see, in the order a payment goes through them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum PaymentStatus {
     /// Accepted and queued; no processing attempt yet.

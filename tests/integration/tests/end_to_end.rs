@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use localenv::pipeline::{PROCESSOR_CONCURRENCY, PipelineOptions, Reconciliation, Scenario, run};
 use localenv::workload::WorkloadSpec;
+use payments_core::payment::PaymentStatus;
 
 fn options(port: u16, seed: u64, kill_processor: bool) -> PipelineOptions {
     let mut options = PipelineOptions {
@@ -29,11 +30,11 @@ fn check(r: &Reconciliation) {
     println!("{}", r.table());
     assert!(r.violations.is_empty(), "{:?}", r.violations);
     let terminal: usize =
-        ["SUCCEEDED", "FAILED", "DEAD_LETTERED"].iter().map(|s| r.statuses.get(*s).copied().unwrap_or(0)).sum();
+        [PaymentStatus::Succeeded, PaymentStatus::Failed, PaymentStatus::DeadLettered].map(|s| r.count(s)).iter().sum();
     assert_eq!(terminal, r.accepted, "every accepted payment reaches exactly one terminal state");
     assert_eq!(r.accepted, 40);
-    assert_eq!(r.statuses.get("DEAD_LETTERED"), Some(&3), "the scripted dead letters");
-    assert_eq!(r.provider_charges, r.statuses["SUCCEEDED"], "one charge per SUCCEEDED payment");
+    assert_eq!(r.count(PaymentStatus::DeadLettered), 3, "the scripted dead letters");
+    assert_eq!(r.provider_charges, r.count(PaymentStatus::Succeeded), "one charge per SUCCEEDED payment");
     assert!(r.http.get(&422).is_some_and(|n| *n == 3), "key reuse refused: {:?}", r.http);
     assert!(r.replays > 0 && r.retries > 0, "the workload exercised replays and retries");
     // Two of the three bad messages are poison; the third, of an unknown schema version, waits
@@ -118,14 +119,14 @@ async fn a_provider_outage_dead_letters_nothing_and_settles_soon_after_recovery(
     let r = run(&o).await.expect("pipeline ran");
     println!("{}", r.table());
     assert!(r.violations.is_empty(), "{:?}", r.violations);
-    assert_eq!(r.statuses.get("DEAD_LETTERED"), None);
+    assert_eq!(r.count(PaymentStatus::DeadLettered), 0);
     let incident = r.incident.as_ref().expect("the outage happened");
     assert!(incident.requests_during <= incident.probes + 2 * PROCESSOR_CONCURRENCY, "{incident:?}");
     assert!(incident.recovery_to_settled <= Duration::from_secs(60), "{incident:?}");
     assert!(r.circuit_transitions.get("open").is_some_and(|n| *n >= 1.0), "{:?}", r.circuit_transitions);
     assert!(r.circuit_transitions.get("closed").is_some_and(|n| *n >= 1.0), "closed again after recovery");
     assert!(r.deferred.get("circuit_open").is_some_and(|n| *n > 0.0), "{:?}", r.deferred);
-    assert_eq!(r.provider_charges, r.statuses["SUCCEEDED"]);
+    assert_eq!(r.provider_charges, r.count(PaymentStatus::Succeeded));
 }
 
 /// The spike scenario, reduced to fit CI: 300 payments from 64 clients at once against a provider
@@ -146,7 +147,7 @@ async fn a_spike_is_absorbed_by_the_queue_and_the_provider_is_never_offered_more
     let seen = &r.provider_load.seen;
     assert!(seen.peak_offered_per_s <= 4, "{seen:?}");
     assert_eq!(seen.throttled_by_rate, 0, "a paced fleet meets no 429: {seen:?}");
-    assert_eq!(r.statuses.get("DEAD_LETTERED"), None);
+    assert_eq!(r.count(PaymentStatus::DeadLettered), 0);
     assert_eq!(r.accepted, 300);
     assert!(r.drain_time <= Duration::from_secs_f64(1.25 * 300.0 / 4.0), "{:?}", r.drain_time);
     assert!(r.queue_depth.iter().any(|d| *d > 50), "the queue absorbed the burst: {:?}", r.queue_depth);
@@ -163,7 +164,7 @@ async fn a_wrong_provider_key_fails_every_payment_clearly_and_is_counted_for_the
     let r = run(&o).await.expect("pipeline ran");
     println!("{}", r.table());
     assert!(r.violations.is_empty(), "{:?}", r.violations);
-    assert_eq!(r.statuses.get("FAILED"), Some(&20), "{:?}", r.statuses);
+    assert_eq!(r.count(PaymentStatus::Failed), 20, "{:?}", r.statuses);
     assert_eq!(r.provider_charges, 0);
     assert_eq!(r.metrics["processor.ProviderUnauthorized"], 20.0);
     assert_eq!(r.retry_reasons.get("provider_unauthorized"), Some(&20.0), "{:?}", r.retry_reasons);
