@@ -473,10 +473,7 @@ impl<A: Adapters> Processor<A> {
         let spent = lease.attempt - u32::from(provider_down || not_the_payments);
         let wait = match circuit.filter(|_| provider_down) {
             Some(state) => self.breaker_wait(state.open_until_ms, state.phase(self.clock.now_ms())),
-            None => {
-                let drawn = self.jitter.delay(&self.backoff, lease.attempt);
-                floor.map_or(drawn, |f| drawn.max(f)).min(self.backoff.cap())
-            }
+            None => self.backoff_wait(lease.attempt, floor),
         };
         let refund = if provider_down || not_the_payments { Refund::Attempt } else { Refund::No };
         match self.budget.verdict(spent, self.age_of(attempt.message), wait) {
@@ -606,9 +603,15 @@ impl<A: Adapters> Processor<A> {
         }
     }
 
+    /// The jittered backoff for try `attempt`, at least `floor` (a `Retry-After`, a schema
+    /// version's wait), at most the backoff's cap.
+    fn backoff_wait(&self, attempt: u32, floor: Option<Duration>) -> Duration {
+        let drawn = self.jitter.delay(&self.backoff, attempt);
+        floor.map_or(drawn, |f| drawn.max(f)).min(self.backoff.cap())
+    }
+
     fn retry(&self, reason: &str, detail: &str, receive_count: u32, floor: Option<Duration>) -> Handled {
-        let drawn = self.jitter.delay(&self.backoff, receive_count);
-        let after = floor.map_or(drawn, |f| drawn.max(f)).min(self.backoff.cap());
+        let after = self.backoff_wait(receive_count, floor);
         tracing::info!(reason, detail, retry_in_s = after.as_secs(), "retryable failure");
         Handled::Retry { reason: reason.to_owned(), after }
     }

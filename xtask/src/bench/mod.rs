@@ -57,10 +57,15 @@ async fn run(command: &mut Command, what: &str) -> Result<String, String> {
 
 /// The last JSON object a variant printed (EMF lines come before it).
 fn last_json(stdout: &str) -> Result<Value, String> {
+    result_line(stdout).map(|(result, _)| result)
+}
+
+/// The result a variant printed last, and that line as printed.
+fn result_line(stdout: &str) -> Result<(Value, &str), String> {
     stdout
         .lines()
         .rev()
-        .find_map(|l| serde_json::from_str::<Value>(l).ok().filter(|v| v.get("_aws").is_none()))
+        .find_map(|l| serde_json::from_str::<Value>(l).ok().filter(|v| v.get("_aws").is_none()).map(|v| (v, l)))
         .ok_or_else(|| format!("no result in output: {}", stdout.chars().take(400).collect::<String>()))
 }
 
@@ -100,8 +105,9 @@ struct Variant {
 
 impl Variant {
     fn from_output(name: &'static str, stdout: &str) -> Result<Self, String> {
-        let result = last_json(stdout)?;
-        let log_bytes = stdout.len().saturating_sub(result.to_string().len() + 1);
+        // The result line as printed: Python's `json.dumps` spaces it, serde_json does not.
+        let (result, line) = result_line(stdout)?;
+        let log_bytes = stdout.len().saturating_sub(line.len() + 1);
         Ok(Self { name, result, log_bytes })
     }
 
