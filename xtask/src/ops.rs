@@ -6,27 +6,33 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Subcommand;
+use localenv::operator::StackRedriver;
 use localenv::stack::Stack;
 use payments_core::breaker::dynamodb::DynamoDbBreakerStore;
 use payments_core::breaker::{BreakerConfig, BreakerPolicy, BreakerStore, Circuit, CircuitBreaker};
 use payments_core::clock::{Clock, SystemClock, rfc3339_ms};
 use payments_core::config::Env;
 use payments_core::failures::dynamodb::DynamoDbFailureStore;
-use payments_core::failures::redrive::{Redriven, Redriver};
+use payments_core::failures::redrive::Redriven;
 use payments_core::failures::{FailureRecord, FailureState, FailureStore};
 use payments_core::idempotency::dynamodb::DynamoDbStore;
-use payments_core::idempotency::{Idempotency, IdempotencyConfig};
-use payments_core::payment::OutcomeResolver;
-use payments_core::payment::http_gateway::{HttpGateway, HttpGatewayConfig};
 
-/// The operators' tools, against a deployed stack (LocalStack or AWS, wherever the AWS
-/// environment points).
+/// The operators' tools, against a deployed stack: in LocalStack (`--target local`, the default)
+/// or in AWS (`--target aws`, with the caller's own credentials and profile).
 #[derive(clap::Args)]
 pub struct Ops {
+    /// Where the stack is: `local` (LocalStack, `AWS_ENDPOINT_URL` or 127.0.0.1:$LOCALSTACK_PORT)
+    /// or `aws` (the standard AWS environment: `AWS_PROFILE` or `--profile`, `AWS_REGION`, SSO).
+    #[arg(long, value_enum, env = "PAYMENTS_TARGET", default_value_t = Target::Local, global = true)]
+    target: Target,
+    /// The AWS profile to use with `--target aws`.
+    #[arg(long, env = "AWS_PROFILE", global = true)]
+    profile: Option<String>,
     /// The stack's name.
     #[arg(long, env = "PAYMENTS_STACK", global = true)]
     stack: Option<String>,
-    /// The provider's API, asked before a redrive whether it already charged.
+    /// The provider's API, asked before a redrive whether it already charged; by default the
+    /// stack's own `ProviderBaseUrl`. Its API key always comes from the stack's secret.
     #[arg(long, env = "PROVIDER_BASE_URL", global = true)]
     provider_url: Option<String>,
     /// How long the provider remembers an idempotency key: past it, a payment whose outcome is
@@ -107,6 +113,15 @@ pub enum OpsCommand {
     },
 }
 
+/// Where the operators' tools look for the stack.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Target {
+    /// LocalStack on this machine.
+    Local,
+    /// AWS, with the caller's credentials.
+    Aws,
+}
+
 /// What `ops circuit` does.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CircuitAction {
@@ -118,11 +133,39 @@ pub enum CircuitAction {
     Close,
 }
 
+/// The SDK configuration for `target`: LocalStack's endpoint and dummy credentials, or the
+/// standard AWS chain (environment, `profile`, SSO, instance role), with the project's pinned
+/// behaviour, retries and timeouts either way.
+async fn sdk_for(target: Target, profile: Option<&str>) -> aws_config::SdkConfig {
+    let timeouts = payments_core::aws::SdkTimeouts::from_env(&Env::process()).unwrap_or_default();
+    let mut loader = payments_core::aws::loader(timeouts);
+    match target {
+        Target::Local => {
+            let port = std::env::var("LOCALSTACK_PORT").unwrap_or_else(|_| "4566".into());
+            let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| format!("http://127.0.0.1:{port}"));
+            let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into());
+            loader = loader
+                .endpoint_url(endpoint)
+                .region(aws_config::Region::new(region))
+                .credentials_provider(aws_credential_types::Credentials::new("test", "test", None, None, "localstack"));
+        }
+        Target::Aws => {
+            if let Some(profile) = profile {
+                loader = loader.profile_name(profile);
+            }
+        }
+    }
+    loader.load().await
+}
+
 /// Runs an operator command.
 pub async fn run(ops: Ops) -> Result<ExitCode, String> {
-    let sdk = payments_core::aws::load_config().await;
+    let sdk = sdk_for(ops.target, ops.profile.as_deref()).await;
     let name = ops.stack.clone().ok_or("--stack (or PAYMENTS_STACK) names the stack")?;
-    let stack = localenv::stack::describe(&sdk, &name).await.map_err(|e| e.to_string())?;
+    let stack = localenv::stack::describe(&sdk, &name).await.map_err(|e| match ops.target {
+        Target::Local => format!("{e} (looking in LocalStack; add --target aws for a stack deployed to AWS)"),
+        Target::Aws => e.to_string(),
+    })?;
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
     let failures = DynamoDbFailureStore::new(dynamodb.clone(), stack.failures_table());
     let now = SystemClock.now_ms();
@@ -133,15 +176,14 @@ pub async fn run(ops: Ops) -> Result<ExitCode, String> {
             show(&record.ok_or("no such failure record")?);
         }
         OpsCommand::Redrive { ref partition, ref message_id, force } => {
-            let done = redriver(&ops, &sdk, &stack, true)?
+            let done = redriver(&ops, &sdk, &stack)?
                 .redrive_record(partition, message_id, force, now)
                 .await
                 .map_err(|e| e.to_string())?;
             println!("{}", describe(&done, true));
         }
         OpsCommand::RedriveOpen { execute } => {
-            let done =
-                redriver(&ops, &sdk, &stack, true)?.redrive_open(!execute, now).await.map_err(|e| e.to_string())?;
+            let done = redriver(&ops, &sdk, &stack)?.redrive_open(!execute, now).await.map_err(|e| e.to_string())?;
             for d in &done {
                 println!("{}", describe(d, execute));
             }
@@ -149,7 +191,7 @@ pub async fn run(ops: Ops) -> Result<ExitCode, String> {
         }
         OpsCommand::RedriveDlq { execute } => {
             let (waiting, task) =
-                redriver(&ops, &sdk, &stack, false)?.move_dlq(!execute).await.map_err(|e| e.to_string())?;
+                localenv::operator::dead_letter_move(&sdk, &stack).run(!execute).await.map_err(|e| e.to_string())?;
             match task {
                 Some(handle) => println!("moving {waiting} message(s) back; task {handle}"),
                 None => println!(
@@ -159,8 +201,7 @@ pub async fn run(ops: Ops) -> Result<ExitCode, String> {
             }
         }
         OpsCommand::Resolve { ref partition, ref message_id, ref note } => {
-            let ops_redriver = redriver(&ops, &sdk, &stack, false)?;
-            ops_redriver.resolve(partition, message_id, note, now).await.map_err(|e| e.to_string())?;
+            redriver(&ops, &sdk, &stack)?.resolve(partition, message_id, note, now).await.map_err(|e| e.to_string())?;
             println!("resolved");
         }
         OpsCommand::Circuit { action, for_, ref provider } => {
@@ -191,42 +232,12 @@ async fn complete_now(sdk: &aws_config::SdkConfig, stack: &Stack, quiet: Duratio
     Ok(())
 }
 
-/// The redriver: SQS, the failure records, and the provider asked before anything is re-sent
-/// (`asks_provider`; moving the DLQ back or resolving a record by hand asks nothing, so they need
-/// no provider: its lookups would answer "unknown").
-fn redriver(
-    ops: &Ops,
-    sdk: &aws_config::SdkConfig,
-    stack: &Stack,
-    asks_provider: bool,
-) -> Result<Redriver<DynamoDbFailureStore, DynamoDbStore, HttpGateway>, String> {
-    let url = match (&ops.provider_url, asks_provider) {
-        (Some(url), _) => url.clone(),
-        (None, false) => "http://127.0.0.1:9".to_owned(),
-        (None, true) => {
-            return Err("a redrive asks the provider first whether it already charged: \
-                        pass --provider-url (or PROVIDER_BASE_URL)"
-                .into());
-        }
-    };
-    let config = HttpGatewayConfig {
-        allow_plain_http: is_loopback(&url),
-        base_url: url,
-        connect_timeout: Duration::from_secs(2),
-        total_timeout: Duration::from_secs(10),
-    };
-    let gateway = HttpGateway::new(&config).map_err(|e| e.to_string())?;
-    let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
-    let records = DynamoDbStore::new(dynamodb.clone(), stack.idempotency_table());
-    Ok(Redriver {
-        failures: DynamoDbFailureStore::new(dynamodb, stack.failures_table()),
-        resolver: OutcomeResolver::new(Idempotency::new(records, IdempotencyConfig::default()), gateway),
-        key_window: Duration::from_secs(ops.provider_key_window_hours * 3600),
-        sqs: aws_sdk_sqs::Client::new(sdk),
-        queue_url: stack.queue_url().to_owned(),
-        queue_arn: stack.queue_arn().to_owned(),
-        dlq_arn: stack.dlq_arn().to_owned(),
-    })
+/// The redrive tool over `stack`, asking its provider (the stack's `ProviderBaseUrl` unless
+/// `--provider-url` says otherwise) with the API key from the stack's secret.
+fn redriver(ops: &Ops, sdk: &aws_config::SdkConfig, stack: &Stack) -> Result<StackRedriver, String> {
+    let provider = localenv::operator::provider(sdk, stack, ops.provider_url.as_deref()).map_err(|e| e.to_string())?;
+    let key_window = Duration::from_secs(ops.provider_key_window_hours * 3600);
+    Ok(localenv::operator::redriver(sdk, stack, provider, key_window))
 }
 
 fn describe(done: &Redriven, executed: bool) -> String {
@@ -247,9 +258,10 @@ fn list(records: &[FailureRecord]) {
         "recorded", "kind", "class", "recv", "state", "payment"
     );
     for r in records {
-        let state = match &r.state {
-            FailureState::Open => "OPEN",
-            FailureState::Resolved { .. } => "RESOLVED",
+        let state = match (&r.state, &r.redriven) {
+            (FailureState::Open, None) => "OPEN",
+            (FailureState::Open, Some(_)) => "REDRIVEN",
+            (FailureState::Resolved { .. }, _) => "RESOLVED",
         };
         println!(
             "{:<24} {:<10} {:<28} {:<6} {:<9} {:<40} {}",
@@ -277,7 +289,14 @@ fn show(r: &FailureRecord) {
     println!("source queue:   {}", r.source_queue);
     println!("recorded at:    {}", rfc3339_ms(r.recorded_at_ms));
     println!("state:          {:?}", r.state);
-    println!("body:\n{}", r.body);
+    if let Some(redrive) = &r.redriven {
+        println!(
+            "redriven:       {} as message {} (open until the payment settles)",
+            rfc3339_ms(redrive.at_ms),
+            redrive.message_id
+        );
+    }
+    println!("body (redacted for reading; a redrive sends the message the intake accepted):\n{}", r.body);
 }
 
 async fn stuck_intake(store: DynamoDbStore, older_than: Duration, now: i64) -> Result<(), String> {
@@ -327,10 +346,4 @@ async fn circuit(
         println!("recent failures:  {}", state.failures);
     }
     Ok(())
-}
-
-/// Whether `url` names this machine (`http://127.0.0.1…`, `http://localhost…`).
-fn is_loopback(url: &str) -> bool {
-    let host = url.split("://").nth(1).unwrap_or("").split(['/', ':']).next().unwrap_or("");
-    host == "localhost" || host.starts_with("127.") || url.starts_with("http://[::1]")
 }

@@ -154,12 +154,24 @@ pub async fn up(args: UpArgs) -> Result<ExitCode, String> {
     options.simulator.rates = provider_simulator::FaultRates::default();
     let running = start(&options).await.map_err(|e| e.to_string())?;
     let url = running.intake_url();
+    let body =
+        r#"{"amount": 1250, "currency": "EUR", "payment_method": "pm_card_visa", "merchant_reference": "order-1001"}"#;
     println!(
-        "The pipeline is up (stack {}). Try:\n\n  curl -i -X POST {url} \\\n    -H 'Idempotency-Key: order-1001' -H 'X-Local-Scope: acme' \\\n    -H 'Content-Type: application/json' \\\n    -d '{{\"amount\": 1250, \"currency\": \"EUR\", \"payment_method\": \"pm_card_visa\", \"merchant_reference\": \"order-1001\"}}'\n\n  curl -s {url}/order-1001 -H 'X-Local-Scope: acme'\n\nThe sample events (events/README.md) go straight to a function through the runtime emulator:\n\n  PATH=\"$PWD/.cache/tools/lambda/bin:$PATH\" cargo lambda invoke dlq-consumer --invoke-address 127.0.0.1 --invoke-port {} --data-file events/sqs-dead-letter.json\n\nProvider ledger: {}/ledger   Logs: {}\nCtrl-C stops everything.",
-        running.stack.name,
-        args.port + localenv::pipeline::EMULATOR_PORT_OFFSET,
-        running.simulator.base_url(),
-        running.log_dir.display()
+        "The pipeline is up (stack {stack}). Sign requests as an AWS account, as the deployed API wants them \
+         (the access key ID is the account, LocalStack's convention):\n\n  \
+         curl -i -X POST {url} --aws-sigv4 'aws:amz:us-east-1:execute-api' --user '405608656907:secret' \\\n    \
+         -H 'Idempotency-Key: order-1001' -H 'Content-Type: application/json' \\\n    -d '{body}'\n\n  \
+         curl -s {url}/order-1001 --aws-sigv4 'aws:amz:us-east-1:execute-api' --user '405608656907:secret'\n\n\
+         (or, unsigned, with the local shortcut header -H 'X-Local-Scope: acme').\n\n\
+         Operators' tools against this stack:  ./dev ops failures --stack {stack}\n\n\
+         The sample events (events/README.md) go straight to a function through the runtime emulator:\n\n  \
+         PATH=\"$PWD/.cache/tools/lambda/bin:$PATH\" cargo lambda invoke dlq-consumer --invoke-address 127.0.0.1 \
+         --invoke-port {emulator} --data-file events/sqs-dead-letter.json\n\n\
+         Provider ledger: {ledger}/ledger   Logs: {logs}\nCtrl-C stops everything.",
+        stack = running.stack.name,
+        emulator = args.port + localenv::pipeline::EMULATOR_PORT_OFFSET,
+        ledger = running.simulator.base_url(),
+        logs = running.log_dir.display()
     );
     let _ = tokio::signal::ctrl_c().await;
     running.shutdown().await;

@@ -182,6 +182,7 @@ async fn a_dead_lettered_payment_belongs_to_the_operator_and_is_not_re_enqueued(
             scope: Some(Scope::new("acme").unwrap()),
             idempotency_key: Some(IdempotencyKey::new("k-6").unwrap()),
             body: m.to_body(),
+            accepted_message: None,
             receive_count: 3,
             first_attempt_at_ms: None,
             last_attempt_at_ms: None,
@@ -191,6 +192,7 @@ async fn a_dead_lettered_payment_belongs_to_the_operator_and_is_not_re_enqueued(
             recorded_at_ms: NOW,
             kind: FailureKind::DeadLetter,
             state: FailureState::Open,
+            redriven: None,
         })
         .await
         .unwrap();

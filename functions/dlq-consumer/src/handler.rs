@@ -299,6 +299,7 @@ impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl, G: PaymentGatew
         metrics.count_with("OutcomeLookup", 1, &[("Result", resolution.label())]);
         match resolution {
             Resolution::Unknown(detail) => Err(format!("outcome unknown, not recorded yet: {detail}")),
+            Resolution::KeyRefused(detail) => Err(format!("not recorded yet: {detail}")),
             known => Ok(known),
         }
     }
@@ -335,7 +336,7 @@ fn last_error(
     let found = match resolution {
         Some(Resolution::Charged(charge_id)) => Some(format!("charged ({charge_id})")),
         Some(Resolution::NotCharged) => Some("not charged".to_owned()),
-        Some(Resolution::Unknown(_)) | None => None,
+        Some(Resolution::Unknown(_) | Resolution::KeyRefused(_)) | None => None,
     };
     match (told, found) {
         (Some(told), Some(found)) => Some(format!("{told}; provider: {found}")),

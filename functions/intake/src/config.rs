@@ -31,6 +31,10 @@ pub struct IntakeConfig {
     pub recovery_grace: Duration,
     /// Metrics namespace (`METRICS_NAMESPACE`).
     pub metrics_namespace: String,
+    /// What every problem `type` starts with (`PROBLEM_TYPE_BASE`, default
+    /// [`crate::problem::DEFAULT_TYPE_BASE`], the API's own documentation route). Ends in `/` or
+    /// `#`, so that the slug completes it.
+    pub problem_type_base: String,
 }
 
 impl IntakeConfig {
@@ -46,6 +50,10 @@ impl IntakeConfig {
                 "INTAKE_LEASE_MS must be at least 1000: it must outlast one SendMessage".into(),
             ));
         }
+        let problem_type_base = env.string_or("PROBLEM_TYPE_BASE", crate::problem::DEFAULT_TYPE_BASE);
+        if !problem_type_base.ends_with(['/', '#']) {
+            return Err(ConfigError::Rule("PROBLEM_TYPE_BASE must end with '/' or '#' (the slug follows it)".into()));
+        }
         Ok(Self {
             idempotency_table: env.required("IDEMPOTENCY_TABLE")?,
             failures_table: env.required("FAILURES_TABLE")?,
@@ -59,6 +67,7 @@ impl IntakeConfig {
             },
             recovery_grace: env.secs_or("RECOVERY_GRACE_SECONDS", 120)?,
             metrics_namespace: env.string_or("METRICS_NAMESPACE", "PaymentsPipeline"),
+            problem_type_base,
         })
     }
 }

@@ -23,13 +23,11 @@ use percent_encoding::percent_decode_str;
 use serde_json::Value;
 
 use crate::config::IntakeConfig;
+use crate::identity;
 use crate::problem::Problem;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
-/// The local-run header naming the caller, honoured only when `ALLOW_SCOPE_HEADER=true`.
-pub const SCOPE_HEADER: &str = "x-local-scope";
 
 /// Everything the intake builds once per cold start.
 pub struct Intake<S, F, Q> {
@@ -76,13 +74,13 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
                 }
                 metrics.count("Rejected", 1);
                 metrics.count_with("Rejection", 1, &[("Reason", problem.slug())]);
-                problem.response(&path, &correlation_id)
+                problem.response(&self.config.problem_type_base, &path, &correlation_id)
             }
             Err(_) => {
                 tracing::error!(correlation_id, "handler panicked");
                 metrics.count("Rejected", 1);
                 metrics.count_with("Rejection", 1, &[("Reason", "panic")]);
-                Problem::Internal.response(&path, &correlation_id)
+                Problem::Internal.response(&self.config.problem_type_base, &path, &correlation_id)
             }
         };
         tracing::info!(
@@ -111,6 +109,9 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
             (_, "/payments") => Err(Problem::MethodNotAllowed("POST")),
             (&Method::GET, p) if p.starts_with("/payments/") => self.status(request, &p["/payments/".len()..]).await,
             (_, p) if p.starts_with("/payments/") => Err(Problem::MethodNotAllowed("GET")),
+            (&Method::GET, p) if p == "/problems" || p.starts_with("/problems/") => {
+                problem_documentation(p.trim_start_matches("/problems").trim_start_matches('/'))
+            }
             _ => Err(Problem::NotFound(format!("no route for {}", safe_path(path)))),
         }
     }
@@ -269,35 +270,16 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
         Ok(derive_view(key, intake.as_ref(), process.as_ref(), &failures))
     }
 
-    /// The caller's scope: from the authorizer (Lambda authorizer `scope`, else the configured
-    /// JWT claim, else the IAM account), or in local runs from [`SCOPE_HEADER`].
+    /// The caller's scope, as the authorizer (or, in local runs, the shortcut header) gives it.
     fn caller_scope(&self, request: &Request) -> Result<Scope, Problem> {
-        let from_authorizer = request.request_context_ref().and_then(|context| {
-            let RequestContext::ApiGatewayV2(context) = context else { return None };
-            let authorizer = context.authorizer.as_ref()?;
-            authorizer
-                .fields
-                .get("scope")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .or_else(|| authorizer.jwt.as_ref().and_then(|jwt| jwt.claims.get(&self.config.scope_claim).cloned()))
-                .or_else(|| authorizer.iam.as_ref().and_then(|iam| iam.account_id.clone()))
-        });
-        let from_header = || {
-            self.config
-                .allow_scope_header
-                .then(|| request.headers().get(SCOPE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned))
-                .flatten()
-        };
-        let raw = from_authorizer.or_else(from_header).ok_or(Problem::Unauthenticated)?;
-        if contains_card_number(&raw) {
-            tracing::warn!("caller identity looks like card data: refused");
-            return Err(Problem::Unauthenticated);
+        let config = &self.config;
+        match identity::caller_scope(request, &config.scope_claim, config.allow_scope_header) {
+            Ok((scope, _)) => Ok(scope),
+            Err(e) => {
+                tracing::warn!(error = %e, "request refused: no usable caller identity");
+                Err(Problem::Unauthenticated(e))
+            }
         }
-        Scope::new(&raw).map_err(|e| {
-            tracing::warn!(error = %e, "caller identity is not a valid scope");
-            Problem::Unauthenticated
-        })
     }
 }
 
@@ -363,6 +345,19 @@ pub fn is_json_media_type(value: &str) -> bool {
                     && !v.is_empty()
             })
         })
+}
+
+/// `GET /problems/{slug}`: the documentation every problem `type` points at by default
+/// (Markdown, public: the deployed route needs no signature).
+fn problem_documentation(slug: &str) -> Result<Response<Body>, Problem> {
+    let text = crate::problem::documentation(slug)
+        .ok_or_else(|| Problem::NotFound(format!("no problem type {}", safe_path(slug))))?;
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/markdown; charset=utf-8")
+        .header("cache-control", "public, max-age=3600")
+        .body(Body::Text(text.to_owned()))
+        .expect("static response parts are valid"))
 }
 
 fn accepted(key: &IdempotencyKey, body: &Value, replayed: bool) -> Response<Body> {

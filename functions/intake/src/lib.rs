@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod handler;
+pub mod identity;
 pub mod problem;
 
 use payments_core::failures::dynamodb::DynamoDbFailureStore;

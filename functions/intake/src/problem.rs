@@ -5,9 +5,27 @@ use lambda_http::http::{HeaderValue, StatusCode};
 use lambda_http::{Body, Response};
 use serde_json::{Value, json};
 
-/// Where the problem types are documented: `docs/problems.md` in this repository, one section
-/// per slug (a test checks that every slug has its section).
-pub const TYPE_BASE: &str = "https://github.com/payments-on-lambda/payments-on-lambda/blob/main/docs/problems.md#";
+/// The problem types' base when none is configured (`PROBLEM_TYPE_BASE`): the API's own
+/// `/problems/` route, a relative reference (RFC 9457 resolves it against the request's URL), so
+/// every `type` resolves to a section of `docs/problems.md` that this function serves
+/// ([`documentation`]). A deployment may point it at its own documentation instead.
+pub const DEFAULT_TYPE_BASE: &str = "/problems/";
+
+/// `docs/problems.md`, served by the intake at `/problems` (whole) and `/problems/{slug}`.
+pub const PAGE: &str = include_str!("../../../docs/problems.md");
+
+/// The documentation of problem type `slug` (its section of [`PAGE`], heading included), or of
+/// every type when `slug` is empty; `None` for a slug the API never answers with.
+pub fn documentation(slug: &str) -> Option<&'static str> {
+    if slug.is_empty() {
+        return Some(PAGE);
+    }
+    let heading = format!("\n## {slug}\n");
+    let start = PAGE.find(&heading)? + 1;
+    let text = start + heading.len() - 1;
+    let end = PAGE[text..].find("\n## ").map_or(PAGE.len(), |next| text + next);
+    Some(PAGE[start..end].trim_end())
+}
 
 /// Every error the API can answer with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,8 +41,8 @@ pub enum Problem {
         /// What is wrong.
         detail: String,
     },
-    /// 401: no caller identity to scope the key to.
-    Unauthenticated,
+    /// 401: no usable caller identity to scope the key to.
+    Unauthenticated(crate::identity::IdentityError),
     /// 404: no such payment for this caller (or no such route).
     NotFound(String),
     /// 405: the route exists with other methods.
@@ -63,7 +81,7 @@ impl Problem {
                 (StatusCode::BAD_REQUEST, "invalid-idempotency-key", "Invalid Idempotency-Key header")
             }
             Self::InvalidBody { .. } => (StatusCode::BAD_REQUEST, "invalid-request-body", "Invalid request body"),
-            Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated", "No caller identity"),
+            Self::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated", "No caller identity"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed"),
             Self::RequestInProgress { .. } => {
@@ -90,7 +108,7 @@ impl Problem {
         self.parts().0
     }
 
-    /// The stable slug (the `type` is [`TYPE_BASE`] + slug); also the metric reason.
+    /// The stable slug (the `type` is the configured base + slug); also the metric reason.
     pub fn slug(&self) -> &'static str {
         self.parts().1
     }
@@ -102,7 +120,7 @@ impl Problem {
             }
             Self::InvalidIdempotencyKey(why) => why.clone(),
             Self::InvalidBody { field, detail } => format!("{field}: {detail}"),
-            Self::Unauthenticated => "The request carries no caller identity to scope its idempotency key to.".into(),
+            Self::Unauthenticated(why) => why.to_string(),
             Self::NotFound(what) => what.clone(),
             Self::MethodNotAllowed(allowed) => format!("Allowed: {allowed}"),
             Self::RequestInProgress { retry_after_s } => {
@@ -120,11 +138,12 @@ impl Problem {
         }
     }
 
-    /// The response: `application/problem+json`, with Retry-After / Allow where they apply.
-    pub fn response(&self, instance: &str, correlation_id: &str) -> Response<Body> {
+    /// The response: `application/problem+json` whose `type` is `type_base` + slug, with
+    /// Retry-After / Allow where they apply.
+    pub fn response(&self, type_base: &str, instance: &str, correlation_id: &str) -> Response<Body> {
         let (status, slug, title) = self.parts();
         let mut body = json!({
-            "type": format!("{TYPE_BASE}{slug}"),
+            "type": format!("{type_base}{slug}"),
             "title": title,
             "status": status.as_u16(),
             "detail": self.detail(),
@@ -164,7 +183,7 @@ mod tests {
             Problem::MissingIdempotencyKey,
             Problem::InvalidIdempotencyKey("x".into()),
             Problem::InvalidBody { field: "amount".into(), detail: "x".into() },
-            Problem::Unauthenticated,
+            Problem::Unauthenticated(crate::identity::IdentityError::Missing),
             Problem::NotFound("x".into()),
             Problem::MethodNotAllowed("GET"),
             Problem::RequestInProgress { retry_after_s: 1 },
@@ -178,15 +197,20 @@ mod tests {
 
     #[test]
     fn every_problem_type_resolves_to_its_section_of_the_problems_page() {
-        let page = include_str!("../../../docs/problems.md");
-        assert!(TYPE_BASE.ends_with("/docs/problems.md#"), "{TYPE_BASE}");
         for problem in every_problem() {
-            let heading = format!("\n## {}\n", problem.slug());
-            assert!(page.contains(&heading), "docs/problems.md has no section for {}", problem.slug());
+            let section = documentation(problem.slug())
+                .unwrap_or_else(|| panic!("docs/problems.md has no section for {}", problem.slug()));
+            assert!(section.starts_with(&format!("## {}\n", problem.slug())), "{section}");
             let status = format!("**{}.**", problem.status().as_u16());
-            let section = page.split(&heading).nth(1).unwrap_or("");
-            assert!(section.trim_start().starts_with(&status), "{}: the section states {status}", problem.slug());
+            assert!(
+                section.lines().nth(2).is_some_and(|l| l.starts_with(&status)),
+                "{}: states {status}",
+                problem.slug()
+            );
+            assert!(!section[3..].contains("\n## "), "one section only");
         }
-        assert_eq!(page.matches("\n## ").count(), every_problem().len(), "no section without a problem");
+        assert_eq!(PAGE.matches("\n## ").count(), every_problem().len(), "no section without a problem");
+        assert_eq!(documentation("no-such-problem"), None);
+        assert_eq!(documentation(""), Some(PAGE));
     }
 }

@@ -205,7 +205,10 @@ async fn hostile_input_gets_a_typed_4xx_and_its_card_data_goes_nowhere() {
         let problem: Value =
             serde_json::from_str(text.split_once("\n{").map(|(_, b)| format!("{{{b}")).unwrap().as_str())
                 .unwrap_or_else(|e| panic!("{what}: not a problem document ({e}): {text}"));
-        assert!(problem["type"].as_str().is_some_and(|t| t.starts_with(intake::problem::TYPE_BASE)), "{what}: {text}");
+        assert!(
+            problem["type"].as_str().is_some_and(|t| t.starts_with(intake::problem::DEFAULT_TYPE_BASE)),
+            "{what}: {text}"
+        );
     }
 
     let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();

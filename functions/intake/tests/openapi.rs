@@ -120,6 +120,12 @@ async fn every_answer_of_the_intake_is_described_by_its_openapi_document() {
     queue.fail_with(Some(EnqueueError { retryable: true, detail: "SQS throttled".into() }));
     expect("/payments", "post", api.handle(post("order-7", &payment(5))).await.unwrap(), 503);
 
+    expect("/problems/{slug}", "get", api.handle(request("GET", "/problems/nope", &[], "")).await.unwrap(), 404);
+    let docs = api.handle(request("GET", "/problems/not-found", &[], "")).await.unwrap();
+    let documented = &spec["paths"]["/problems/{slug}"]["get"]["responses"]["200"]["content"];
+    let content_type = docs.headers()["content-type"].to_str().unwrap();
+    assert!(documented[content_type].is_object(), "the documentation's {content_type} is documented");
+
     let statuses: std::collections::BTreeSet<u16> = seen.iter().map(|(_, s)| *s).collect();
     assert_eq!(statuses.len(), 11, "every documented answer but 500 exercised: {statuses:?}");
 }

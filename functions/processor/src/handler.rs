@@ -21,7 +21,7 @@ use payments_core::pacing::{Pacer, Reservation};
 use payments_core::payment::http_gateway::PROVIDER_UNAUTHORIZED;
 use payments_core::payment::{
     Charge, ChargeLookup, ChargeRequest, ChargeResult, EnvelopeError, GatewayError, KeyHint, Lookup, PaymentGateway,
-    PaymentMessage, RetryableKind, process_key, provider_idempotency_key,
+    PaymentMessage, RedriveGrant, RetryableKind, process_key, provider_idempotency_key,
 };
 use payments_core::sqs::backoff::SQS_MAX_VISIBILITY;
 use payments_core::sqs::{
@@ -195,12 +195,21 @@ struct Delivery<'a> {
     body: &'a str,
     receive_count: u32,
     deadline_ms: i64,
+    /// The fresh budget an operator's redrive gave the payment, when this delivery is one.
+    grant: Option<RedriveGrant>,
 }
 
 impl<'a> Delivery<'a> {
     fn of(sqs: &'a SqsMessage, invocation: &Invocation<'_>) -> Self {
         let body = sqs.body.as_deref().unwrap_or("");
-        Self { sqs, body, receive_count: receive_count(sqs).unwrap_or(1), deadline_ms: invocation.deadline_ms() }
+        let grant = RedriveGrant::from_attributes(|name| sqs.message_attributes.get(name)?.string_value.clone());
+        Self { sqs, body, receive_count: receive_count(sqs).unwrap_or(1), deadline_ms: invocation.deadline_ms(), grant }
+    }
+
+    /// Of `attempts` provider attempts, those that count against the budget: since the redrive,
+    /// when this delivery is one.
+    fn spent(&self, attempts: u32) -> u32 {
+        attempts.saturating_sub(self.grant.map_or(0, |g| g.attempts_before))
     }
 
     /// The message as a failure record names it, for the payment `hint` when it names one.
@@ -329,7 +338,7 @@ impl<A: Adapters> Processor<A> {
         let age_limit = self
             .clock
             .now_ms()
-            .saturating_sub(as_ms(self.age_of(message)))
+            .saturating_sub(as_ms(self.age_of(message, delivery)))
             .saturating_add(as_ms(self.budget.max_age()));
         let recovery = Recovery { due_ms: age_limit, input: None };
         let claim = self.idempotency.claim_recoverable(&key, &hash, delivery.deadline_ms, Some(recovery));
@@ -343,7 +352,8 @@ impl<A: Adapters> Processor<A> {
         };
         let attempt = Attempt { message, delivery, lease, permit, metrics, request: charge_request(message) };
         // Out of budget or too old already (the last try's outcome was unknown): only ask.
-        if let Verdict::GiveUp(why) = self.budget.verdict(attempt.lease.attempt - 1, self.age_of(message), ZERO) {
+        let (spent, age) = (delivery.spent(attempt.lease.attempt - 1), self.age_of(message, delivery));
+        if let Verdict::GiveUp(why) = self.budget.verdict(spent, age, ZERO) {
             // A rare path: one read keeps the last provider error for the dead letter.
             let stored = self.idempotency.get(&attempt.lease.key).await.ok().flatten();
             let last_error = stored.and_then(|r| r.last_error).unwrap_or_else(|| why.as_str().to_owned());
@@ -369,7 +379,6 @@ impl<A: Adapters> Processor<A> {
         if let Some(transition) = self.breaker.record(&attempt.permit, provider_health(&charged)).await {
             count_transition(attempt.metrics, transition);
         }
-        let receive_count = attempt.delivery.receive_count;
         match charged {
             Ok(charge) => self.complete(attempt, charge).await,
             Err(ref error @ GatewayError::Retryable { ref kind, ref detail }) => {
@@ -379,17 +388,27 @@ impl<A: Adapters> Processor<A> {
                 };
                 self.after_retryable(attempt, kind, &error.reason(), detail, floor).await
             }
-            Err(permanent) => {
-                let failure = StoredFailure { code: permanent.reason(), reason: permanent.to_string() };
-                let settle = self.idempotency.fail_permanently(&attempt.lease, failure);
-                match settle.instrument(tracing::info_span!(target: xray::TARGET, "settle")).await {
-                    Ok(Settlement::Recorded) => Handled::FailedPermanently { code: permanent.reason() },
-                    Ok(Settlement::NotOwner { current }) => {
-                        self.lost_lease(current.as_deref(), &permanent.reason(), receive_count)
-                    }
-                    Err(e) => self.retry("failure_not_recorded", &e.to_string(), receive_count, None),
+            Err(permanent) => self.fail(attempt, &permanent).await,
+        }
+    }
+
+    /// A permanent failure (a decline, a rejection): stored, never retried.
+    async fn fail(&self, attempt: &Attempt<'_>, permanent: &GatewayError) -> Handled {
+        let receive_count = attempt.delivery.receive_count;
+        let failure = StoredFailure { code: permanent.reason(), reason: permanent.to_string() };
+        let settle = self.idempotency.fail_permanently(&attempt.lease, failure);
+        match settle.instrument(tracing::info_span!(target: xray::TARGET, "settle")).await {
+            Ok(Settlement::Recorded) => {
+                if attempt.lease.resumed {
+                    let note = format!("the payment failed for good later ({})", permanent.reason());
+                    self.resolve_failure_records(attempt.message, &note).await;
                 }
+                Handled::FailedPermanently { code: permanent.reason() }
             }
+            Ok(Settlement::NotOwner { current }) => {
+                self.lost_lease(current.as_deref(), &permanent.reason(), receive_count)
+            }
+            Err(e) => self.retry("failure_not_recorded", &e.to_string(), receive_count, None),
         }
     }
 
@@ -403,7 +422,13 @@ impl<A: Adapters> Processor<A> {
         let receive_count = delivery.receive_count;
         match outcome {
             Ok(ClaimOutcome::Claimed(_)) => unreachable!("claimed outcomes are handled by the caller"),
-            Ok(ClaimOutcome::AlreadyCompleted { .. } | ClaimOutcome::AlreadyFailed(_)) => Handled::Duplicate,
+            Ok(ClaimOutcome::AlreadyCompleted { .. } | ClaimOutcome::AlreadyFailed(_)) => {
+                if delivery.grant.is_some() {
+                    // A redriven copy of a payment that settled meanwhile: its record is done.
+                    self.resolve_failure_records(message, "the payment was settled when its redrive arrived").await;
+                }
+                Handled::Duplicate
+            }
             Ok(ClaimOutcome::InProgressElsewhere { lease_until_ms }) => {
                 // Another worker holds it: come back when its lease ends, not sooner.
                 let wait_ms = u64::try_from(lease_until_ms.saturating_sub(self.clock.now_ms())).unwrap_or(0);
@@ -426,7 +451,8 @@ impl<A: Adapters> Processor<A> {
         match settle.instrument(tracing::info_span!(target: xray::TARGET, "settle")).await {
             Ok(Settlement::Recorded) => {
                 if attempt.lease.resumed {
-                    self.resolve_failure_records(attempt.message, &charge.id).await;
+                    let note = format!("the payment succeeded later (charge {})", charge.id);
+                    self.resolve_failure_records(attempt.message, &note).await;
                 }
                 Handled::Charged { charge_id: charge.id }
             }
@@ -439,11 +465,10 @@ impl<A: Adapters> Processor<A> {
     /// earlier copy; now that it is charged, its open failure records would tell operators a
     /// payment is dead that succeeded (found by the model checker). One query, on the retry path
     /// only.
-    async fn resolve_failure_records(&self, message: &PaymentMessage, charge_id: &str) {
-        let note = format!("the payment succeeded later (charge {charge_id})");
+    async fn resolve_failure_records(&self, message: &PaymentMessage, note: &str) {
         let (scope, key, now) = (&message.scope, &message.idempotency_key, self.clock.now_ms());
-        if let Err(e) = resolve_open_records(&self.failures, scope, key, &note, now).await {
-            tracing::warn!(error = %e, "could not resolve the failure records of a payment that succeeded");
+        if let Err(e) = resolve_open_records(&self.failures, scope, key, note, now).await {
+            tracing::warn!(error = %e, "could not resolve the failure records of a settled payment");
         }
     }
 
@@ -470,13 +495,13 @@ impl<A: Adapters> Processor<A> {
         // dead-letter anything (the payment's age still bounds it).
         let not_the_payments =
             matches!(kind, RetryableKind::RateLimited { .. } | RetryableKind::CredentialsUnavailable);
-        let spent = lease.attempt - u32::from(provider_down || not_the_payments);
+        let spent = attempt.delivery.spent(lease.attempt).saturating_sub(u32::from(provider_down || not_the_payments));
         let wait = match circuit.filter(|_| provider_down) {
             Some(state) => self.breaker_wait(state.open_until_ms, state.phase(self.clock.now_ms())),
-            None => self.backoff_wait(lease.attempt, floor),
+            None => self.backoff_wait(attempt.delivery.spent(lease.attempt).max(1), floor),
         };
         let refund = if provider_down || not_the_payments { Refund::Attempt } else { Refund::No };
-        match self.budget.verdict(spent, self.age_of(attempt.message), wait) {
+        match self.budget.verdict(spent, self.age_of(attempt.message, attempt.delivery), wait) {
             Verdict::Retry => {
                 self.release(lease, reason, refund).await;
                 tracing::info!(reason, detail, attempts = spent, retry_in_s = wait.as_secs(), "retryable failure");
@@ -507,7 +532,7 @@ impl<A: Adapters> Processor<A> {
         attempt.metrics.count_with("OutcomeLookup", 1, &[("Result", lookup.label())]);
         if refund == Refund::LookupOnly {
             // The lookup was this delivery's only provider call.
-            let health = (!matches!(lookup, Lookup::Unknown(_))).then_some(CallHealth::Healthy);
+            let health = matches!(lookup, Lookup::Charged(_) | Lookup::NotCharged).then_some(CallHealth::Healthy);
             self.breaker.record(&attempt.permit, health).await;
         }
         match lookup {
@@ -523,6 +548,11 @@ impl<A: Adapters> Processor<A> {
                 self.release(&attempt.lease, last_error, refund).await;
                 tracing::warn!(detail, "outcome unknown: the provider may hold a charge; not giving up");
                 self.retry("outcome_unknown", &detail, attempt.lease.attempt, None)
+            }
+            Lookup::KeyRefused(detail) => {
+                self.release(&attempt.lease, last_error, refund).await;
+                tracing::error!(detail, "the provider refused the API key on a lookup: not giving up");
+                self.retry("lookup_key_refused", &detail, attempt.lease.attempt, None)
             }
         }
     }
@@ -616,10 +646,14 @@ impl<A: Adapters> Processor<A> {
         Handled::Retry { reason: reason.to_owned(), after }
     }
 
-    fn age_of(&self, message: &PaymentMessage) -> Duration {
-        humantime::parse_rfc3339(&message.created_at)
-            .map(|accepted| Duration::from_millis(u64::try_from(self.clock.now_ms() - epoch_ms(accepted)).unwrap_or(0)))
-            .unwrap_or_default()
+    /// How old the payment is for its budget: since its acceptance, or since the operator's
+    /// redrive when this delivery is one.
+    fn age_of(&self, message: &PaymentMessage, delivery: &Delivery<'_>) -> Duration {
+        let Ok(accepted) = humantime::parse_rfc3339(&message.created_at).map(epoch_ms) else {
+            return Duration::ZERO;
+        };
+        let since = delivery.grant.map_or(accepted, |g| accepted.max(g.redriven_at_ms));
+        Duration::from_millis(u64::try_from(self.clock.now_ms() - since).unwrap_or(0))
     }
 
     fn seconds_since(&self, at_ms: i64) -> f64 {

@@ -468,6 +468,7 @@ async fn a_payment_that_succeeds_after_it_was_recorded_dead_has_its_failure_reco
         scope: Some(scope.clone()),
         idempotency_key: Some(key.clone()),
         body: body("k", 10),
+        accepted_message: None,
         receive_count: 5,
         first_attempt_at_ms: None,
         last_attempt_at_ms: None,
@@ -477,6 +478,7 @@ async fn a_payment_that_succeeds_after_it_was_recorded_dead_has_its_failure_reco
         recorded_at_ms: NOW,
         kind: FailureKind::DeadLetter,
         state: FailureState::Open,
+        redriven: None,
     };
     p.failures().record(&dead).await.unwrap();
     clock.advance_ms(61_000);

@@ -143,7 +143,9 @@ pub struct PollerStats {
 }
 
 /// Polls until `stop` is set: receive, invoke the function with a real SQS event, delete what
-/// succeeded. One batch at a time, like an event source mapping at concurrency 1.
+/// succeeded. One batch at a time, like an event source mapping at concurrency 1. Like a mapping
+/// being created, it first reads the queue's attributes (the permission AWS requires of the
+/// function's role for a mapping, besides receiving and deleting).
 pub fn spawn_poller(
     sqs: aws_sdk_sqs::Client,
     config: PollerConfig,
@@ -153,6 +155,9 @@ pub fn spawn_poller(
     use std::sync::atomic::Ordering::Relaxed;
     tokio::spawn(async move {
         let http = reqwest::Client::new();
+        if let Err(e) = queue_depth(&sqs, &config.queue_url).await {
+            tracing::warn!(error = e, "the queue's attributes could not be read");
+        }
         while !stop.load(Relaxed) {
             let received = match receive(&sqs, &config.queue_url, config.batch_size, 1).await {
                 Ok(received) => received,

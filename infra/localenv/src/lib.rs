@@ -3,13 +3,18 @@
 //! stand-in for the SQS event source mapping that drives functions running under
 //! `cargo lambda watch` ([`event_source`]).
 
+pub mod apigw;
+pub mod aws_proxy;
+pub mod caller;
 pub mod emf_log;
 pub mod event_source;
 pub mod front;
 pub mod functions;
+pub mod iam;
 pub mod load;
 pub mod localstack;
 pub mod metering;
+pub mod operator;
 pub mod pipeline;
 pub mod stack;
 pub mod workload;

@@ -19,6 +19,7 @@ use payments_core::payment::envelope::{SCHEMA_VERSION, parse_strict};
 use payments_core::payment::{PaymentMessage, PaymentStatus, PaymentView, intake_key, provider_idempotency_key};
 use provider_simulator::{Capacity, LedgerSnapshot, SimConfig, Simulator};
 
+use crate::aws_proxy::AwsGateway;
 use crate::cache_dir;
 use crate::emf_log::MetricTotals;
 use crate::event_source::{PollerConfig, PollerStats, ScheduleStats, queue_depth, spawn_poller, spawn_schedule};
@@ -117,6 +118,9 @@ const LOCAL_RECOVERY_GRACE_S: i64 = 3;
 
 /// Local runs: how often the completer runs (`rate(1 minute)` in the template).
 const COMPLETER_EVERY: Duration = Duration::from_secs(3);
+
+/// The account LocalStack puts everything in (its dummy credentials'), as ARNs name it.
+pub const LOCALSTACK_ACCOUNT: &str = "000000000000";
 
 /// The emulator listens this far above the pipeline's port, behind the front door.
 pub const EMULATOR_PORT_OFFSET: u16 = 1000;
@@ -277,6 +281,8 @@ pub struct Reconciliation {
     pub double_charges: usize,
     /// Accepted payments that ended in no terminal state, or in one their charges contradict.
     pub lost: usize,
+    /// The functions' AWS calls and what their roles say of them.
+    pub permissions: Permissions,
     /// Broken invariants: empty on a good run.
     pub violations: Vec<String>,
 }
@@ -289,6 +295,16 @@ impl Reconciliation {
         let mut out = String::from("| what | count |\n|---|---|\n");
         for (k, v) in rows {
             out.push_str(&format!("| {k:width$} | {v} |\n"));
+        }
+        let unused: Vec<String> =
+            self.permissions.findings.lines().into_iter().filter(|l| l.ends_with("never used")).collect();
+        if !unused.is_empty() {
+            out.push_str(
+                "\nGranted by the functions' roles, used by no call of this run (rare paths, or to remove):\n",
+            );
+            for line in unused {
+                out.push_str(&format!("  - {line}\n"));
+            }
         }
         if self.violations.is_empty() {
             out.push_str("\nInvariants hold: no payment charged twice, none lost, metrics agree with the ledger.\n");
@@ -364,6 +380,11 @@ impl Reconciliation {
                 "provider requests per payment",
                 format!("{:.2}", self.provider_requests as f64 / self.accepted.max(1) as f64),
             ),
+            row("AWS calls by the functions", self.permissions.summary()),
+            row(
+                "AWS calls their roles refuse / grants unused",
+                format!("{} / {}", self.permissions.findings.denied.len(), self.permissions.findings.unused.len()),
+            ),
             row("processor killed mid-batch", if self.killed { "yes" } else { "no" }),
             row("invocations interrupted", self.interrupted_invocations),
             row("scenario", self.scenario),
@@ -415,6 +436,35 @@ fn counts<K: std::fmt::Display, V: std::fmt::Display>(by_name: &BTreeMap<K, V>) 
     by_name.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(" ")
 }
 
+/// Every AWS call of the run by function (how often each was made), and what the functions'
+/// roles say of them.
+#[derive(Debug, Clone, Default)]
+pub struct Permissions {
+    /// (function, call) → times made.
+    pub calls: BTreeMap<(String, crate::aws_proxy::AwsCall), u64>,
+    /// Calls the roles refuse; grants no call used.
+    pub findings: crate::iam::Findings,
+}
+
+impl Permissions {
+    /// A violation per call a role refuses.
+    fn denied_lines(&self) -> Vec<String> {
+        let denied = crate::iam::Findings { unused: Default::default(), ..self.findings.clone() };
+        denied.lines()
+    }
+
+    /// `function: N calls (K kinds)` for every function.
+    fn summary(&self) -> String {
+        let mut by_function: BTreeMap<&str, (u64, usize)> = BTreeMap::new();
+        for ((function, _), n) in &self.calls {
+            let entry = by_function.entry(function).or_default();
+            entry.0 += n;
+            entry.1 += 1;
+        }
+        by_function.iter().map(|(f, (n, kinds))| format!("{f} {n} ({kinds} kinds)")).collect::<Vec<_>>().join(", ")
+    }
+}
+
 /// What a provider incident came to.
 #[derive(Debug, Clone, Default)]
 pub struct IncidentFigures {
@@ -438,14 +488,12 @@ pub struct Running {
     pub emulator: Emulator,
     /// The intake's front door (what clients call).
     pub front: FrontDoor,
+    /// Between the functions and LocalStack: records every AWS call each makes.
+    pub aws: AwsGateway,
     /// The function processes, by name.
     pub functions: HashMap<String, FunctionProcess>,
-    /// Payments-queue poller statistics.
-    pub payments_poller: Arc<PollerStats>,
-    /// DLQ poller statistics.
-    pub dlq_poller: Arc<PollerStats>,
-    /// Completer runs (the scheduler stand-in).
-    pub completer_runs: Arc<ScheduleStats>,
+    /// The event source mappings' and the schedule's stand-ins.
+    pub pollers: Pollers,
     /// EMF totals from every function's logs.
     pub metrics: MetricTotals,
     /// Where the logs go.
@@ -454,20 +502,36 @@ pub struct Running {
     provider_key: String,
     sdk: aws_config::SdkConfig,
     localstack: OwnedLocalStack,
+}
+
+/// The stand-ins for the event source mappings and the completer's schedule.
+pub struct Pollers {
+    /// Payments-queue poller statistics.
+    pub payments: Arc<PollerStats>,
+    /// DLQ poller statistics.
+    pub dead_letters: Arc<PollerStats>,
+    /// Completer runs.
+    pub completer_runs: Arc<ScheduleStats>,
     stop: Arc<AtomicBool>,
-    pollers: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
+    /// The SDK configuration of the run (LocalStack, as the harness reaches it: not through the
+    /// functions' recording listeners).
+    pub fn sdk(&self) -> &aws_config::SdkConfig {
+        &self.sdk
+    }
+
     /// The intake's `/payments` URL.
     pub fn intake_url(&self) -> String {
-        format!("{}/lambda-url/intake/payments", self.front.url())
+        format!("{}/payments", self.front.url())
     }
 
     /// Stops pollers, functions, emulator, simulator, and LocalStack if it was started here.
     pub async fn shutdown(self) {
-        self.stop.store(true, Relaxed);
-        for poller in self.pollers {
+        self.pollers.stop.store(true, Relaxed);
+        for poller in self.pollers.tasks {
             let _ = poller.await;
         }
         for function in self.functions.values() {
@@ -479,64 +543,99 @@ impl Running {
     }
 }
 
-/// Brings everything up: LocalStack (started if needed), the stack, the simulator, the
-/// functions and the pollers.
+/// The functions, by the names the emulator and the logs know them.
+pub const FUNCTIONS: [&str; 4] = ["intake", "processor", "dlq-consumer", "completer"];
+
+/// Brings everything up: LocalStack (started if needed), the simulator, the stack, the AWS
+/// gateway, the functions and the pollers.
 pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> {
     let localstack = OwnedLocalStack::acquire()?;
     let sdk = payments_core::aws::load_config().await;
     let name = unique_name("pipeline");
+    // The simulator first: the stack is deployed with it as its provider, so that the operators'
+    // tools find it through the stack, as they find the real provider of a deployed one.
+    let simulator =
+        Simulator::start(SimConfig { capacity: options.scenario.provider_capacity(), ..options.simulator.clone() })
+            .await
+            .map_err(PipelineError::Simulator)?;
     let receive = options.max_receive_count.to_string();
-    let stack = deploy(&sdk, &name, &[("MaxReceiveCount", &receive), ("ProcessorTimeoutSeconds", "10")]).await?;
-    let (simulator, provider_key) = start_provider(options, &sdk, &stack).await?;
+    let overrides = [
+        ("MaxReceiveCount", receive.as_str()),
+        ("ProcessorTimeoutSeconds", "10"),
+        ("ProviderTimeoutMillis", "1500"),
+        ("ProviderBaseUrl", &simulator.base_url()),
+    ];
+    let stack = deploy(&sdk, &name, &overrides).await?;
+    let provider_key = require_key(options, &sdk, &stack, &simulator).await?;
     let log_dir = cache_dir().join("pipeline").join(&name);
     std::fs::create_dir_all(&log_dir).map_err(|e| PipelineError::Other(format!("log dir: {e}")))?;
 
     crate::functions::build().await?;
+    let aws = start_aws_gateway(&sdk).await?;
     // Clients reach the intake through the front door on `port`; the emulator sits behind it.
     let emulator_port = options.port + EMULATOR_PORT_OFFSET;
     let emulator = Emulator::start(emulator_port, &log_dir.join("emulator.log")).await?;
-    let front = FrontDoor::start(options.port, emulator.url(""))
+    let front = FrontDoor::start(options.port, emulator.invoke_url("intake"))
         .await
         .map_err(|e| PipelineError::Other(format!("front door on port {}: {e}", options.port)))?;
     let metrics = MetricTotals::default();
-    let envs = function_envs(options, &stack, &simulator.base_url());
+    let envs = function_envs(options, &stack, &simulator.base_url(), &aws);
     let functions = start_functions(envs, emulator_port, &log_dir, &metrics).await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let completer_runs = Arc::new(ScheduleStats::default());
-    let (payments_poller, dlq_poller) = (Arc::new(PollerStats::default()), Arc::new(PollerStats::default()));
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let pollers = vec![
-        spawn_poller(
-            sqs.clone(),
-            poller_config(stack.queue_url(), stack.queue_arn(), emulator.invoke_url("processor")),
-            payments_poller.clone(),
-            stop.clone(),
-        ),
-        spawn_poller(
-            sqs,
-            poller_config(stack.dlq_url(), stack.dlq_arn(), emulator.invoke_url("dlq-consumer")),
-            dlq_poller.clone(),
-            stop.clone(),
-        ),
-        spawn_schedule(emulator.invoke_url("completer"), COMPLETER_EVERY, completer_runs.clone(), stop.clone()),
-    ];
+    let pollers = start_pollers(&sdk, &stack, &emulator, &aws);
     Ok(Running {
         stack,
         simulator,
         emulator,
         front,
+        aws,
         functions,
-        payments_poller,
-        dlq_poller,
-        completer_runs,
         metrics,
         log_dir,
         provider_key,
         sdk,
         localstack,
-        stop,
         pollers,
     })
+}
+
+/// Every function's AWS calls go through a listener of its own, which records them.
+async fn start_aws_gateway(sdk: &aws_config::SdkConfig) -> Result<AwsGateway, PipelineError> {
+    let upstream = sdk.endpoint_url().unwrap_or("http://127.0.0.1:4566").trim_end_matches('/').to_owned();
+    let region = sdk.region().map_or("us-east-1".to_owned(), |r| r.to_string());
+    AwsGateway::start(&upstream, &FUNCTIONS, &region, LOCALSTACK_ACCOUNT)
+        .await
+        .map_err(|e| PipelineError::Other(format!("AWS gateway: {e}")))
+}
+
+/// The event source mappings' stand-ins (each polling through its function's AWS listener, as a
+/// mapping polls with its function's role) and the completer's schedule.
+fn start_pollers(sdk: &aws_config::SdkConfig, stack: &Stack, emulator: &Emulator, aws: &AwsGateway) -> Pollers {
+    let stop = Arc::new(AtomicBool::new(false));
+    let completer_runs = Arc::new(ScheduleStats::default());
+    let (payments, dead_letters) = (Arc::new(PollerStats::default()), Arc::new(PollerStats::default()));
+    // Set on the client's own configuration: the environment's AWS_ENDPOINT_URL would win over
+    // an endpoint set on the shared one.
+    let sqs_of = |function: &str| {
+        aws_sdk_sqs::Client::from_conf(
+            aws_sdk_sqs::config::Builder::from(sdk).endpoint_url(aws.endpoint(function)).build(),
+        )
+    };
+    let tasks = vec![
+        spawn_poller(
+            sqs_of("processor"),
+            poller_config(stack.queue_url(), stack.queue_arn(), emulator.invoke_url("processor")),
+            payments.clone(),
+            stop.clone(),
+        ),
+        spawn_poller(
+            sqs_of("dlq-consumer"),
+            poller_config(stack.dlq_url(), stack.dlq_arn(), emulator.invoke_url("dlq-consumer")),
+            dead_letters.clone(),
+            stop.clone(),
+        ),
+        spawn_schedule(emulator.invoke_url("completer"), COMPLETER_EVERY, completer_runs.clone(), stop.clone()),
+    ];
+    Pollers { payments, dead_letters, completer_runs, stop, tasks }
 }
 
 /// Starts each function with its environment, logging to `log_dir` and totalling its metrics.
@@ -556,24 +655,21 @@ async fn start_functions(
     Ok(functions)
 }
 
-/// The provider simulator, checking the key the stack's secret holds as a real provider checks
-/// its account's (or another one, when the run plays a key rotated at the provider).
-async fn start_provider(
+/// Makes the simulator check the key the stack's secret holds, as a real provider checks its
+/// account's (or another one, when the run plays a key rotated at the provider); the key.
+async fn require_key(
     options: &PipelineOptions,
     sdk: &aws_config::SdkConfig,
     stack: &Stack,
-) -> Result<(Simulator, String), PipelineError> {
+    simulator: &Simulator,
+) -> Result<String, PipelineError> {
     let mut provider_key = read_secret(sdk, stack.provider_key_secret()).await?;
     if options.provider_refuses_key {
         provider_key.push_str("-rotated-at-the-provider");
     }
-    let config = SimConfig {
-        api_key: Some(provider_key.clone()),
-        capacity: options.scenario.provider_capacity(),
-        ..options.simulator.clone()
-    };
-    let simulator = Simulator::start(config).await.map_err(PipelineError::Simulator)?;
-    Ok((simulator, provider_key))
+    let config = SimConfig { capacity: options.scenario.provider_capacity(), ..options.simulator.clone() };
+    configure_simulator(&simulator.base_url(), &provider_key, &config).await?;
+    Ok(provider_key)
 }
 
 /// An event source mapping's stand-in: batches of 10 from `queue_url` to `invoke_url`.
@@ -593,6 +689,7 @@ fn function_envs(
     options: &PipelineOptions,
     stack: &Stack,
     provider_url: &str,
+    aws: &AwsGateway,
 ) -> [(&'static str, HashMap<String, String>); 4] {
     let mut common: HashMap<String, String> = [
         ("IDEMPOTENCY_TABLE", stack.idempotency_table()),
@@ -617,8 +714,9 @@ fn function_envs(
             common.insert(var.to_owned(), value);
         }
     }
-    let with = |extra: Vec<(&str, String)>| {
+    let with = |function: &str, extra: Vec<(&str, String)>| {
         let mut env = common.clone();
+        env.insert("AWS_ENDPOINT_URL".to_owned(), aws.endpoint(function));
         env.extend(extra.into_iter().map(|(k, v)| (k.to_owned(), v)));
         env
     };
@@ -633,15 +731,21 @@ fn function_envs(
     [
         (
             "intake",
-            with(vec![
-                queue.clone(),
-                ("ALLOW_SCOPE_HEADER", "true".into()),
-                ("RECOVERY_GRACE_SECONDS", LOCAL_RECOVERY_GRACE_S.to_string()),
-            ]),
+            with(
+                "intake",
+                vec![
+                    queue.clone(),
+                    ("ALLOW_SCOPE_HEADER", "true".into()),
+                    ("RECOVERY_GRACE_SECONDS", LOCAL_RECOVERY_GRACE_S.to_string()),
+                ],
+            ),
         ),
-        ("completer", with(vec![queue, ("RECOVERY_QUIET_SECONDS", "60".into())])),
-        ("processor", with([&provider[..], &processor_tuning(options, stack)].concat())),
-        ("dlq-consumer", with([&provider[..], &[("SOURCE_QUEUE_URL", stack.queue_url().to_owned())]].concat())),
+        ("completer", with("completer", vec![queue, ("RECOVERY_QUIET_SECONDS", "60".into())])),
+        ("processor", with("processor", [&provider[..], &processor_tuning(options, stack)].concat())),
+        (
+            "dlq-consumer",
+            with("dlq-consumer", [&provider[..], &[("SOURCE_QUEUE_URL", stack.queue_url().to_owned())]].concat()),
+        ),
     ]
 }
 
@@ -683,7 +787,9 @@ pub async fn run(options: &PipelineOptions) -> Result<Reconciliation, PipelineEr
     result
 }
 
-async fn drive(running: &Running, options: &PipelineOptions) -> Result<Reconciliation, PipelineError> {
+/// Submits the workload, waits for the system to settle, and reconciles (with the AWS calls the
+/// functions made so far judged against their roles).
+pub async fn drive(running: &Running, options: &PipelineOptions) -> Result<Reconciliation, PipelineError> {
     let plan = plan(&options.workload, options.max_provider_attempts);
     let started = Instant::now();
     say(options, &format!("submitting {} payments through {}", plan.payments.len(), running.intake_url()));
@@ -714,6 +820,9 @@ async fn drive(running: &Running, options: &PipelineOptions) -> Result<Reconcili
     judge_incident(&mut r, options, incident);
     let violations = r.provider_load.judge(r.accepted, r.drain_time);
     r.violations.extend(violations);
+    r.permissions = running.permissions().await?;
+    let _ = std::fs::write(running.log_dir.join("aws-calls.tsv"), running.aws.calls().table());
+    r.violations.extend(r.permissions.denied_lines());
     Ok(r)
 }
 
@@ -769,7 +878,7 @@ async fn submit_and_kill(running: &Running, options: &PipelineOptions, plan: &Pl
         return submission.await;
     }
     let (submission, ()) = tokio::join!(submission, async {
-        mid_batch(&running.payments_poller).await;
+        mid_batch(&running.pollers.payments).await;
         let processor = &running.functions["processor"];
         processor.kill().await;
         say(options, "processor SIGKILLed mid-batch; restarting it");
@@ -900,8 +1009,8 @@ async fn settle(
             &format!(
                 "t+{:>5.1}s  queued {depth}  batches {}  retried {}  charges {}  terminal {terminal}/{}",
                 started.elapsed().as_secs_f64(),
-                running.payments_poller.batches.load(Relaxed),
-                running.payments_poller.failed.load(Relaxed),
+                running.pollers.payments.batches.load(Relaxed),
+                running.pollers.payments.failed.load(Relaxed),
                 provider.charge_count,
                 submission.accepted.len(),
             ),
@@ -936,7 +1045,8 @@ async fn read_statuses(
     let reads = unsettled.into_iter().map(|(scope, key)| {
         let (client, url) = (client.clone(), format!("{}/{key}", running.intake_url()));
         async move {
-            let response = client.get(url).header("X-Local-Scope", &scope).send().await.ok()?;
+            let request = crate::caller::identified(client.get(url).build().ok()?, &scope);
+            let response = client.execute(request).await.ok()?;
             let view = response.json::<PaymentView>().await.ok()?;
             Some(((scope, key), view.status))
         }
@@ -946,8 +1056,23 @@ async fn read_statuses(
 }
 
 impl Running {
+    /// The AWS calls each function made so far, judged against the role the stack gives it.
+    pub async fn permissions(&self) -> Result<Permissions, PipelineError> {
+        let roles = crate::iam::role_grants(&self.sdk, &self.stack.name)
+            .await
+            .map_err(|e| PipelineError::Other(e.to_string()))?;
+        let calls = self.aws.calls().snapshot();
+        let distinct = calls.keys().cloned().collect();
+        Ok(Permissions { findings: crate::iam::check(&roles, &distinct), calls })
+    }
+
     async fn ledger(&self) -> Result<LedgerSnapshot, PipelineError> {
         self.read_ledger("").await
+    }
+
+    /// The provider's ledger, every charge included.
+    pub async fn simulator_ledger(&self) -> LedgerSnapshot {
+        self.ledger().await.unwrap_or_default()
     }
 
     /// The provider's counts without its charges, cheap to poll.
@@ -962,15 +1087,19 @@ impl Running {
         response.json().await.map_err(|e| PipelineError::Other(e.to_string()))
     }
 
-    /// Reconfigures the simulator at runtime (`PUT /_sim/config`), keeping the API key it checks.
+    /// Reconfigures the simulator at runtime, keeping the API key it checks.
     async fn configure_simulator(&self, config: &SimConfig) -> Result<(), PipelineError> {
-        let url = format!("{}/_sim/config", self.simulator.base_url());
-        let config = SimConfig { api_key: Some(self.provider_key.clone()), ..config.clone() };
-        let answer = reqwest::Client::new().put(url).json(&config).send().await;
-        match answer {
-            Ok(response) if response.status().is_success() => Ok(()),
-            other => Err(PipelineError::Other(format!("simulator config refused: {other:?}"))),
-        }
+        configure_simulator(&self.simulator.base_url(), &self.provider_key, config).await
+    }
+}
+
+/// Reconfigures the simulator at `base_url` at runtime (`PUT /_sim/config`), checking `api_key`.
+async fn configure_simulator(base_url: &str, api_key: &str, config: &SimConfig) -> Result<(), PipelineError> {
+    let config = SimConfig { api_key: Some(api_key.to_owned()), ..config.clone() };
+    let answer = reqwest::Client::new().put(format!("{base_url}/_sim/config")).json(&config).send().await;
+    match answer {
+        Ok(response) if response.status().is_success() => Ok(()),
+        other => Err(PipelineError::Other(format!("simulator config refused: {other:?}"))),
     }
 }
 
@@ -1034,7 +1163,7 @@ fn figures(
             paced_at: options.scenario.processor_pace(),
             seen: ledger.capacity.clone(),
         },
-        interrupted_invocations: running.payments_poller.invoke_errors.load(Relaxed),
+        interrupted_invocations: running.pollers.payments.invoke_errors.load(Relaxed),
         scenario: options.scenario.name(),
         given_up: m.by_dimension("processor", "GivenUp"),
         deferred: m.by_dimension("processor", "Deferred"),

@@ -57,6 +57,11 @@ impl Stack {
     pub fn provider_key_secret(&self) -> &str {
         self.output("ProviderApiKeySecretArn")
     }
+
+    /// The provider's API, as the stack was deployed with it (`ProviderBaseUrl`).
+    pub fn provider_base_url(&self) -> &str {
+        self.output("ProviderBaseUrl")
+    }
 }
 
 /// Why the stack could not be deployed.
@@ -96,8 +101,13 @@ pub fn packaged_template() -> Result<String, std::io::Error> {
         .join("\n"))
 }
 
-/// Creates stack `name` with the given parameter overrides (and `DeployFunctions=false`), waits
-/// for it, and returns its outputs. An existing stack of that name is reused as it is.
+/// The provider URL a local stack is deployed with when the caller names none: the template
+/// requires one, and nothing local calls it (`.invalid` never resolves, RFC 2606).
+pub const NO_PROVIDER: &str = "https://provider.example.invalid";
+
+/// Creates stack `name` with the given parameter overrides (and `DeployFunctions=false`, and
+/// [`NO_PROVIDER`] unless `ProviderBaseUrl` is given), waits for it, and returns its outputs. An
+/// existing stack of that name is reused as it is.
 pub async fn deploy(
     config: &aws_config::SdkConfig,
     name: &str,
@@ -113,7 +123,9 @@ pub async fn deploy(
             .capabilities(Capability::CapabilityIam)
             .capabilities(Capability::CapabilityAutoExpand)
             .parameters(Parameter::builder().parameter_key("DeployFunctions").parameter_value("false").build());
-        for (key, value) in overrides {
+        let provider = ("ProviderBaseUrl", NO_PROVIDER);
+        let defaults = (!overrides.iter().any(|(key, _)| *key == provider.0)).then_some(provider);
+        for (key, value) in overrides.iter().chain(defaults.iter()) {
             create = create.parameters(Parameter::builder().parameter_key(*key).parameter_value(*value).build());
         }
         create.send().await.map_err(|e| StackError::Api(format!("{e:?}")))?;

@@ -126,7 +126,9 @@ fn planned_payment(
     run: &str,
     rng: &mut StdRng,
 ) -> PlannedPayment {
-    const SCOPES: [&str; 2] = ["merchant-north", "merchant-south"];
+    // Callers as the deployed API knows them: two AWS accounts signing with SigV4 (the first's ID
+    // passes the Luhn check, as about one account in ten does) and a JWT authorizer's tenant.
+    const SCOPES: [&str; 3] = ["405608656907", "945807302157", "merchant-west"];
     const CURRENCIES: [&str; 4] = ["EUR", "USD", "GBP", "JPY"];
     let mut metadata = serde_json::Map::new();
     let method = if i < spec.dead_letters {
@@ -243,13 +245,11 @@ async fn post_until_answered(
 ) {
     for _ in 0..=MAX_503_RETRIES {
         let started = std::time::Instant::now();
-        let response = client
-            .post(url)
-            .header("Idempotency-Key", &payment.key)
-            .header("X-Local-Scope", &payment.scope)
-            .json(&body)
-            .send()
-            .await;
+        let request = client.post(url).header("Idempotency-Key", &payment.key).json(&body).build();
+        let response = match request {
+            Ok(request) => client.execute(crate::caller::identified(request, &payment.scope)).await,
+            Err(e) => Err(e),
+        };
         let mut result = result.lock().await;
         result.latencies_ms.push(started.elapsed().as_secs_f64() * 1000.0);
         let Ok(response) = response else {

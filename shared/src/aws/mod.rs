@@ -79,6 +79,12 @@ pub async fn load_config() -> SdkConfig {
 
 /// The same with explicit timeouts.
 pub async fn load_config_with(timeouts: SdkTimeouts) -> SdkConfig {
+    loader(timeouts).load().await
+}
+
+/// The standard loader with the pinned behaviour, the standard retry mode and `timeouts`, for a
+/// caller that sets more (an operator's tool choosing LocalStack or a profile).
+pub fn loader(timeouts: SdkTimeouts) -> aws_config::ConfigLoader {
     aws_config::defaults(behavior_version())
         .retry_config(RetryConfig::standard().with_max_attempts(timeouts.max_attempts))
         .timeout_config(
@@ -88,8 +94,6 @@ pub async fn load_config_with(timeouts: SdkTimeouts) -> SdkConfig {
                 .operation_timeout(timeouts.operation)
                 .build(),
         )
-        .load()
-        .await
 }
 
 #[cfg(test)]

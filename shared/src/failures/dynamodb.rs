@@ -5,7 +5,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 
 use super::record::{
-    FailureKind, FailureRecord, FailureState, FailureStore, FailureStoreError, Recorded, payment_partition,
+    FailureKind, FailureRecord, FailureState, FailureStore, FailureStoreError, Recorded, Redrive, payment_partition,
 };
 use crate::aws::errors::{refused, sort_error};
 use crate::idempotency::dynamodb::Item;
@@ -44,6 +44,9 @@ fn to_item(record: &FailureRecord) -> Item {
         item.insert("idempotency_key".into(), s(key.as_str()));
     }
     item.insert("body".into(), s(&record.body));
+    if let Some(message) = &record.accepted_message {
+        item.insert("accepted_message".into(), s(message));
+    }
     item.insert("receive_count".into(), n(i64::from(record.receive_count)));
     if let Some(at) = record.first_attempt_at_ms {
         item.insert("first_attempt_at".into(), n(at));
@@ -67,6 +70,10 @@ fn to_item(record: &FailureRecord) -> Item {
             item.insert("resolved_at".into(), n(*at_ms));
             item.insert("resolution".into(), s(note));
         }
+    }
+    if let Some(redrive) = &record.redriven {
+        item.insert("redriven_at".into(), n(redrive.at_ms));
+        item.insert("redriven_as".into(), s(&redrive.message_id));
     }
     item
 }
@@ -94,6 +101,7 @@ fn from_item(item: &Item) -> Result<FailureRecord, FailureStoreError> {
         scope: text("scope").and_then(|v| Scope::new(&v).ok()),
         idempotency_key: text("idempotency_key").and_then(|v| IdempotencyKey::new(&v).ok()),
         body: text("body").ok_or_else(|| malformed("no body"))?,
+        accepted_message: text("accepted_message"),
         receive_count: number("receive_count").and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
         first_attempt_at_ms: number("first_attempt_at"),
         last_attempt_at_ms: number("last_attempt_at"),
@@ -103,6 +111,8 @@ fn from_item(item: &Item) -> Result<FailureRecord, FailureStoreError> {
         recorded_at_ms: number("recorded_at").ok_or_else(|| malformed("no recorded_at"))?,
         kind,
         state,
+        redriven: number("redriven_at")
+            .map(|at_ms| Redrive { at_ms, message_id: text("redriven_as").unwrap_or_default() }),
         partition,
         message_id,
     })
@@ -175,6 +185,33 @@ impl FailureStore for DynamoDbFailureStore {
         }
         records.sort_by_key(|r| r.recorded_at_ms);
         Ok(records)
+    }
+
+    async fn note_redrive(
+        &self,
+        partition: &str,
+        message_id: &str,
+        redrive: &Redrive,
+    ) -> Result<bool, FailureStoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(partition))
+            .key("sk", s(message_id))
+            .update_expression("SET redriven_at = :at, redriven_as = :as")
+            .condition_expression("#state = :open")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":open", s("OPEN"))
+            .expression_attribute_values(":at", n(redrive.at_ms))
+            .expression_attribute_values(":as", s(&redrive.message_id))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if refused(&e).is_some() => Ok(false),
+            Err(e) => Err(error(&e)),
+        }
     }
 
     async fn resolve(

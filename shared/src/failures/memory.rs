@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::record::{FailureRecord, FailureState, FailureStore, FailureStoreError, Recorded, payment_partition};
+use super::record::{
+    FailureRecord, FailureState, FailureStore, FailureStoreError, Recorded, Redrive, payment_partition,
+};
 use crate::idempotency::{IdempotencyKey, Scope};
 
 /// Records in a map; clones share it.
@@ -40,6 +42,22 @@ impl FailureStore for InMemoryFailureStore {
 
     async fn list(&self, open_only: bool) -> Result<Vec<FailureRecord>, FailureStoreError> {
         Ok(self.lock().values().filter(|r| !open_only || r.state == FailureState::Open).cloned().collect())
+    }
+
+    async fn note_redrive(
+        &self,
+        partition: &str,
+        message_id: &str,
+        redrive: &Redrive,
+    ) -> Result<bool, FailureStoreError> {
+        let mut records = self.lock();
+        match records.get_mut(&(partition.to_owned(), message_id.to_owned())) {
+            Some(record) if record.state == FailureState::Open => {
+                record.redriven = Some(redrive.clone());
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn resolve(

@@ -8,7 +8,7 @@ pub mod redrive;
 
 pub use record::{
     FailedMessage, FailureKind, FailureRecord, FailureState, FailureStore, FailureStoreError, MAX_STORED_BODY_BYTES,
-    MAX_STORED_ERROR_BYTES, Recorded, failure_partition, payment_partition, stored_body, stored_error,
+    MAX_STORED_ERROR_BYTES, Recorded, Redrive, failure_partition, payment_partition, stored_body, stored_error,
 };
 
 use crate::idempotency::{IdempotencyKey, Scope};

@@ -3,7 +3,7 @@
 use std::future::Future;
 
 use crate::idempotency::{IdempotencyKey, Scope};
-use crate::payment::KeyHint;
+use crate::payment::{KeyHint, PaymentMessage};
 
 /// Why the message ended here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,10 +58,14 @@ pub struct FailureRecord {
     pub scope: Option<Scope>,
     /// The idempotency key, when the body named one.
     pub idempotency_key: Option<IdempotencyKey>,
-    /// The original body, byte for byte. SQS message bodies are Unicode text by definition (the
-    /// API refuses anything else), so no body needs a binary encoding here; a body that is not
-    /// JSON, or not a payment, is kept raw as it arrived.
+    /// The body for people to read: card data redacted (every run of 12 or more digits, an
+    /// account ID used as the scope included), at most [`MAX_STORED_BODY_BYTES`]. Never sent
+    /// anywhere: see `accepted_message`.
     pub body: String,
+    /// The body exactly as it arrived, kept only when it is a valid payment message (which
+    /// passed the envelope's card-data checks): what a redrive sends, so that the payment is
+    /// found under its own record key, provider key and payload hash.
+    pub accepted_message: Option<String>,
     /// ApproximateReceiveCount when recorded.
     pub receive_count: u32,
     /// First processing attempt (epoch ms), from the idempotency record when there is one.
@@ -80,6 +84,19 @@ pub struct FailureRecord {
     pub kind: FailureKind,
     /// Open or resolved.
     pub state: FailureState,
+    /// The latest redrive of this record, while it is open: its payment was sent again and is
+    /// being processed, so the record no longer makes it show DEAD_LETTERED; the record is
+    /// resolved when the payment reaches a terminal state.
+    pub redriven: Option<Redrive>,
+}
+
+/// An operator's redrive of a failure record: when, and as which new message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redrive {
+    /// When (epoch ms).
+    pub at_ms: i64,
+    /// The id of the message the payment was sent again as.
+    pub message_id: String,
 }
 
 /// The SQS message a failure record is about, as both writers know it: the processor (a poison
@@ -108,6 +125,7 @@ impl FailureRecord {
             scope: message.hint.map(|h| h.scope.clone()),
             idempotency_key: message.hint.map(|h| h.idempotency_key.clone()),
             body: stored_body(message.body),
+            accepted_message: PaymentMessage::parse(message.body).is_ok().then(|| message.body.to_owned()),
             receive_count: message.receive_count,
             first_attempt_at_ms: None,
             last_attempt_at_ms: None,
@@ -117,7 +135,13 @@ impl FailureRecord {
             recorded_at_ms: now_ms,
             kind,
             state: FailureState::Open,
+            redriven: None,
         }
+    }
+
+    /// Whether the record still makes its payment show DEAD_LETTERED: open, and not redriven.
+    pub fn holds_the_payment(&self) -> bool {
+        self.state == FailureState::Open && self.redriven.is_none()
     }
 }
 
@@ -214,6 +238,15 @@ pub trait FailureStore: Send + Sync {
 
     /// Every record, optionally only the open ones (an operator's listing; scans the table).
     fn list(&self, open_only: bool) -> impl Future<Output = Result<Vec<FailureRecord>, FailureStoreError>> + Send;
+
+    /// Notes that an open record's payment was redriven (it stays open until the payment
+    /// settles); `false` if it was not open.
+    fn note_redrive(
+        &self,
+        partition: &str,
+        message_id: &str,
+        redrive: &Redrive,
+    ) -> impl Future<Output = Result<bool, FailureStoreError>> + Send;
 
     /// Marks an open record resolved; `false` if it was not open.
     fn resolve(

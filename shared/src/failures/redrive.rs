@@ -1,20 +1,35 @@
-//! What an operator does with failures: redrive one record (re-enqueue its original body, whose
-//! idempotency key makes a second execution impossible), redrive every open record, move
+//! What an operator does with failures: redrive one record, redrive every open record, move
 //! whatever is still in the dead-letter queue back (SQS StartMessageMoveTask), or mark a record
 //! resolved. Bulk actions take a dry-run flag; the CLI defaults it to on.
+//!
+//! **A redrive sends exactly what was accepted**: the message the intake enqueued, as the failure
+//! record kept it (`accepted_message`, only for a valid payment message) or as the intake's record
+//! keeps it (`input`), never the failure record's body (which is redacted for people to read:
+//! every run of 12 or more digits, an AWS account ID used as the scope included, is
+//! `[redacted]`). So the redriven message has the payment's record key, provider idempotency key
+//! and payload hash, and finds the payment's own records.
 //!
 //! A redrive asks the provider first. Charged: the payment is completed with that charge and
 //! nothing is re-sent. Not charged: re-sent. Unknown: re-sent only while the provider still
 //! remembers the idempotency key (its key window, from the payment's acceptance), since past it
 //! a re-send of a charged payment would be a second charge; otherwise refused with the reason.
+//! The provider refusing the API key stops the redrive: nothing can be known until it is fixed.
+//!
+//! A re-sent payment carries a [`RedriveGrant`] (a fresh retry budget), and its failure record
+//! stays open, marked redriven, until the payment reaches a terminal state: the processor
+//! resolves it then (the payment shows PROCESSING meanwhile, DEAD_LETTERED again if it dies
+//! again).
 
 use std::time::Duration;
 
-use super::record::{FailureKind, FailureRecord, FailureState, FailureStore, FailureStoreError};
+use super::record::{FailureKind, FailureRecord, FailureState, FailureStore, FailureStoreError, Redrive};
 use crate::aws::errors::classify;
 use crate::clock::epoch_ms;
-use crate::idempotency::IdempotencyStore;
-use crate::payment::{OutcomeResolver, PaymentGateway, PaymentMessage, Resolution};
+use crate::idempotency::{IdempotencyStore, StoreError};
+use crate::payment::{
+    EnqueueError, OutcomeResolver, PaymentGateway, PaymentMessage, PaymentQueue, RedriveGrant, Resolution, intake_key,
+    process_key,
+};
 
 /// Why an operator action failed.
 #[derive(Debug, thiserror::Error)]
@@ -33,9 +48,26 @@ pub enum RedriveError {
     /// A poison message would fail the same way again; redrive it only with `force`.
     #[error("failure record {0} is a poison message: it cannot succeed as it is (use force to send it anyway)")]
     Poison(String),
+    /// The record names no payment (its body could not be read that far): nothing to send.
+    #[error("failure record {0} names no payment: there is nothing the intake accepted to send again")]
+    NotAPayment(String),
+    /// The intake's record of the payment, or the message it keeps, is gone (expired, or
+    /// accepted before the intake kept it): the exact message cannot be sent, and a redacted
+    /// body is never sent in its place.
+    #[error(
+        "failure record {0}: the intake's record no longer holds the message it accepted; ask the client to \
+         submit the payment again with the same key, then resolve this record"
+    )]
+    NoAcceptedMessage(String),
     /// The failure store.
     #[error(transparent)]
     Store(#[from] FailureStoreError),
+    /// The idempotency records.
+    #[error("idempotency records: {0}")]
+    Records(#[from] StoreError),
+    /// Sending to the payments queue.
+    #[error(transparent)]
+    Enqueue(#[from] EnqueueError),
     /// SQS.
     #[error("SQS: {0}")]
     Sqs(String),
@@ -53,6 +85,14 @@ pub enum RedriveError {
         /// The key window assumed.
         window_hours: u64,
     },
+    /// The provider refused the API key the redrive asked with: nothing is known of the payment.
+    #[error("failure record {record}: {detail}; nothing was re-sent")]
+    ProviderRefusedKey {
+        /// The record.
+        record: String,
+        /// The provider's refusal.
+        detail: String,
+    },
 }
 
 /// What a redrive did (or, in a dry run, would do).
@@ -68,29 +108,31 @@ pub struct Redriven {
     pub found_charge: Option<String>,
 }
 
-/// Operator actions over the failures table and the queues.
-pub struct Redriver<F, S, G> {
-    /// The failure store.
-    pub failures: F,
-    /// Asks the provider before anything is re-sent.
-    pub resolver: OutcomeResolver<S, G>,
-    /// How long the provider remembers an idempotency key (Stripe: at least 24 hours).
-    pub key_window: Duration,
-    /// SQS.
-    pub sqs: aws_sdk_sqs::Client,
-    /// The payments queue (where redriven bodies go).
-    pub queue_url: String,
-    /// The payments queue's ARN (destination of a DLQ move).
-    pub queue_arn: String,
-    /// The dead-letter queue's ARN (source of a DLQ move).
-    pub dlq_arn: String,
+/// Operator actions over the failure records, the payments' records and the payments queue.
+pub struct Redriver<F, S, G, Q> {
+    failures: F,
+    resolver: OutcomeResolver<S, G>,
+    queue: Q,
+    key_window: Duration,
 }
 
-impl<F: FailureStore, S: IdempotencyStore, G: PaymentGateway> Redriver<F, S, G> {
-    /// Re-enqueues one record's original body, then marks the record resolved, unless the
-    /// provider turns out to hold the payment's charge (see the module). Sending first means a
-    /// crash in between leaves the record open and a second redrive harmless (the processor
-    /// deduplicates by key); the reverse order could lose the payment.
+impl<F: FailureStore, S: IdempotencyStore, G: PaymentGateway, Q: PaymentQueue> Redriver<F, S, G, Q> {
+    /// Over the failure records, the provider (asked through `resolver`, whose idempotency guard
+    /// reads the payments' records), the payments `queue`, and the provider's `key_window` (how
+    /// long it remembers an idempotency key; Stripe: at least 24 hours).
+    pub fn new(failures: F, resolver: OutcomeResolver<S, G>, queue: Q, key_window: Duration) -> Self {
+        Self { failures, resolver, queue, key_window }
+    }
+
+    /// The failure records.
+    pub fn failures(&self) -> &F {
+        &self.failures
+    }
+
+    /// Sends one record's payment again, as the intake accepted it, unless the provider turns out
+    /// to hold its charge (see the module). Sending first and noting the redrive after means a
+    /// crash in between leaves the record as it was and a second redrive harmless (the processor
+    /// deduplicates by key).
     pub async fn redrive_record(
         &self,
         partition: &str,
@@ -102,30 +144,64 @@ impl<F: FailureStore, S: IdempotencyStore, G: PaymentGateway> Redriver<F, S, G> 
             partition: partition.to_owned(),
             message_id: message_id.to_owned(),
         })?;
-        self.check(&record, force)?;
+        check(&record, force)?;
+        let accepted = self.accepted_message(&record).await?;
         let done = |new_message_id, found_charge| Redriven {
             partition: partition.to_owned(),
             message_id: message_id.to_owned(),
             new_message_id,
             found_charge,
         };
-        if let Some(charge_id) = self.charged_already(&record, now_ms).await? {
+        if let Some(charge_id) = self.charged_already(&record, &accepted, now_ms).await? {
             let note = format!("resolved: charged ({charge_id}); the payment is completed with it, not re-sent");
             self.failures.resolve(partition, message_id, &note, now_ms).await?;
             return Ok(done(None, Some(charge_id)));
         }
-        let new_message_id = self.send(&record).await?;
-        self.failures.resolve(partition, message_id, &format!("redriven as message {new_message_id}"), now_ms).await?;
+        let spent = self.resolver.idempotency().get(&process_key(&accepted.scope, &accepted.idempotency_key)).await?;
+        let grant = RedriveGrant { redriven_at_ms: now_ms, attempts_before: spent.map_or(0, |r| r.attempts) };
+        let new_message_id = self.queue.redrive(&accepted, &grant).await?;
+        let redrive = Redrive { at_ms: now_ms, message_id: new_message_id.clone() };
+        self.failures.note_redrive(partition, message_id, &redrive).await?;
         Ok(done(Some(new_message_id), None))
     }
 
-    /// The charge the provider holds for the record's payment, if any; an error when it cannot
-    /// say and a re-send would no longer be covered by its key window.
-    async fn charged_already(&self, record: &FailureRecord, now_ms: i64) -> Result<Option<String>, RedriveError> {
-        let Ok(payment) = PaymentMessage::parse(&record.body) else { return Ok(None) };
-        match self.resolver.resolve(&payment).await {
+    /// The message the intake accepted for the record's payment: the exact copy the record kept
+    /// (a valid payment message), else the one the intake's record keeps.
+    async fn accepted_message(&self, record: &FailureRecord) -> Result<PaymentMessage, RedriveError> {
+        let (Some(scope), Some(key)) = (&record.scope, &record.idempotency_key) else {
+            return Err(RedriveError::NotAPayment(name(record)));
+        };
+        let input = match &record.accepted_message {
+            Some(kept) => kept.clone(),
+            None => {
+                let intake = self.resolver.idempotency().get(&intake_key(scope, key)).await?;
+                intake.and_then(|r| r.input).ok_or_else(|| RedriveError::NoAcceptedMessage(name(record)))?
+            }
+        };
+        let message = PaymentMessage::parse(&input).map_err(|e| {
+            RedriveError::Records(StoreError::Malformed {
+                key: intake_key(scope, key).partition_key(),
+                reason: format!("the accepted message does not parse: {e}"),
+            })
+        })?;
+        if (&message.scope, &message.idempotency_key) != (scope, key) {
+            return Err(RedriveError::NotAPayment(name(record)));
+        }
+        Ok(message)
+    }
+
+    /// The charge the provider holds for the payment, if any; an error when it cannot say and a
+    /// re-send would no longer be covered by its key window, or when it refuses the API key.
+    async fn charged_already(
+        &self,
+        record: &FailureRecord,
+        payment: &PaymentMessage,
+        now_ms: i64,
+    ) -> Result<Option<String>, RedriveError> {
+        match self.resolver.resolve(payment).await {
             Resolution::Charged(charge_id) => Ok(Some(charge_id)),
             Resolution::NotCharged => Ok(None),
+            Resolution::KeyRefused(detail) => Err(RedriveError::ProviderRefusedKey { record: name(record), detail }),
             Resolution::Unknown(detail) => {
                 let accepted = humantime::parse_rfc3339(&payment.created_at).map(epoch_ms).unwrap_or(0);
                 let age = Duration::from_millis(u64::try_from(now_ms - accepted).unwrap_or(0));
@@ -133,7 +209,7 @@ impl<F: FailureStore, S: IdempotencyStore, G: PaymentGateway> Redriver<F, S, G> 
                     return Ok(None);
                 }
                 Err(RedriveError::OutcomeUnknown {
-                    record: format!("{} / {}", record.partition, record.message_id),
+                    record: name(record),
                     detail,
                     window_hours: self.key_window.as_secs() / 3600,
                 })
@@ -141,10 +217,16 @@ impl<F: FailureStore, S: IdempotencyStore, G: PaymentGateway> Redriver<F, S, G> 
         }
     }
 
-    /// Redrives every open dead-letter record (poison records are left for an operator to judge).
+    /// Redrives every open dead-letter record not redriven yet (poison records are left for an
+    /// operator to judge).
     pub async fn redrive_open(&self, dry_run: bool, now_ms: i64) -> Result<Vec<Redriven>, RedriveError> {
-        let open: Vec<FailureRecord> =
-            self.failures.list(true).await?.into_iter().filter(|r| r.kind == FailureKind::DeadLetter).collect();
+        let open: Vec<FailureRecord> = self
+            .failures
+            .list(true)
+            .await?
+            .into_iter()
+            .filter(|r| r.kind == FailureKind::DeadLetter && r.redriven.is_none())
+            .collect();
         let mut done = Vec::with_capacity(open.len());
         for record in open {
             if dry_run {
@@ -159,47 +241,6 @@ impl<F: FailureStore, S: IdempotencyStore, G: PaymentGateway> Redriver<F, S, G> 
             }
         }
         Ok(done)
-    }
-
-    /// Moves whatever is still in the dead-letter queue back to the payments queue (messages the
-    /// DLQ consumer has not recorded yet, e.g. while it was disabled). Returns the number of
-    /// messages in the DLQ and, unless a dry run, the move task's handle.
-    pub async fn move_dlq(&self, dry_run: bool) -> Result<(u64, Option<String>), RedriveError> {
-        let dlq_url = self
-            .sqs
-            .get_queue_url()
-            .queue_name(self.dlq_arn.rsplit(':').next().unwrap_or_default())
-            .send()
-            .await
-            .map_err(|e| RedriveError::Sqs(classify(&e).description))?
-            .queue_url()
-            .unwrap_or_default()
-            .to_owned();
-        let attributes = self
-            .sqs
-            .get_queue_attributes()
-            .queue_url(dlq_url)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
-            .send()
-            .await
-            .map_err(|e| RedriveError::Sqs(classify(&e).description))?;
-        let waiting = attributes
-            .attributes()
-            .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        if dry_run || waiting == 0 {
-            return Ok((waiting, None));
-        }
-        let task = self
-            .sqs
-            .start_message_move_task()
-            .source_arn(&self.dlq_arn)
-            .destination_arn(&self.queue_arn)
-            .send()
-            .await
-            .map_err(|e| RedriveError::Sqs(classify(&e).description))?;
-        Ok((waiting, task.task_handle().map(str::to_owned)))
     }
 
     /// Marks a record resolved without redriving it (the operator settled it another way).
@@ -218,27 +259,75 @@ impl<F: FailureStore, S: IdempotencyStore, G: PaymentGateway> Redriver<F, S, G> 
             Some(_) => Err(RedriveError::AlreadyResolved(format!("{partition} / {message_id}"))),
         }
     }
+}
 
-    fn check(&self, record: &FailureRecord, force: bool) -> Result<(), RedriveError> {
-        let name = format!("{} / {}", record.partition, record.message_id);
-        if record.state != FailureState::Open {
-            return Err(RedriveError::AlreadyResolved(name));
-        }
-        if record.kind == FailureKind::Poison && !force {
-            return Err(RedriveError::Poison(name));
-        }
-        Ok(())
+/// `partition / message id`, as errors name a record.
+fn name(record: &FailureRecord) -> String {
+    format!("{} / {}", record.partition, record.message_id)
+}
+
+/// Only an open record is redriven, and a poison one only when forced.
+fn check(record: &FailureRecord, force: bool) -> Result<(), RedriveError> {
+    if record.state != FailureState::Open {
+        return Err(RedriveError::AlreadyResolved(name(record)));
+    }
+    if record.kind == FailureKind::Poison && !force {
+        return Err(RedriveError::Poison(name(record)));
+    }
+    Ok(())
+}
+
+/// Moves whatever is still in the dead-letter queue back to the payments queue (messages the
+/// DLQ consumer has not recorded yet, e.g. while it was disabled): SQS moves the messages
+/// themselves, byte for byte.
+pub struct DeadLetterMove {
+    sqs: aws_sdk_sqs::Client,
+    queue_arn: String,
+    dlq_arn: String,
+}
+
+impl DeadLetterMove {
+    /// From the dead-letter queue `dlq_arn` back to the payments queue `queue_arn`.
+    pub fn new(sqs: aws_sdk_sqs::Client, queue_arn: impl Into<String>, dlq_arn: impl Into<String>) -> Self {
+        Self { sqs, queue_arn: queue_arn.into(), dlq_arn: dlq_arn.into() }
     }
 
-    async fn send(&self, record: &FailureRecord) -> Result<String, RedriveError> {
-        let sent = self
+    /// The number of messages in the DLQ and, unless a dry run (or none waits), the move task's
+    /// handle.
+    pub async fn run(&self, dry_run: bool) -> Result<(u64, Option<String>), RedriveError> {
+        let sqs_error = |e: String| RedriveError::Sqs(e);
+        let dlq_url = self
             .sqs
-            .send_message()
-            .queue_url(&self.queue_url)
-            .message_body(&record.body)
+            .get_queue_url()
+            .queue_name(self.dlq_arn.rsplit(':').next().unwrap_or_default())
             .send()
             .await
-            .map_err(|e| RedriveError::Sqs(classify(&e).description))?;
-        Ok(sent.message_id().unwrap_or_default().to_owned())
+            .map_err(|e| sqs_error(classify(&e).description))?
+            .queue_url()
+            .unwrap_or_default()
+            .to_owned();
+        let waiting_attribute = aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages;
+        let attributes = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(dlq_url)
+            .attribute_names(waiting_attribute.clone())
+            .send()
+            .await
+            .map_err(|e| sqs_error(classify(&e).description))?;
+        let waiting =
+            attributes.attributes().and_then(|a| a.get(&waiting_attribute)).and_then(|n| n.parse().ok()).unwrap_or(0);
+        if dry_run || waiting == 0 {
+            return Ok((waiting, None));
+        }
+        let task = self
+            .sqs
+            .start_message_move_task()
+            .source_arn(&self.dlq_arn)
+            .destination_arn(&self.queue_arn)
+            .send()
+            .await
+            .map_err(|e| sqs_error(classify(&e).description))?;
+        Ok((waiting, task.task_handle().map(str::to_owned)))
     }
 }

@@ -149,14 +149,30 @@ impl DynamoDbStore {
         }
     }
 
-    /// Replaces a record that is past its TTL with a fresh claim (attempt 1, no history).
+    /// Replaces a record that is past its TTL with a fresh claim (attempt 1, no history): one
+    /// `UpdateItem` that sets every attribute of the fresh record and removes every other, so
+    /// the functions need no `PutItem` on the table (only the breaker's writer does).
     async fn replace_expired(&self, request: &ClaimRequest, pk: &str) -> Result<ClaimRound, StoreError> {
         let fresh = super::protocol::claimed_record(None, ClaimDecision::Create, request);
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(attributes::item_from_record(&fresh)))
+        let item = attributes::item_from_record(&fresh);
+        let mut update = self.client.update_item().table_name(&self.table).key("pk", s(pk));
+        let (mut set, mut remove) = (Vec::new(), Vec::new());
+        for (i, name) in attributes::RECORD_ATTRIBUTES.iter().enumerate() {
+            update = update.expression_attribute_names(format!("#a{i}"), *name);
+            match item.get(*name) {
+                Some(value) => {
+                    set.push(format!("#a{i} = :a{i}"));
+                    update = update.expression_attribute_values(format!(":a{i}"), value.clone());
+                }
+                None => remove.push(format!("#a{i}")),
+            }
+        }
+        let mut expression = format!("SET {}", set.join(", "));
+        if !remove.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
+        }
+        let result = update
+            .update_expression(expression)
             .condition_expression(REPLACE_CONDITION)
             .expression_attribute_values(":now_s", n(now_s(request.now_ms)))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)

@@ -144,15 +144,21 @@ pub enum Lookup {
     NotCharged,
     /// No answer to trust: unreachable, failing, a request still in flight, or no way to ask.
     Unknown(String),
+    /// The provider refused the API key (401, after the key store was asked again): nothing is
+    /// known, and nothing will be until the key is fixed. Never read as "unknown" by a caller
+    /// that would act on an unknown outcome (a redrive re-sends one inside the key window).
+    KeyRefused(String),
 }
 
 impl Lookup {
-    /// `charged`, `not_charged` or `unknown`: for metrics, logs and failure records.
+    /// `charged`, `not_charged`, `unknown` or `key_refused`: for metrics, logs and failure
+    /// records.
     pub fn label(&self) -> &'static str {
         match self {
             Self::Charged(_) => "charged",
             Self::NotCharged => "not_charged",
             Self::Unknown(_) => "unknown",
+            Self::KeyRefused(_) => "key_refused",
         }
     }
 }

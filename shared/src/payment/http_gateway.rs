@@ -200,17 +200,22 @@ impl PaymentGateway for HttpGateway {
 }
 
 impl HttpGateway {
-    /// `GET {base}/v1/charges?{field}={value}`: the charges listed, or why there is no answer.
-    async fn list(&self, field: &str, value: &str) -> Result<Vec<Charge>, String> {
+    /// `GET {base}/v1/charges?{field}={value}`: the charges listed, or why there is no answer
+    /// ([`Lookup::Unknown`] or [`Lookup::KeyRefused`]).
+    async fn list(&self, field: &str, value: &str) -> Result<Vec<Charge>, Lookup> {
         let answer = self.call(|| self.client.get(&self.charges_url).query(&[(field, value)])).await;
-        let answer = answer.map_err(|e| e.to_string())?;
-        if !answer.status.is_success() {
-            // 409: a request with this key is still in flight; 5xx, 429: no answer to trust;
-            // 401: the key is wrong (the charge path fails the payment for it, with its alarm).
-            return Err(format!("lookup answered {}", answer.status));
+        let answer = answer.map_err(|e| Lookup::Unknown(e.to_string()))?;
+        if answer.status == StatusCode::UNAUTHORIZED {
+            return Err(Lookup::KeyRefused(
+                "the provider refused the API key: check the key in the provider key secret".into(),
+            ));
         }
-        let list: ChargeList =
-            serde_json::from_slice(&answer.body).map_err(|e| format!("unreadable lookup answer: {e}"))?;
+        if !answer.status.is_success() {
+            // 409: a request with this key is still in flight; 5xx, 429: no answer to trust.
+            return Err(Lookup::Unknown(format!("lookup answered {}", answer.status)));
+        }
+        let list: ChargeList = serde_json::from_slice(&answer.body)
+            .map_err(|e| Lookup::Unknown(format!("unreadable lookup answer: {e}")))?;
         Ok(list.data.into_iter().map(Charge::from).collect())
     }
 }
@@ -221,7 +226,7 @@ async fn lookup_by_key_then_reference(gateway: &HttpGateway, request: &ChargeLoo
     match gateway.list("idempotency_key", &request.idempotency_key).await {
         Ok(found) if !found.is_empty() => return Lookup::Charged(found[0].clone()),
         Ok(_) => {}
-        Err(e) => return Lookup::Unknown(e),
+        Err(no_answer) => return no_answer,
     }
     match gateway.list("merchant_reference", request.merchant_reference.as_str()).await {
         Ok(found) => {
@@ -235,7 +240,7 @@ async fn lookup_by_key_then_reference(gateway: &HttpGateway, request: &ChargeLoo
                 _ => Lookup::Unknown(format!("{} charges match the merchant reference", same.len())),
             }
         }
-        Err(e) => Lookup::Unknown(e),
+        Err(no_answer) => no_answer,
     }
 }
 

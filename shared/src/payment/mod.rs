@@ -16,7 +16,7 @@ pub use acceptance::{acceptance, status_path};
 pub use envelope::{EnvelopeError, KeyHint, PaymentMessage};
 pub use gateway::{Charge, ChargeLookup, ChargeRequest, GatewayError, Lookup, PaymentGateway, RetryableKind};
 pub use money::{Currency, MinorUnits};
-pub use queue::{EnqueueError, PaymentQueue};
+pub use queue::{EnqueueError, PaymentQueue, RedriveGrant};
 pub use request::{MerchantReference, Metadata, PaymentMethodToken, PaymentRequest};
 pub use resolve::{OutcomeResolver, Resolution};
 pub use status::{

@@ -18,15 +18,18 @@ pub enum Resolution {
     /// No answer to trust (provider unreachable, a request still in flight, no lookup offered),
     /// or the payment's record is busy: decide nothing final now.
     Unknown(String),
+    /// The provider refused the API key: decide nothing, and say the key is wrong.
+    KeyRefused(String),
 }
 
 impl Resolution {
-    /// `charged`, `not_charged` or `unknown`.
+    /// `charged`, `not_charged`, `unknown` or `key_refused`.
     pub fn label(&self) -> &'static str {
         match self {
             Self::Charged(_) => "charged",
             Self::NotCharged => "not_charged",
             Self::Unknown(_) => "unknown",
+            Self::KeyRefused(_) => "key_refused",
         }
     }
 }
@@ -62,6 +65,7 @@ impl<S: IdempotencyStore, G: PaymentGateway> OutcomeResolver<S, G> {
             Lookup::Charged(charge) => charge,
             Lookup::NotCharged => return Resolution::NotCharged,
             Lookup::Unknown(detail) => return Resolution::Unknown(detail),
+            Lookup::KeyRefused(detail) => return Resolution::KeyRefused(detail),
         };
         let key = process_key(&payment.scope, &payment.idempotency_key);
         let hash = match PayloadHash::of(&payment.payment) {

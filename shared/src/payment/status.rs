@@ -4,7 +4,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::clock::rfc3339_ms;
-use crate::failures::{FailureRecord, FailureState};
+use crate::failures::FailureRecord;
 use crate::idempotency::{IdempotencyKey, IdempotencyRecord, Operation, RecordKey, RecordStatus, Scope};
 
 /// The intake's operation name.
@@ -85,7 +85,7 @@ pub fn derive_view(
     failures: &[FailureRecord],
 ) -> Option<PaymentView> {
     let intake = intake?;
-    let open_failure = failures.iter().filter(|f| f.state == FailureState::Open).max_by_key(|f| f.recorded_at_ms);
+    let open_failure = failures.iter().filter(|f| f.holds_the_payment()).max_by_key(|f| f.recorded_at_ms);
     let mut view = PaymentView {
         idempotency_key: key.as_str().to_owned(),
         status: PaymentStatus::Received,
@@ -125,7 +125,7 @@ pub fn derive_view(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::failures::FailureKind;
+    use crate::failures::{FailureKind, FailureState};
     use crate::idempotency::{OwnerToken, PayloadHash, StoredFailure};
 
     fn record(status: RecordStatus) -> IdempotencyRecord {
@@ -154,6 +154,7 @@ mod tests {
             scope: None,
             idempotency_key: None,
             body: "{}".into(),
+            accepted_message: None,
             receive_count: 5,
             first_attempt_at_ms: None,
             last_attempt_at_ms: None,
@@ -163,6 +164,7 @@ mod tests {
             recorded_at_ms: 3_000,
             kind: FailureKind::DeadLetter,
             state,
+            redriven: None,
         }
     }
 
@@ -186,6 +188,20 @@ mod tests {
         );
         let resolved = failure(FailureState::Resolved { at_ms: 4_000, note: "redriven".into() });
         assert_eq!(status(Some(RecordStatus::InProgress), &[resolved]), Some(PaymentStatus::Processing));
+        // Redriven and not settled yet: being processed again, no longer dead.
+        let redriven = FailureRecord {
+            redriven: Some(crate::failures::Redrive { at_ms: 4_000, message_id: "m2".into() }),
+            ..failure(FailureState::Open)
+        };
+        assert_eq!(
+            status(Some(RecordStatus::InProgress), std::slice::from_ref(&redriven)),
+            Some(PaymentStatus::Processing)
+        );
+        // Dead-lettered again after the redrive: a new open record.
+        assert_eq!(
+            status(Some(RecordStatus::InProgress), &[redriven, failure(FailureState::Open)]),
+            Some(PaymentStatus::DeadLettered)
+        );
         // A settled payment stays settled even if a stray copy was dead-lettered.
         assert_eq!(
             status(Some(RecordStatus::Completed), &[failure(FailureState::Open)]),

@@ -54,3 +54,4 @@ fn uuid_like() -> String {
 
 pub mod http;
 pub mod pipeline;
+pub mod rare_paths;

@@ -175,36 +175,11 @@ pub fn dlq_consumer(stack: &Stack, sdk: &aws_config::SdkConfig, provider_url: &s
     dlq_consumer::build(&config, sdk).expect("provider client")
 }
 
-/// The operator's redrive tool over `stack`.
-pub fn redriver(
-    stack: &Stack,
-    sdk: &aws_config::SdkConfig,
-    provider_url: &str,
-) -> payments_core::failures::redrive::Redriver<
-    payments_core::failures::dynamodb::DynamoDbFailureStore,
-    payments_core::idempotency::dynamodb::DynamoDbStore,
-    payments_core::payment::http_gateway::HttpGateway,
-> {
-    let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
-    let records = payments_core::idempotency::dynamodb::DynamoDbStore::new(dynamodb.clone(), stack.idempotency_table());
-    let provider = payments_core::payment::http_gateway::HttpGatewayConfig {
-        base_url: provider_url.to_owned(),
-        connect_timeout: Duration::from_millis(300),
-        total_timeout: Duration::from_millis(800),
-        allow_plain_http: true,
-    };
-    payments_core::failures::redrive::Redriver {
-        failures: payments_core::failures::dynamodb::DynamoDbFailureStore::new(dynamodb, stack.failures_table()),
-        resolver: payments_core::payment::OutcomeResolver::new(
-            payments_core::idempotency::Idempotency::new(records, Default::default()),
-            payments_core::payment::http_gateway::HttpGateway::new(&provider).expect("provider client"),
-        ),
-        key_window: Duration::from_secs(24 * 3600),
-        sqs: aws_sdk_sqs::Client::new(sdk),
-        queue_url: stack.queue_url().to_owned(),
-        queue_arn: stack.queue_arn().to_owned(),
-        dlq_arn: stack.dlq_arn().to_owned(),
-    }
+/// The operator's redrive tool over `stack`, as `ops redrive` builds it (the API key from the
+/// stack's secret), asking the provider at `provider_url`.
+pub fn redriver(stack: &Stack, sdk: &aws_config::SdkConfig, provider_url: &str) -> localenv::operator::StackRedriver {
+    let provider = localenv::operator::provider(sdk, stack, Some(provider_url)).expect("provider client");
+    localenv::operator::redriver(sdk, stack, provider, Duration::from_secs(24 * 3600))
 }
 
 /// The completer as the tests run it, over `stack`, on `clock` (ahead of real time to make

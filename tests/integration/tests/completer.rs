@@ -108,6 +108,7 @@ async fn a_payment_whose_message_vanished_is_re_enqueued_and_settled_once_and_a_
         scope: Some(scope.clone()),
         idempotency_key: Some(dead_key.clone()),
         body: "{}".into(),
+        accepted_message: None,
         receive_count: 200,
         first_attempt_at_ms: Some(record.created_at_ms),
         last_attempt_at_ms: Some(record.updated_at_ms),
@@ -117,6 +118,7 @@ async fn a_payment_whose_message_vanished_is_re_enqueued_and_settled_once_and_a_
         recorded_at_ms: record.updated_at_ms,
         kind: payments_core::failures::FailureKind::DeadLetter,
         state: payments_core::failures::FailureState::Open,
+        redriven: None,
     };
     use payments_core::failures::FailureStore;
     p.failures().record(&failure).await.unwrap();

@@ -69,18 +69,28 @@ async fn a_dead_payment_gets_one_failure_record_shows_dead_lettered_and_redrives
     assert_eq!(view["status"], "DEAD_LETTERED");
     assert_eq!(view["reason"], "provider_503; provider: not charged");
 
-    // Redrive that one record: the provider is healthy now; exactly one execution.
+    // Redrive that one record: the provider is healthy now; exactly one execution. The record
+    // stays open, marked redriven, until the payment settles; meanwhile it is PROCESSING.
     let ops = redriver(&stack, &sdk, &sim.base_url());
     let redriven =
         ops.redrive_record(&failure.partition, &failure.message_id, false, SystemClock.now_ms()).await.unwrap();
-    assert!(redriven.new_message_id.is_some());
-    let again = ops.redrive_record(&failure.partition, &failure.message_id, false, SystemClock.now_ms()).await;
-    assert!(matches!(again, Err(RedriveError::AlreadyResolved(_))), "{again:?}");
-    let (_, summary) = drive_once(&p, &sqs, stack.queue_url(), stack.queue_arn(), 2, Duration::from_secs(10)).await;
+    let new_id = redriven.new_message_id.expect("sent again");
+    let marked = consumer.failures().get(&failure.partition, &failure.message_id).await.unwrap().unwrap();
+    assert_eq!((marked.state, marked.redriven.map(|r| r.message_id)), (FailureState::Open, Some(new_id)));
+    let (_, view) = parts(&api.handle(get_payment(scope.as_str(), "dead-1")).await.unwrap());
+    assert_eq!(view["status"], "PROCESSING");
+    let (received, summary) =
+        drive_once(&p, &sqs, stack.queue_url(), stack.queue_arn(), 2, Duration::from_secs(10)).await;
     assert!(matches!(summary.handled[..], [(_, Handled::Charged { .. })]), "{:?}", summary.handled);
+    let accepted = api.idempotency().get(&payments_core::payment::intake_key(&scope, &key)).await.unwrap();
+    assert_eq!(received[0].body(), accepted.and_then(|r| r.input).as_deref(), "exactly what the intake accepted");
     assert_eq!(ledger(&sim.base_url()).await.charges.len(), 1);
     let (_, view) = parts(&api.handle(get_payment(scope.as_str(), "dead-1")).await.unwrap());
     assert_eq!(view["status"], "SUCCEEDED");
+    let settled = consumer.failures().get(&failure.partition, &failure.message_id).await.unwrap().unwrap();
+    assert!(matches!(&settled.state, FailureState::Resolved { note, .. } if note.contains("succeeded")), "{settled:?}");
+    let again = ops.redrive_record(&failure.partition, &failure.message_id, false, SystemClock.now_ms()).await;
+    assert!(matches!(again, Err(RedriveError::AlreadyResolved(_))), "{again:?}");
 }
 
 #[tokio::test]
@@ -131,13 +141,13 @@ async fn the_whole_dlq_moves_back_only_when_asked() {
     let sdk = aws().await;
     let stack = own_stack(&sdk, &[]).await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let ops = redriver(&stack, &sdk, "http://127.0.0.1:9");
+    let ops = localenv::operator::dead_letter_move(&sdk, &stack);
     for i in 0..3 {
         sqs.send_message().queue_url(stack.dlq_url()).message_body(format!("{{\"n\":{i}}}")).send().await.unwrap();
     }
-    assert_eq!(ops.move_dlq(true).await.unwrap(), (3, None), "dry run: counted, not moved");
+    assert_eq!(ops.run(true).await.unwrap(), (3, None), "dry run: counted, not moved");
     assert_eq!(queue_depth(&sqs, stack.queue_url()).await, 0);
-    let (moved, task) = ops.move_dlq(false).await.unwrap();
+    let (moved, task) = ops.run(false).await.unwrap();
     assert_eq!(moved, 3);
     assert!(task.is_some());
     let started = Instant::now();

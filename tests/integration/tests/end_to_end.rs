@@ -4,8 +4,12 @@
 
 use std::time::Duration;
 
-use localenv::pipeline::{PROCESSOR_CONCURRENCY, PipelineOptions, Reconciliation, Scenario, run};
+use integration_tests::rare_paths;
+use localenv::pipeline::{PROCESSOR_CONCURRENCY, PipelineOptions, Reconciliation, Scenario, drive, run, start};
 use localenv::workload::WorkloadSpec;
+use payments_core::failures::dynamodb::DynamoDbFailureStore;
+use payments_core::failures::{FailureRecord, FailureState, FailureStore};
+use payments_core::idempotency::Scope;
 use payments_core::payment::PaymentStatus;
 
 fn options(port: u16, seed: u64, kill_processor: bool) -> PipelineOptions {
@@ -91,11 +95,60 @@ fn check_logs(r: &Reconciliation) {
     }
 }
 
+/// The main job under faults, then the paths its workload does not take (an operator's redrive
+/// of a dead letter whose scope is an AWS account ID that passes the Luhn check, a dead copy of a
+/// payment the provider charged, a payment whose message vanished), and the permissions every
+/// function's recorded AWS calls needed, against the roles the template gives them: none missing
+/// (LocalStack enforces none; AWS would refuse the call), none granted in vain.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_pipeline_settles_under_faults_with_every_invariant() {
-    let r = run(&options(9410, 11, false)).await.expect("pipeline ran");
+async fn the_pipeline_settles_under_faults_and_every_function_uses_exactly_its_role() {
+    let o = options(9410, 11, false);
+    let running = start(&o).await.expect("pipeline started");
+    let r = drive(&running, &o).await.expect("pipeline ran");
     check(&r);
     assert!(!r.provider_faults.is_empty(), "faults were injected");
+
+    let (luhn, other) = (Scope::new("405608656907").unwrap(), Scope::new("945807302157").unwrap());
+    let redriven = rare_paths::redrive_a_dead_letter(&running, &luhn).await;
+    let charged = rare_paths::a_charged_payment_dies(&running, &other).await;
+    let vanished = rare_paths::a_message_vanishes(&running, &other).await;
+    let records =
+        DynamoDbFailureStore::new(aws_sdk_dynamodb::Client::new(running.sdk()), running.stack.failures_table());
+    rare_paths::eventually("the redriven payment succeeds", || async {
+        rare_paths::status(&running, luhn.as_str(), redriven.as_str()).await == Some(PaymentStatus::Succeeded)
+    })
+    .await;
+    rare_paths::eventually("the charged dead copy is resolved, and the vanished payment dead-lettered", || async {
+        let resolved = |records: Vec<FailureRecord>| records.iter().all(|r| r.state != FailureState::Open);
+        let charged = records.for_payment(&other, &charged).await.is_ok_and(|r| r.len() == 2 && resolved(r));
+        let vanished =
+            records.for_payment(&other, &vanished).await.is_ok_and(|r| r.iter().any(|f| f.holds_the_payment()));
+        charged && vanished
+    })
+    .await;
+    let ledger = running.simulator_ledger().await;
+    let key = payments_core::payment::provider_idempotency_key(&luhn, &redriven);
+    assert_eq!(ledger.charges.iter().filter(|c| c.idempotency_key == key).count(), 1, "one charge after the redrive");
+    let dead = records.for_payment(&luhn, &redriven).await.unwrap();
+    assert!(
+        dead.iter().all(|f| matches!(&f.state, FailureState::Resolved { note, .. } if note.contains("succeeded"))),
+        "{dead:?}"
+    );
+
+    let permissions = running.permissions().await.expect("roles read");
+    std::fs::write(r.log_dir.join("aws-calls.tsv"), running.aws.calls().table()).unwrap();
+    running.shutdown().await;
+    println!(
+        "AWS calls by function:\n{}",
+        permissions.calls.keys().map(|(f, c)| format!("  {f} {c:?}")).collect::<Vec<_>>().join("\n")
+    );
+    assert!(permissions.findings.lines().is_empty(), "{:#?}", permissions.findings.lines());
+    for function in localenv::pipeline::FUNCTIONS {
+        assert!(
+            permissions.calls.keys().any(|(f, _)| f == function),
+            "{function} made no AWS call through its listener"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

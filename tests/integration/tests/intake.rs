@@ -50,7 +50,7 @@ async fn accepted_replayed_and_reused_keys() {
     let reused = api.handle(post_payment(&scope, "order 42/a", &payment_body(9999))).await.unwrap();
     let (status, problem) = parts(&reused);
     assert_eq!(status, 422);
-    assert_eq!(problem["type"], format!("{}idempotency-key-reused", intake::problem::TYPE_BASE));
+    assert_eq!(problem["type"], format!("{}idempotency-key-reused", intake::problem::DEFAULT_TYPE_BASE));
     assert_eq!(header(&reused, "content-type"), Some("application/problem+json"));
 
     let sqs = aws_sdk_sqs::Client::new(&sdk);
@@ -73,7 +73,7 @@ async fn bad_requests_get_problem_details() {
     let check = |response: lambda_http::Response<lambda_http::Body>, status: u16, slug: &str| {
         let (got, problem) = parts(&response);
         assert_eq!(got, status, "{problem}");
-        assert_eq!(problem["type"], format!("{}{slug}", intake::problem::TYPE_BASE));
+        assert_eq!(problem["type"], format!("{}{slug}", intake::problem::DEFAULT_TYPE_BASE));
         assert_eq!(problem["status"], status);
         assert!(problem["correlation_id"].as_str().is_some_and(|c| !c.is_empty()));
         problem
@@ -165,7 +165,7 @@ async fn a_key_still_being_accepted_gets_409_with_retry_after() {
     let response = api.handle(post_payment(scope.as_str(), "busy-1", &payment_body(5))).await.unwrap();
     let (status, problem) = parts(&response);
     assert_eq!(status, 409);
-    assert_eq!(problem["type"], format!("{}request-in-progress", intake::problem::TYPE_BASE));
+    assert_eq!(problem["type"], format!("{}request-in-progress", intake::problem::DEFAULT_TYPE_BASE));
     let retry_after: u64 = header(&response, "retry-after").unwrap().parse().unwrap();
     assert!((1..=8).contains(&retry_after), "{retry_after}");
 }

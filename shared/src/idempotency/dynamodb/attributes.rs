@@ -18,6 +18,25 @@ pub fn n(value: i64) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
 
+/// Every attribute a record's item may hold besides its key `pk`.
+pub const RECORD_ATTRIBUTES: [&str; 15] = [
+    "status",
+    "payload_hash",
+    "owner",
+    "lease_until_ms",
+    "result",
+    "error_code",
+    "error_reason",
+    "last_error",
+    "attempts",
+    "created_at",
+    "updated_at",
+    "expires_at",
+    RECOVERY_SHARD,
+    RECOVERY_DUE,
+    "input",
+];
+
 /// The item that stores `record`.
 pub fn item_from_record(record: &IdempotencyRecord) -> Item {
     let mut item = Item::new();
@@ -138,6 +157,29 @@ mod tests {
         };
         let item = item_from_record(&record);
         assert_eq!(record_from_item("process#acme#k", &item).unwrap(), record);
+    }
+
+    #[test]
+    fn every_attribute_an_item_holds_is_named() {
+        let record = IdempotencyRecord {
+            partition_key: "process#acme#k".into(),
+            status: RecordStatus::Completed,
+            payload_hash: PayloadHash::from_stored("abc".into()),
+            owner: Some(OwnerToken::from_stored("o-1".into())),
+            lease_until_ms: 5,
+            result: Some("{}".into()),
+            failure: Some(StoredFailure { code: "c".into(), reason: "r".into() }),
+            last_error: Some("e".into()),
+            attempts: 3,
+            created_at_ms: 1,
+            updated_at_ms: 2,
+            expires_at_s: 3,
+            recovery_due_ms: Some(4),
+            input: Some("{}".into()),
+        };
+        let item = item_from_record(&record);
+        assert_eq!(item.len(), RECORD_ATTRIBUTES.len() + 1, "pk and every attribute");
+        assert!(item.keys().all(|k| k == "pk" || RECORD_ATTRIBUTES.contains(&k.as_str())));
     }
 
     #[test]

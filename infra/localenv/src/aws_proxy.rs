@@ -1,0 +1,236 @@
+//! Between each function and LocalStack: a listener of its own (the function's
+//! `AWS_ENDPOINT_URL`) that relays every AWS call unchanged and records what it was — service,
+//! operation, resource ARN and, for DynamoDB, the item's partition key — under the function's
+//! name. LocalStack enforces no IAM; a run's record is what [`crate::iam`] checks against the role
+//! the template gives each function.
+//!
+//! The event source mappings' stand-ins poll through the same listener as their function: on
+//! AWS the mapping receives and deletes messages with the function's own role.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::front::{Dropped, relay, serve};
+
+/// One AWS call, as an IAM policy judges it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AwsCall {
+    /// The IAM action (`dynamodb:PutItem`; batch operations as the action IAM checks for them,
+    /// `sqs:DeleteMessageBatch` as `sqs:DeleteMessage`).
+    pub action: String,
+    /// The resource's ARN (a table, an index, a queue, a secret).
+    pub resource: String,
+    /// For DynamoDB item operations and queries, the partition key as `dynamodb:LeadingKeys`
+    /// sees it, with all but its first `#`-separated segment elided (`process#…`): the roles
+    /// restrict writes by that prefix, and one entry per prefix keeps the record small.
+    pub leading_key: Option<String>,
+}
+
+/// The calls of every function, counted.
+#[derive(Debug, Clone, Default)]
+pub struct CallLog {
+    calls: Arc<Mutex<BTreeMap<(String, AwsCall), u64>>>,
+}
+
+impl CallLog {
+    fn add(&self, function: &str, call: AwsCall) {
+        let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        *calls.entry((function.to_owned(), call)).or_default() += 1;
+    }
+
+    /// Every distinct call by function, with how often it was made.
+    pub fn snapshot(&self) -> BTreeMap<(String, AwsCall), u64> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// One line per distinct call: function, action, resource, key prefix, count (tab-separated).
+    pub fn table(&self) -> String {
+        let mut out = String::from("function\taction\tresource\tkey\tcalls\n");
+        for ((function, call), n) in self.snapshot() {
+            let key = call.leading_key.as_deref().unwrap_or("-");
+            out.push_str(&format!("{function}\t{}\t{}\t{key}\t{n}\n", call.action, call.resource));
+        }
+        out
+    }
+}
+
+/// The listeners; stop when dropped.
+pub struct AwsGateway {
+    endpoints: BTreeMap<String, SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
+    log: CallLog,
+}
+
+impl AwsGateway {
+    /// One listener per function in `functions`, relaying to `upstream` (LocalStack's endpoint,
+    /// `http://127.0.0.1:4566`) in `region` and `account`.
+    pub async fn start(upstream: &str, functions: &[&str], region: &str, account: &str) -> std::io::Result<Self> {
+        let log = CallLog::default();
+        let (mut endpoints, mut tasks) = (BTreeMap::new(), Vec::new());
+        for function in functions {
+            let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+            endpoints.insert((*function).to_owned(), listener.local_addr()?);
+            let relayed = Arc::new(Relayed {
+                function: (*function).to_owned(),
+                upstream: upstream.to_owned(),
+                arns: Arns { region: region.to_owned(), account: account.to_owned() },
+                log: log.clone(),
+                http: reqwest::Client::new(),
+            });
+            tasks.push(serve(listener, move |request| relay_and_record(relayed.clone(), request)));
+        }
+        Ok(Self { endpoints, tasks, log })
+    }
+
+    /// The endpoint a function's AWS clients use (`AWS_ENDPOINT_URL`).
+    pub fn endpoint(&self, function: &str) -> String {
+        format!("http://{}", self.endpoints[function])
+    }
+
+    /// What has been recorded so far.
+    pub fn calls(&self) -> &CallLog {
+        &self.log
+    }
+}
+
+impl Drop for AwsGateway {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+struct Relayed {
+    function: String,
+    upstream: String,
+    arns: Arns,
+    log: CallLog,
+    http: reqwest::Client,
+}
+
+async fn relay_and_record(
+    relayed: Arc<Relayed>,
+    request: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<http_body_util::Full<Bytes>>, Dropped> {
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await.map_err(|_| Dropped)?.to_bytes();
+    let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if let Some(call) = relayed.arns.describe(target, &body) {
+        relayed.log.add(&relayed.function, call);
+    }
+    relay(&relayed.http, &relayed.upstream, &parts, body).await.ok_or(Dropped)
+}
+
+/// How ARNs are spelled where the calls go.
+struct Arns {
+    region: String,
+    account: String,
+}
+
+impl Arns {
+    /// The call a JSON-protocol request (`X-Amz-Target: Service_Version.Operation`) makes; `None`
+    /// for anything else.
+    fn describe(&self, target: &str, body: &[u8]) -> Option<AwsCall> {
+        let (service, operation) = target.split_once('.')?;
+        let input: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let text = |name: &str| input.get(name).and_then(Value::as_str);
+        let (region, account) = (&self.region, &self.account);
+        let (prefix, resource, leading_key) = if service.starts_with("DynamoDB") {
+            let table = text("TableName")?;
+            let index = text("IndexName").map(|index| format!("/index/{index}")).unwrap_or_default();
+            ("dynamodb", format!("arn:aws:dynamodb:{region}:{account}:table/{table}{index}"), leading_key(&input))
+        } else if service == "AmazonSQS" {
+            let name = text("QueueUrl").and_then(|url| url.rsplit('/').next()).or_else(|| text("QueueName"))?;
+            ("sqs", format!("arn:aws:sqs:{region}:{account}:{name}"), None)
+        } else if service == "secretsmanager" {
+            let id = text("SecretId")?;
+            let arn = if id.starts_with("arn:") {
+                id.to_owned()
+            } else {
+                format!("arn:aws:secretsmanager:{region}:{account}:secret:{id}")
+            };
+            ("secretsmanager", arn, None)
+        } else {
+            return None;
+        };
+        Some(AwsCall { action: format!("{prefix}:{}", iam_operation(operation)), resource, leading_key })
+    }
+}
+
+/// The operation's name as IAM checks it: a batch operation needs the single one's permission.
+fn iam_operation(operation: &str) -> &str {
+    match operation {
+        "DeleteMessageBatch" => "DeleteMessage",
+        "SendMessageBatch" => "SendMessage",
+        "ChangeMessageVisibilityBatch" => "ChangeMessageVisibility",
+        other => other,
+    }
+}
+
+/// The partition key value an item operation or a query names: `Key`'s or `Item`'s first string
+/// attribute (`pk` in this project's tables), or the value a key condition binds with `=`.
+fn leading_key(input: &Value) -> Option<String> {
+    let from_item = |name: &str| {
+        let item = input.get(name)?.as_object()?;
+        let pk = item.get("pk").or_else(|| item.values().next())?;
+        pk.get("S").and_then(Value::as_str).map(str::to_owned)
+    };
+    let key = from_item("Key").or_else(|| from_item("Item")).or_else(|| {
+        let condition = input.get("KeyConditionExpression")?.as_str()?;
+        let first = condition.split(" AND ").next()?;
+        let (_, placeholder) = first.split_once('=')?;
+        let value = input.get("ExpressionAttributeValues")?.get(placeholder.trim())?;
+        value.get("S").and_then(Value::as_str).map(str::to_owned)
+    })?;
+    Some(match key.split_once('#') {
+        Some((prefix, _)) => format!("{prefix}#…"),
+        None => key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn arns() -> Arns {
+        Arns { region: "us-east-1".into(), account: "000000000000".into() }
+    }
+
+    #[test]
+    fn dynamodb_calls_name_their_table_and_leading_key() {
+        let put = json!({"TableName": "t", "Item": {"pk": {"S": "breaker#payment-provider"}, "v": {"N": "1"}}});
+        let call = arns().describe("DynamoDB_20120810.PutItem", put.to_string().as_bytes()).unwrap();
+        assert_eq!(call.action, "dynamodb:PutItem");
+        assert_eq!(call.resource, "arn:aws:dynamodb:us-east-1:000000000000:table/t");
+        assert_eq!(call.leading_key.as_deref(), Some("breaker#…"));
+        let query = json!({"TableName": "t", "IndexName": "recovery", "KeyConditionExpression": "#shard = :shard AND #due <= :now_ms",
+                           "ExpressionAttributeValues": {":shard": {"S": "intake#03"}, ":now_ms": {"N": "5"}}});
+        let call = arns().describe("DynamoDB_20120810.Query", query.to_string().as_bytes()).unwrap();
+        assert_eq!(call.resource, "arn:aws:dynamodb:us-east-1:000000000000:table/t/index/recovery");
+        assert_eq!(call.leading_key.as_deref(), Some("intake#…"));
+    }
+
+    #[test]
+    fn sqs_and_secrets_manager_calls_name_their_resource() {
+        let delete =
+            json!({"QueueUrl": "http://127.0.0.1:4566/queue/us-east-1/000000000000/s-payments", "Entries": []});
+        let call = arns().describe("AmazonSQS.DeleteMessageBatch", delete.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            (call.action.as_str(), call.resource.as_str()),
+            ("sqs:DeleteMessage", "arn:aws:sqs:us-east-1:000000000000:s-payments")
+        );
+        let secret = json!({"SecretId": "arn:aws:secretsmanager:us-east-1:000000000000:secret:k-AbCdEf"});
+        let call = arns().describe("secretsmanager.GetSecretValue", secret.to_string().as_bytes()).unwrap();
+        assert_eq!(call.resource, "arn:aws:secretsmanager:us-east-1:000000000000:secret:k-AbCdEf");
+        assert_eq!(arns().describe("", b"Action=ListQueues"), None);
+    }
+}
