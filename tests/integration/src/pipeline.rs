@@ -170,6 +170,8 @@ pub fn dlq_consumer(stack: &Stack, sdk: &aws_config::SdkConfig, provider_url: &s
         ("PROVIDER_ALLOW_HTTP", "true"),
         ("PROVIDER_TIMEOUT_MS", "800"),
         ("PROVIDER_CONNECT_TIMEOUT_MS", "300"),
+        // As deployed: the key from the stack's secret.
+        ("PROVIDER_API_KEY_SECRET", stack.provider_key_secret()),
     ];
     let config = dlq_consumer::DlqConsumerConfig::from_env(&env_of(&base, &[])).expect("valid config");
     dlq_consumer::build(&config, sdk).expect("provider client")
