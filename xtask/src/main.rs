@@ -121,7 +121,7 @@ mod readme_commands {
                     }
                     assert!(DEV.contains("\n  localstack)\n"));
                 }
-                script @ ("test" | "build") => assert!(DEV.contains(&format!("\n  {script})\n"))),
+                script @ ("test" | "build" | "deploy" | "aws") => assert!(DEV.contains(&format!("\n  {script})\n"))),
                 other => panic!("the README shows `./dev {other}`, which the script does not know"),
             }
         }
