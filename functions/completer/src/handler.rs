@@ -18,7 +18,7 @@ use std::time::Duration;
 use lambda_runtime::LambdaEvent;
 use payments_core::failures::FailureStore;
 use payments_core::idempotency::{
-    ClaimOutcome, Idempotency, IdempotencyRecord, IdempotencyStore, Operation, RecordKey,
+    ClaimOutcome, Idempotency, IdempotencyRecord, IdempotencyStore, Operation, RecordKey, Settlement,
 };
 use payments_core::observability::MetricsSink;
 use payments_core::payment::status::{INTAKE_OPERATION, PROCESS_OPERATION};
@@ -186,11 +186,14 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Completer<S, F, Q> {
             }
             return Err(e.to_string());
         }
-        if let Err(e) = self.idempotency.complete(&lease, &acceptance(&message)).await {
-            // Enqueued: the record stays due, and a second copy is deduplicated by the processor.
-            tracing::warn!(error = %e, "enqueued, but the intake record was not completed");
+        // Finished, and counted, only by the write that completes the acceptance: one enqueued
+        // but not completed stays due, the next sweep enqueues it again (the processor
+        // deduplicates the copy) and counts it then, once.
+        match self.idempotency.complete(&lease, &acceptance(&message)).await {
+            Ok(Settlement::Recorded) => Ok(Recovered::Enqueued),
+            Ok(Settlement::NotOwner { .. }) => Ok(Recovered::Skipped),
+            Err(e) => Err(format!("enqueued, but the intake record was not completed: {e}")),
         }
-        Ok(Recovered::Enqueued)
     }
 
     /// A processor record left behind: to the operator if dead-lettered, else back to the queue.

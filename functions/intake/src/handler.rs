@@ -151,8 +151,7 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
             }
             refused => return Err(refusal_problem(refused, now, correlation_id)),
         };
-        let body = self.enqueue_and_record(&message, &lease).await?;
-        metrics.count("Accepted", 1);
+        let body = self.enqueue_and_record(&message, &lease, metrics).await?;
         Ok(accepted(&message.idempotency_key, &body, false))
     }
 
@@ -197,7 +196,14 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
 
     /// Enqueues the claimed payment and records the acceptance (the 202's body) as the claim's
     /// result. Not enqueued: the key is given back so the client's retry proceeds at once.
-    async fn enqueue_and_record(&self, message: &PaymentMessage, lease: &Lease) -> Result<Value, Problem> {
+    /// `Accepted` is counted by the write that completes the acceptance, once per payment: one
+    /// left unrecorded is finished (and counted) by a client's retry or by the completer.
+    async fn enqueue_and_record(
+        &self,
+        message: &PaymentMessage,
+        lease: &Lease,
+        metrics: &Metrics,
+    ) -> Result<Value, Problem> {
         let correlation_id = message.correlation_id.as_str();
         if let Err(e) = self.queue.enqueue(message).await {
             if let Err(release) = self.idempotency.release(lease, &e.detail).await {
@@ -208,7 +214,7 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
         }
         let body = acceptance(message);
         match self.idempotency.complete(lease, &body).await {
-            Ok(Settlement::Recorded) => {}
+            Ok(Settlement::Recorded) => metrics.count("Accepted", 1),
             // Enqueued but not recorded: the lease runs out and a client retry enqueues again,
             // which the processor deduplicates. Visible to operators as a stuck intake record.
             Ok(Settlement::NotOwner { .. }) => {

@@ -543,9 +543,6 @@ impl Running {
     }
 }
 
-/// The functions, by the names the emulator and the logs know them.
-pub const FUNCTIONS: [&str; 4] = ["intake", "processor", "dlq-consumer", "completer"];
-
 /// Brings everything up: LocalStack (started if needed), the simulator, the stack, the AWS
 /// gateway, the functions and the pollers.
 pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> {
@@ -602,7 +599,7 @@ pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> 
 async fn start_aws_gateway(sdk: &aws_config::SdkConfig) -> Result<AwsGateway, PipelineError> {
     let upstream = sdk.endpoint_url().unwrap_or("http://127.0.0.1:4566").trim_end_matches('/').to_owned();
     let region = sdk.region().map_or("us-east-1".to_owned(), |r| r.to_string());
-    AwsGateway::start(&upstream, &FUNCTIONS, &region, LOCALSTACK_ACCOUNT)
+    AwsGateway::start(&upstream, &crate::functions::FUNCTIONS, &region, LOCALSTACK_ACCOUNT)
         .await
         .map_err(|e| PipelineError::Other(format!("AWS gateway: {e}")))
 }

@@ -27,6 +27,9 @@ impl DynamoDbBreakerStore {
     }
 }
 
+/// The attribute naming the write that stored an item (see [`DynamoDbBreakerStore::write`]).
+pub const WRITE_ID: &str = "write_id";
+
 /// The partition key of the breaker named `name`.
 pub fn breaker_partition(name: &str) -> String {
     format!("breaker#{name}")
@@ -101,11 +104,16 @@ impl BreakerStore for DynamoDbBreakerStore {
     async fn write(&self, name: &str, next: &BreakerState) -> Result<Written, BreakerStoreError> {
         let pk = breaker_partition(name);
         let expected = next.version.saturating_sub(1);
+        // Marks this write: should its answer be lost, the SDK's retry finds the item refused
+        // and can tell its own write from another instance's (which may hold the same state).
+        let write_id = uuid::Uuid::new_v4().to_string();
+        let mut stored = item(&pk, next);
+        stored.insert(WRITE_ID.into(), s(&write_id));
         let mut put = self
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(item(&pk, next)))
+            .set_item(Some(stored))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         put = if expected == 0 {
             put.condition_expression("attribute_not_exists(pk)")
@@ -116,6 +124,9 @@ impl BreakerStore for DynamoDbBreakerStore {
         match put.send().await {
             Ok(_) => Ok(Written::Stored),
             Err(e) => match refused(&e) {
+                Some(Some(found)) if found.get(WRITE_ID).and_then(|v| v.as_s().ok()) == Some(&write_id) => {
+                    Ok(Written::Stored)
+                }
                 Some(found) => Ok(Written::Conflict(found.map(state).transpose()?.unwrap_or_default())),
                 None => Err(BreakerStoreError(classify(&e).description)),
             },

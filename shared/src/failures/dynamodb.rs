@@ -3,6 +3,7 @@
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
 
 use super::record::{
     FailureKind, FailureRecord, FailureState, FailureStore, FailureStoreError, Recorded, Redrive, payment_partition,
@@ -118,20 +119,37 @@ fn from_item(item: &Item) -> Result<FailureRecord, FailureStoreError> {
     })
 }
 
+/// The attribute naming the write that stored a record: a write whose answer was lost, retried
+/// by the SDK, finds its own record and says so (`New`), where another writer's is a duplicate.
+const WRITE_ID: &str = "write_id";
+
+/// Whether the refused item shows `value` at `attribute`: what this write (or the transition
+/// it asked for) left there.
+fn shows(refused: Option<&Item>, attribute: &str, value: &str) -> bool {
+    refused.and_then(|item| item.get(attribute)).and_then(|v| v.as_s().ok()).is_some_and(|v| v == value)
+}
+
 impl FailureStore for DynamoDbFailureStore {
     async fn record(&self, record: &FailureRecord) -> Result<Recorded, FailureStoreError> {
+        let write_id = uuid::Uuid::new_v4().to_string();
+        let mut item = to_item(record);
+        item.insert(WRITE_ID.into(), s(&write_id));
         let result = self
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(to_item(record)))
+            .set_item(Some(item))
             .condition_expression("attribute_not_exists(pk)")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result {
             Ok(_) => Ok(Recorded::New),
-            Err(e) if refused(&e).is_some() => Ok(Recorded::AlreadyRecorded),
-            Err(e) => Err(error(&e)),
+            Err(e) => match refused(&e) {
+                Some(found) if shows(found, WRITE_ID, &write_id) => Ok(Recorded::New),
+                Some(_) => Ok(Recorded::AlreadyRecorded),
+                None => Err(error(&e)),
+            },
         }
     }
 
@@ -205,12 +223,16 @@ impl FailureStore for DynamoDbFailureStore {
             .expression_attribute_values(":open", s("OPEN"))
             .expression_attribute_values(":at", n(redrive.at_ms))
             .expression_attribute_values(":as", s(&redrive.message_id))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(e) if refused(&e).is_some() => Ok(false),
-            Err(e) => Err(error(&e)),
+            // Refused: ours (an answer lost after it was written) if it names this redrive.
+            Err(e) => match refused(&e) {
+                Some(found) => Ok(shows(found, "redriven_as", &redrive.message_id)),
+                None => Err(error(&e)),
+            },
         }
     }
 
@@ -234,12 +256,18 @@ impl FailureStore for DynamoDbFailureStore {
             .expression_attribute_values(":open", s("OPEN"))
             .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":note", s(note))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(e) if refused(&e).is_some() => Ok(false),
-            Err(e) => Err(error(&e)),
+            // Refused: ours (an answer lost after it was written) if it shows this resolution.
+            Err(e) => match refused(&e) {
+                Some(found) => Ok(shows(found, "resolution", note)
+                    && found.and_then(|i| i.get("resolved_at")).and_then(|v| v.as_n().ok())
+                        == Some(&now_ms.to_string())),
+                None => Err(error(&e)),
+            },
         }
     }
 }

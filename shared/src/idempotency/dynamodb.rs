@@ -11,7 +11,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditi
 
 use super::key::{Operation, RecordKey};
 use super::protocol::{
-    ClaimDecision, ClaimRequest, IdempotencyRecord, RecordStatus, Settle, SettleRequest, decide_claim, now_s,
+    ClaimDecision, ClaimRequest, IdempotencyRecord, RecordStatus, Settle, SettleRequest, decide_claim, is_own_claim,
+    is_own_settlement, now_s,
 };
 use super::store::{ClaimOutcome, IdempotencyStore, Lease, Settlement, StoreError, refused_outcome};
 use crate::aws::errors::{ConditionalWrite, refused, sort_error};
@@ -278,6 +279,11 @@ impl IdempotencyStore for DynamoDbStore {
                 ClaimRound::Claimed(outcome) => return Ok(outcome),
                 ClaimRound::Refused(found) => found,
             };
+            if let Some(own) = found.as_ref().filter(|r| is_own_claim(Some(r), request)) {
+                // Our claim committed and its answer was lost: the SDK's retry met our own lease.
+                let resumed = own.created_at_ms != request.now_ms;
+                return Ok(claimed(request, own.attempts, resumed));
+            }
             attempt = match decide_claim(found.as_ref(), &request.payload_hash, request.now_ms) {
                 ClaimDecision::Refuse(refusal) => {
                     return refused_outcome(found.as_ref().expect("refusals need a record"), refusal);
@@ -306,7 +312,14 @@ impl IdempotencyStore for DynamoDbStore {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         match settle_update(update, &request.settle, request.expires_at_s).send().await {
             Ok(_) => Ok(Settlement::Recorded),
-            Err(err) => Ok(Settlement::NotOwner { current: refused_record(&pk, &err)?.map(Box::new) }),
+            Err(err) => {
+                let current = refused_record(&pk, &err)?;
+                if is_own_settlement(current.as_ref(), request) {
+                    // Committed, and the answer lost: the SDK's retry met our own write.
+                    return Ok(Settlement::Recorded);
+                }
+                Ok(Settlement::NotOwner { current: current.map(Box::new) })
+            }
         }
     }
 

@@ -266,6 +266,35 @@ pub fn may_settle(stored: Option<&IdempotencyRecord>, owner: &OwnerToken) -> boo
     matches!(stored, Some(r) if r.status == RecordStatus::InProgress && r.owner.as_ref() == Some(owner))
 }
 
+/// Whether `stored` is what `request`'s claim wrote: after an answer lost in transit, the SDK's
+/// retry of a claim that had committed fails its own condition (the record is now IN_PROGRESS
+/// under a live lease), and this tells the caller that the claim is its own, not another
+/// worker's. Owner tokens are random per claim, so no other claim can match.
+pub fn is_own_claim(stored: Option<&IdempotencyRecord>, request: &ClaimRequest) -> bool {
+    matches!(stored, Some(r) if r.status == RecordStatus::InProgress
+        && r.owner.as_ref() == Some(&request.owner)
+        && r.lease_until_ms == request.lease_until_ms)
+}
+
+/// Whether `stored` is what `request`'s settlement wrote, when its retry after a lost answer is
+/// refused. A completion or permanent failure keeps the owner's token beside the stored result,
+/// so it is recognised exactly. A release drops the token: any released record (IN_PROGRESS, no
+/// owner) with this reason counts, and whether the release was this worker's or a later one's,
+/// the record is free for the next claim either way.
+pub fn is_own_settlement(stored: Option<&IdempotencyRecord>, request: &SettleRequest) -> bool {
+    let Some(r) = stored else { return false };
+    let owned = r.owner.as_ref() == Some(&request.owner);
+    match &request.settle {
+        Settle::Complete { result } => {
+            owned && r.status == RecordStatus::Completed && r.result.as_ref() == Some(result)
+        }
+        Settle::Fail(failure) => owned && r.status == RecordStatus::Failed && r.failure.as_ref() == Some(failure),
+        Settle::Release { reason, .. } => {
+            r.status == RecordStatus::InProgress && r.owner.is_none() && r.last_error.as_ref() == Some(reason)
+        }
+    }
+}
+
 /// How an owner settles its claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settle {
@@ -425,6 +454,37 @@ mod tests {
         assert_eq!(failed.status, RecordStatus::Failed);
         assert!(!may_settle(Some(&failed), &owner));
         assert!(!may_settle(None, &owner));
+    }
+
+    #[test]
+    fn a_write_whose_answer_was_lost_is_recognised_as_its_own_and_only_its_own() {
+        let claim = request("h", 1_000);
+        let mine = claimed_record(None, ClaimDecision::Create, &claim);
+        assert!(is_own_claim(Some(&mine), &claim));
+        let other = request("h", 1_000);
+        assert!(!is_own_claim(Some(&mine), &other), "another claim's token");
+        assert!(!is_own_claim(None, &claim));
+        let settle = |settle: Settle| SettleRequest {
+            key: key(),
+            owner: claim.owner.clone(),
+            settle,
+            now_ms: 2_000,
+            expires_at_s: 99,
+        };
+        for how in [
+            Settle::Complete { result: "{\"charge\":1}".into() },
+            Settle::Fail(StoredFailure { code: "card_declined".into(), reason: "declined".into() }),
+            Settle::Release { reason: "provider_503".into(), refund: false },
+        ] {
+            let request = settle(how.clone());
+            let after = settled_record(&mine, &how, request.now_ms, request.expires_at_s);
+            assert!(is_own_settlement(Some(&after), &request), "{how:?}");
+            assert!(!is_own_settlement(Some(&mine), &request), "{how:?}: not written yet");
+        }
+        let completed = settled_record(&mine, &Settle::Complete { result: "a".into() }, 2_000, 99);
+        assert!(!is_own_settlement(Some(&completed), &settle(Settle::Complete { result: "b".into() })));
+        let theirs = SettleRequest { owner: other.owner.clone(), ..settle(Settle::Complete { result: "a".into() }) };
+        assert!(!is_own_settlement(Some(&completed), &theirs), "another owner's completion");
     }
 
     #[test]

@@ -143,7 +143,7 @@ async fn the_pipeline_settles_under_faults_and_every_function_uses_exactly_its_r
         permissions.calls.keys().map(|(f, c)| format!("  {f} {c:?}")).collect::<Vec<_>>().join("\n")
     );
     assert!(permissions.findings.lines().is_empty(), "{:#?}", permissions.findings.lines());
-    for function in localenv::pipeline::FUNCTIONS {
+    for function in localenv::functions::FUNCTIONS {
         assert!(
             permissions.calls.keys().any(|(f, _)| f == function),
             "{function} made no AWS call through its listener"
