@@ -9,10 +9,11 @@ use localenv::workload::WorkloadSpec;
 /// Size and fault mix of a demo run.
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// What happens to the provider: only the fault rates (`faults`), a total outage for a
-    /// window (`outage`: 503s and timeouts), a degraded provider for a window (`brownout`:
-    /// slow answers, timeouts and commit-then-timeout), or every payment at once against a
-    /// provider with a rate limit (`spike`).
+    /// What happens: only the provider's fault rates (`faults`), a total outage for a window
+    /// (`outage`: 503s and timeouts), a degraded provider for a window (`brownout`: slow
+    /// answers, timeouts and commit-then-timeout), every payment at once against a provider with
+    /// a rate limit (`spike`), or the provider's faults and 10 % of the functions' DynamoDB, SQS
+    /// and Secrets Manager calls failing too (`aws-faults`).
     #[arg(long, value_enum, default_value_t = ScenarioArg::Faults)]
     scenario: ScenarioArg,
     /// Length of the outage or brownout, seconds.
@@ -33,6 +34,15 @@ pub struct DemoArgs {
     /// 0.17, or 0 in a spike, which is about capacity].
     #[arg(long)]
     fault_rate: Option<f64>,
+    /// Share of the functions' AWS calls (DynamoDB items, SQS messages, the provider key's
+    /// secret) that fail: throttled, 500, dropped before the service saw them, answer lost after
+    /// the service committed, or answer late (`--aws-slow-ms`) [default: 0, or 0.1 with
+    /// `--scenario aws-faults`].
+    #[arg(long)]
+    aws_fault_rate: Option<f64>,
+    /// How late a slow AWS answer comes, milliseconds (0: no slow answers among the AWS faults).
+    #[arg(long, default_value_t = 6000)]
+    aws_slow_ms: u64,
     /// Payments scripted to fail every attempt (they end DEAD_LETTERED) [default: 3, or 0 in
     /// an outage or a spike, where any dead letter is a failure of the run].
     #[arg(long)]
@@ -52,8 +62,8 @@ pub struct DemoArgs {
     /// Clients submitting at once [default: 8, or 128 in a spike].
     #[arg(long)]
     clients: Option<usize>,
-    /// Give up after this many seconds [default: 240, plus the incident's length; in a spike,
-    /// 2 × payments / limit].
+    /// Give up after this many seconds [default: 240, plus the incident's length, plus 240 with
+    /// AWS faults; in a spike, 2 × payments / limit plus 120].
     #[arg(long)]
     timeout_s: Option<u64>,
 }
@@ -69,6 +79,8 @@ pub enum ScenarioArg {
     Brownout,
     /// Every payment at once, the provider limited to `--provider-limit` requests per second.
     Spike,
+    /// The provider's faults, and 10 % of the functions' AWS calls failing.
+    AwsFaults,
 }
 
 /// Options for `up`.
@@ -93,7 +105,7 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode, String> {
 fn demo_options(args: &DemoArgs) -> Result<PipelineOptions, String> {
     let window = Duration::from_secs(args.incident_s);
     let scenario = match args.scenario {
-        ScenarioArg::Faults => Scenario::Faults,
+        ScenarioArg::Faults | ScenarioArg::AwsFaults => Scenario::Faults,
         ScenarioArg::Outage => Scenario::Outage { window },
         ScenarioArg::Brownout => Scenario::Brownout { window },
         ScenarioArg::Spike => Scenario::Spike { provider_limit: args.provider_limit },
@@ -107,10 +119,11 @@ fn demo_options(args: &DemoArgs) -> Result<PipelineOptions, String> {
     } else {
         150
     });
+    let aws_faults = args.scenario == ScenarioArg::AwsFaults || args.aws_fault_rate.is_some_and(|r| r > 0.0);
     let default_timeout = if spike {
         2 * payments as u64 / u64::from(args.provider_limit.max(1)) + 120
     } else {
-        240 + if incident { args.incident_s } else { 0 }
+        240 + if incident { args.incident_s } else { 0 } + if aws_faults { 240 } else { 0 }
     };
     let no_dead_letters = matches!(args.scenario, ScenarioArg::Outage | ScenarioArg::Spike);
     let mut options = PipelineOptions {
@@ -130,6 +143,15 @@ fn demo_options(args: &DemoArgs) -> Result<PipelineOptions, String> {
         ..PipelineOptions::default()
     };
     options.simulator.seed = args.seed;
+    let aws_fault_rate = args.aws_fault_rate.unwrap_or(if args.scenario == ScenarioArg::AwsFaults { 0.1 } else { 0.0 });
+    if !(0.0..=1.0).contains(&aws_fault_rate) {
+        return Err(format!("--aws-fault-rate must be within 0..=1, got {aws_fault_rate}"));
+    }
+    options.aws_faults = (aws_fault_rate > 0.0).then_some(localenv::aws_faults::FaultPlan {
+        rate: aws_fault_rate,
+        slow: Duration::from_millis(args.aws_slow_ms),
+        seed: args.seed,
+    });
     let default_total = 0.17;
     let fault_rate = args.fault_rate.unwrap_or(if spike { 0.0 } else { default_total });
     let scale = fault_rate / default_total;

@@ -26,6 +26,9 @@ use crate::config::IntakeConfig;
 use crate::identity;
 use crate::problem::Problem;
 
+/// How long a status read may wait for the stores before it answers `503`.
+pub const STATUS_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
@@ -236,7 +239,9 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
     /// The stored 202 again, marked as a replay, with the payment's current status.
     async fn replay(&self, scope: &Scope, key: &IdempotencyKey, stored: &str) -> Result<Response<Body>, Problem> {
         let mut body: Value = serde_json::from_str(stored).map_err(|_| Problem::Internal)?;
-        if let Some(view) = self.view(scope, key).await? {
+        // The payment's current status when the stores answer in time; otherwise the replay
+        // still answers, with the status the acceptance stored.
+        if let Ok(Some(view)) = self.view(scope, key).await {
             body["status"] = serde_json::to_value(view.status).unwrap_or(Value::Null);
         }
         Ok(accepted(key, &body, true))
@@ -259,17 +264,24 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
             .expect("static response parts are valid"))
     }
 
+    /// The payment's view, read within [`STATUS_READ_TIMEOUT`]: a store that answers slowly
+    /// degrades a status read to a `503` with `Retry-After`, it never holds the caller (nor
+    /// this instance) for the SDK's whole retry budget.
     async fn view(&self, scope: &Scope, key: &IdempotencyKey) -> Result<Option<PaymentView>, Problem> {
         let unavailable = |e: &dyn std::fmt::Display| {
             tracing::warn!(error = %e, "status read failed");
             Problem::ServiceUnavailable { retry_after_s: 1 }
         };
         let (intake_record, process_record) = (intake_key(scope, key), process_key(scope, key));
-        let (intake, process, failures) = tokio::join!(
-            self.idempotency.get(&intake_record),
-            self.idempotency.get(&process_record),
-            self.failures.for_payment(scope, key),
-        );
+        let reads = async {
+            tokio::join!(
+                self.idempotency.get(&intake_record),
+                self.idempotency.get(&process_record),
+                self.failures.for_payment(scope, key),
+            )
+        };
+        let (intake, process, failures) =
+            tokio::time::timeout(STATUS_READ_TIMEOUT, reads).await.map_err(|_| unavailable(&"timed out"))?;
         let intake = intake.map_err(|e| unavailable(&e))?;
         let process = process.map_err(|e| unavailable(&e))?;
         let failures = failures.map_err(|e| unavailable(&e))?;

@@ -6,6 +6,8 @@
 //!
 //! The event source mappings' stand-ins poll through the same listener as their function: on
 //! AWS the mapping receives and deletes messages with the function's own role.
+//!
+//! The same listeners inject the run's AWS faults, when it asks for them ([`crate::aws_faults`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,6 +19,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::aws_faults::{Fault, FaultPlan, Faults, error_answer};
 use crate::front::{Dropped, relay, serve};
 
 /// One AWS call, as an IAM policy judges it.
@@ -66,13 +69,21 @@ pub struct AwsGateway {
     endpoints: BTreeMap<String, SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
     log: CallLog,
+    faults: Option<Arc<Faults>>,
 }
 
 impl AwsGateway {
     /// One listener per function in `functions`, relaying to `upstream` (LocalStack's endpoint,
-    /// `http://127.0.0.1:4566`) in `region` and `account`.
-    pub async fn start(upstream: &str, functions: &[&str], region: &str, account: &str) -> std::io::Result<Self> {
+    /// `http://127.0.0.1:4566`) in `region` and `account`, with `faults` injected when given.
+    pub async fn start(
+        upstream: &str,
+        functions: &[&str],
+        region: &str,
+        account: &str,
+        faults: Option<FaultPlan>,
+    ) -> std::io::Result<Self> {
         let log = CallLog::default();
+        let faults = faults.map(|plan| Arc::new(Faults::new(plan)));
         let (mut endpoints, mut tasks) = (BTreeMap::new(), Vec::new());
         for function in functions {
             let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
@@ -83,10 +94,16 @@ impl AwsGateway {
                 arns: Arns { region: region.to_owned(), account: account.to_owned() },
                 log: log.clone(),
                 http: reqwest::Client::new(),
+                faults: faults.clone(),
             });
             tasks.push(serve(listener, move |request| relay_and_record(relayed.clone(), request)));
         }
-        Ok(Self { endpoints, tasks, log })
+        Ok(Self { endpoints, tasks, log, faults })
+    }
+
+    /// The faults injected so far, by (operation, kind); empty when the run injects none.
+    pub fn faults(&self) -> BTreeMap<(String, Fault), u64> {
+        self.faults.as_ref().map(|f| f.tally()).unwrap_or_default()
     }
 
     /// The endpoint a function's AWS clients use (`AWS_ENDPOINT_URL`).
@@ -114,6 +131,7 @@ struct Relayed {
     arns: Arns,
     log: CallLog,
     http: reqwest::Client,
+    faults: Option<Arc<Faults>>,
 }
 
 async fn relay_and_record(
@@ -123,10 +141,33 @@ async fn relay_and_record(
     let (parts, body) = request.into_parts();
     let body = body.collect().await.map_err(|_| Dropped)?.to_bytes();
     let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    if let Some(call) = relayed.arns.describe(target, &body) {
+    let call = relayed.arns.describe(target, &body);
+    let fault = match (&relayed.faults, &call) {
+        (Some(faults), Some(call)) => faults.draw(&call.action),
+        _ => None,
+    };
+    if let Some(call) = call {
         relayed.log.add(&relayed.function, call);
     }
-    relay(&relayed.http, &relayed.upstream, &parts, body).await.ok_or(Dropped)
+    let Some(fault) = fault else { return relay(&relayed.http, &relayed.upstream, &parts, body).await.ok_or(Dropped) };
+    if let Some((status, body)) = error_answer(fault) {
+        return Ok(hyper::Response::builder()
+            .status(status)
+            .header("content-type", "application/x-amz-json-1.0")
+            .body(http_body_util::Full::new(Bytes::from_static(body.as_bytes())))
+            .expect("a static answer"));
+    }
+    if fault == Fault::DroppedBefore {
+        return Err(Dropped);
+    }
+    let answer = relay(&relayed.http, &relayed.upstream, &parts, body).await.ok_or(Dropped)?;
+    match fault {
+        Fault::Slow => {
+            tokio::time::sleep(relayed.faults.as_ref().map(|f| f.slow()).unwrap_or_default()).await;
+            Ok(answer)
+        }
+        _ => Err(Dropped),
+    }
 }
 
 /// How ARNs are spelled where the calls go.

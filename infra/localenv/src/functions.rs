@@ -235,8 +235,9 @@ impl Inner {
                 };
                 let Ok(Some(line)) = line else { break };
                 metrics.ingest(&line);
-                let _ = log.write_all(line.as_bytes()).await;
-                let _ = log.write_all(b"\n").await;
+                // One write per line: instances of one function share its log (appends of a
+                // line at a time do not interleave).
+                let _ = log.write_all(format!("{line}\n").as_bytes()).await;
             }
         });
         *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);

@@ -4,6 +4,7 @@
 //! `cargo lambda watch` ([`event_source`]).
 
 pub mod apigw;
+pub mod aws_faults;
 pub mod aws_proxy;
 pub mod caller;
 pub mod emf_log;
@@ -16,6 +17,7 @@ pub mod localstack;
 pub mod metering;
 pub mod operator;
 pub mod pipeline;
+pub mod reconcile;
 pub mod stack;
 pub mod workload;
 

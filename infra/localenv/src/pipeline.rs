@@ -4,19 +4,18 @@
 //! HTTP, progress while the system settles, and a reconciliation that fails the run if any
 //! payment was charged twice or lost.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use payments_core::clock::rfc3339_ms;
-use payments_core::failures::dynamodb::DynamoDbFailureStore;
-use payments_core::failures::{FailureRecord, FailureState, FailureStore};
+use payments_core::failures::{FailureRecord, FailureState};
 use payments_core::idempotency::dynamodb::DynamoDbStore;
 use payments_core::idempotency::{Idempotency, IdempotencyConfig, IdempotencyKey, PayloadHash, Recovery, Scope};
 use payments_core::payment::envelope::{SCHEMA_VERSION, parse_strict};
-use payments_core::payment::{PaymentMessage, PaymentStatus, PaymentView, intake_key, provider_idempotency_key};
+use payments_core::payment::{PaymentMessage, PaymentStatus, PaymentView, intake_key};
 use provider_simulator::{Capacity, LedgerSnapshot, SimConfig, Simulator};
 
 use crate::aws_proxy::AwsGateway;
@@ -25,8 +24,10 @@ use crate::emf_log::MetricTotals;
 use crate::event_source::{PollerConfig, PollerStats, ScheduleStats, queue_depth, spawn_poller, spawn_schedule};
 use crate::front::FrontDoor;
 use crate::functions::{Emulator, FunctionProcess};
-use crate::load::{ProviderLoad, sample_depth, sparkline};
+use crate::load::{ProviderLoad, sample_depth};
 use crate::localstack::OwnedLocalStack;
+use crate::reconcile::{Books, check_metrics, check_money};
+pub use crate::reconcile::{IncidentFigures, Permissions, Reconciliation};
 use crate::stack::{Stack, deploy, unique_name};
 use crate::workload::{Plan, Submission, WorkloadSpec, plan, submit};
 
@@ -155,6 +156,8 @@ pub struct PipelineOptions {
     /// The provider expects another key than the stack's secret holds (a key rotated at the
     /// provider but not in the secret): every charge is refused with 401.
     pub provider_refuses_key: bool,
+    /// Faults of the functions' own AWS calls, if any.
+    pub aws_faults: Option<crate::aws_faults::FaultPlan>,
 }
 
 impl Default for PipelineOptions {
@@ -186,6 +189,7 @@ impl Default for PipelineOptions {
             progress: true,
             clients: 8,
             provider_refuses_key: false,
+            aws_faults: None,
         }
     }
 }
@@ -211,271 +215,6 @@ pub enum PipelineError {
     /// Anything else.
     #[error("{0}")]
     Other(String),
-}
-
-/// The outcome of a run.
-#[derive(Debug, Clone, Default)]
-pub struct Reconciliation {
-    /// Distinct payments the intake accepted.
-    pub accepted: usize,
-    /// How many payments ended in each status.
-    pub statuses: BTreeMap<PaymentStatus, usize>,
-    /// Intake answers by HTTP status.
-    pub http: BTreeMap<u16, u64>,
-    /// Intake replays (client retries answered from the stored response).
-    pub replays: u64,
-    /// Processor duplicates suppressed (redeliveries and copies that did nothing).
-    pub duplicates_suppressed: u64,
-    /// Processor retries (retryable failures).
-    pub retries: u64,
-    /// Retry reasons.
-    pub retry_reasons: BTreeMap<String, f64>,
-    /// Poison messages recorded.
-    pub poison: u64,
-    /// Charges in the provider's ledger.
-    pub provider_charges: usize,
-    /// Charge requests the provider received.
-    pub provider_requests: u64,
-    /// Faults the provider injected, by kind.
-    pub provider_faults: BTreeMap<String, u64>,
-    /// Open failure records.
-    pub open_failure_records: usize,
-    /// Metric totals the reconciliation compared.
-    pub metrics: BTreeMap<String, f64>,
-    /// p50 / p99 processing latency (ms), from the processor's EMF.
-    pub latency_p50_p99: (Option<f64>, Option<f64>),
-    /// Whether the processor was killed mid-batch.
-    pub killed: bool,
-    /// Processor invocations that never answered (the killed one): their messages came back
-    /// after the visibility timeout.
-    pub interrupted_invocations: u64,
-    /// Wall time from first request to settled (every status read back).
-    pub settle_time: Duration,
-    /// Wall time from first request to both queues empty for good (every message handled).
-    pub drain_time: Duration,
-    /// Which scenario ran.
-    pub scenario: &'static str,
-    /// What the incident did, when there was one.
-    pub incident: Option<IncidentFigures>,
-    /// Payments the processor gave up (retry budget or age), by reason.
-    pub given_up: BTreeMap<String, f64>,
-    /// Deliveries that never reached the provider (circuit open, claim held elsewhere), by reason.
-    pub deferred: BTreeMap<String, f64>,
-    /// Circuit breaker transitions, by the phase entered.
-    pub circuit_transitions: BTreeMap<String, f64>,
-    /// Lookups of payments whose outcome was unknown (processor and DLQ consumer), by answer.
-    pub outcome_lookups: BTreeMap<String, f64>,
-    /// Abandoned records the completer handled, by outcome.
-    pub recovered: BTreeMap<String, f64>,
-    /// Payments left as abandoned acceptances (an intake that died after its claim).
-    pub abandoned: usize,
-    /// p50 / p99 time to an intake answer (ms), every request counted.
-    pub intake_latency_p50_p99: (Option<f64>, Option<f64>),
-    /// The payments queue's depth once a second, from the first request to settled.
-    pub queue_depth: Vec<u64>,
-    /// The provider's limit, the processor's pace, and the peaks the provider saw.
-    pub provider_load: ProviderLoad,
-    /// Where the functions' logs of this run are (one file per function).
-    pub log_dir: PathBuf,
-    /// Provider keys charged more than once (a violation each).
-    pub double_charges: usize,
-    /// Accepted payments that ended in no terminal state, or in one their charges contradict.
-    pub lost: usize,
-    /// The functions' AWS calls and what their roles say of them.
-    pub permissions: Permissions,
-    /// Broken invariants: empty on a good run.
-    pub violations: Vec<String>,
-}
-
-impl Reconciliation {
-    /// The table printed at the end of a run.
-    pub fn table(&self) -> String {
-        let rows = [self.outcome_rows(), self.traffic_rows(), self.timing_rows(), self.incident_rows()].concat();
-        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-        let mut out = String::from("| what | count |\n|---|---|\n");
-        for (k, v) in rows {
-            out.push_str(&format!("| {k:width$} | {v} |\n"));
-        }
-        let unused: Vec<String> =
-            self.permissions.findings.lines().into_iter().filter(|l| l.ends_with("never used")).collect();
-        if !unused.is_empty() {
-            out.push_str(
-                "\nGranted by the functions' roles, used by no call of this run (rare paths, or to remove):\n",
-            );
-            for line in unused {
-                out.push_str(&format!("  - {line}\n"));
-            }
-        }
-        if self.violations.is_empty() {
-            out.push_str("\nInvariants hold: no payment charged twice, none lost, metrics agree with the ledger.\n");
-        } else {
-            out.push_str("\nVIOLATIONS:\n");
-            for v in &self.violations {
-                out.push_str(&format!("  - {v}\n"));
-            }
-        }
-        out
-    }
-
-    /// How many payments ended in `status`.
-    pub fn count(&self, status: PaymentStatus) -> usize {
-        self.statuses.get(&status).copied().unwrap_or(0)
-    }
-
-    fn not_settled(&self) -> usize {
-        self.accepted
-            - self.count(PaymentStatus::Succeeded)
-            - self.count(PaymentStatus::Failed)
-            - self.count(PaymentStatus::DeadLettered)
-    }
-
-    /// What became of the payments, and of the messages that were not payments.
-    fn outcome_rows(&self) -> Vec<(String, String)> {
-        let looked = |answer: &str| self.outcome_lookups.get(answer).copied().unwrap_or(0.0);
-        let recovered = self.recovered.iter().filter(|(k, _)| *k != "skipped").map(|(k, v)| (k.clone(), *v));
-        vec![
-            row("accepted payments", self.accepted),
-            row("  succeeded", self.count(PaymentStatus::Succeeded)),
-            row("  failed (declined)", self.count(PaymentStatus::Failed)),
-            row("  dead-lettered", self.count(PaymentStatus::DeadLettered)),
-            row("  not settled", self.not_settled()),
-            row("duplicates suppressed (intake replays)", self.replays),
-            row("duplicates suppressed (processor)", self.duplicates_suppressed),
-            row("retries", self.retries),
-            row("poison messages recorded", self.poison),
-            row("open failure records", self.open_failure_records),
-            row("charged twice / lost", format!("{} / {}", self.double_charges, self.lost)),
-            row("failure reasons (retried and permanent)", counts(&self.retry_reasons)),
-            row("given up by the processor (to the DLQ)", counts(&self.given_up)),
-            row("deferred without a provider call", counts(&self.deferred)),
-            row("circuit breaker transitions", counts(&self.circuit_transitions)),
-            row(
-                "abandoned acceptances (intake died after its claim)",
-                format!("{}; the completer: {}", self.abandoned, counts(&recovered.collect())),
-            ),
-            row(
-                "unknown outcomes",
-                format!(
-                    "{} resolved by lookup (charged {}, not charged {}), {} lookups unanswered and retried, {} left \
-                     unknown",
-                    looked("charged") + looked("not_charged"),
-                    looked("charged"),
-                    looked("not_charged"),
-                    looked("unknown"),
-                    self.not_settled(),
-                ),
-            ),
-        ]
-    }
-
-    /// What the intake answered and what the provider was sent.
-    fn traffic_rows(&self) -> Vec<(String, String)> {
-        vec![
-            row("intake answers", counts(&self.http)),
-            row("provider charge requests", self.provider_requests),
-            row("provider faults injected", counts(&self.provider_faults)),
-            row("provider charges", self.provider_charges),
-            row("provider peak request rate", self.provider_load.describe()),
-            row(
-                "provider requests per payment",
-                format!("{:.2}", self.provider_requests as f64 / self.accepted.max(1) as f64),
-            ),
-            row("AWS calls by the functions", self.permissions.summary()),
-            row(
-                "AWS calls their roles refuse / grants unused",
-                format!("{} / {}", self.permissions.findings.denied.len(), self.permissions.findings.unused.len()),
-            ),
-            row("processor killed mid-batch", if self.killed { "yes" } else { "no" }),
-            row("invocations interrupted", self.interrupted_invocations),
-            row("scenario", self.scenario),
-        ]
-    }
-
-    /// How long things took.
-    fn timing_rows(&self) -> Vec<(String, String)> {
-        let ms = |(p50, p99): (Option<f64>, Option<f64>)| {
-            format!("{:.1} / {:.1}", p50.unwrap_or(f64::NAN), p99.unwrap_or(f64::NAN))
-        };
-        vec![
-            row("processing latency p50 / p99 (ms)", ms(self.latency_p50_p99)),
-            row("intake latency p50 / p99 (ms)", ms(self.intake_latency_p50_p99)),
-            row(
-                format!("queue depth, 1 sample/s (max {})", self.queue_depth.iter().max().copied().unwrap_or(0)),
-                sparkline(&self.queue_depth, 60),
-            ),
-            row("drained in (queues empty)", format!("{:.1} s", self.drain_time.as_secs_f64())),
-            row("settled in (statuses read back)", format!("{:.1} s", self.settle_time.as_secs_f64())),
-        ]
-    }
-
-    /// The provider incident of an outage or brownout run.
-    fn incident_rows(&self) -> Vec<(String, String)> {
-        let Some(incident) = &self.incident else { return Vec::new() };
-        vec![
-            row("incident window", format!("{} s", incident.window.as_secs())),
-            row(
-                "provider requests during the incident (probes overall)",
-                format!("{} ({})", incident.requests_during, incident.probes),
-            ),
-            row(
-                "provider requests per payment during the incident",
-                format!("{:.2}", incident.requests_during as f64 / self.accepted.max(1) as f64),
-            ),
-            row("from recovery to settled", format!("{:.1} s", incident.recovery_to_settled.as_secs_f64())),
-        ]
-    }
-}
-
-/// One row of the reconciliation table.
-fn row(what: impl Into<String>, value: impl ToString) -> (String, String) {
-    (what.into(), value.to_string())
-}
-
-/// Counts by name, as `name×count` pairs.
-fn counts<K: std::fmt::Display, V: std::fmt::Display>(by_name: &BTreeMap<K, V>) -> String {
-    by_name.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(" ")
-}
-
-/// Every AWS call of the run by function (how often each was made), and what the functions'
-/// roles say of them.
-#[derive(Debug, Clone, Default)]
-pub struct Permissions {
-    /// (function, call) → times made.
-    pub calls: BTreeMap<(String, crate::aws_proxy::AwsCall), u64>,
-    /// Calls the roles refuse; grants no call used.
-    pub findings: crate::iam::Findings,
-}
-
-impl Permissions {
-    /// A violation per call a role refuses.
-    fn denied_lines(&self) -> Vec<String> {
-        let denied = crate::iam::Findings { unused: Default::default(), ..self.findings.clone() };
-        denied.lines()
-    }
-
-    /// `function: N calls (K kinds)` for every function.
-    fn summary(&self) -> String {
-        let mut by_function: BTreeMap<&str, (u64, usize)> = BTreeMap::new();
-        for ((function, _), n) in &self.calls {
-            let entry = by_function.entry(function).or_default();
-            entry.0 += n;
-            entry.1 += 1;
-        }
-        by_function.iter().map(|(f, (n, kinds))| format!("{f} {n} ({kinds} kinds)")).collect::<Vec<_>>().join(", ")
-    }
-}
-
-/// What a provider incident came to.
-#[derive(Debug, Clone, Default)]
-pub struct IncidentFigures {
-    /// How long the provider misbehaved.
-    pub window: Duration,
-    /// Charge requests the provider received during the window.
-    pub requests_during: u64,
-    /// Of all requests, the circuit breaker's probes.
-    pub probes: u64,
-    /// From the provider's recovery to an empty queue with every payment settled.
-    pub recovery_to_settled: Duration,
 }
 
 /// What is running during a pipeline run; `shutdown` stops all of it.
@@ -568,7 +307,7 @@ pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> 
     std::fs::create_dir_all(&log_dir).map_err(|e| PipelineError::Other(format!("log dir: {e}")))?;
 
     crate::functions::build().await?;
-    let aws = start_aws_gateway(&sdk).await?;
+    let aws = start_aws_gateway(&sdk, options.aws_faults).await?;
     // Clients reach the intake through the front door on `port`; the emulator sits behind it.
     let emulator_port = options.port + EMULATOR_PORT_OFFSET;
     let emulator = Emulator::start(emulator_port, &log_dir.join("emulator.log")).await?;
@@ -595,11 +334,15 @@ pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> 
     })
 }
 
-/// Every function's AWS calls go through a listener of its own, which records them.
-async fn start_aws_gateway(sdk: &aws_config::SdkConfig) -> Result<AwsGateway, PipelineError> {
+/// Every function's AWS calls go through a listener of its own, which records them (and injects
+/// the run's AWS faults).
+async fn start_aws_gateway(
+    sdk: &aws_config::SdkConfig,
+    faults: Option<crate::aws_faults::FaultPlan>,
+) -> Result<AwsGateway, PipelineError> {
     let upstream = sdk.endpoint_url().unwrap_or("http://127.0.0.1:4566").trim_end_matches('/').to_owned();
     let region = sdk.region().map_or("us-east-1".to_owned(), |r| r.to_string());
-    AwsGateway::start(&upstream, &crate::functions::FUNCTIONS, &region, LOCALSTACK_ACCOUNT)
+    AwsGateway::start(&upstream, &crate::functions::FUNCTIONS, &region, LOCALSTACK_ACCOUNT, faults)
         .await
         .map_err(|e| PipelineError::Other(format!("AWS gateway: {e}")))
 }
@@ -646,11 +389,20 @@ async fn start_functions(
     let mut functions = HashMap::new();
     for (name, env) in envs {
         let log = log_dir.join(format!("{name}.log"));
-        let process = FunctionProcess::start(name, env, emulator_port, log, metrics.clone()).await?;
-        functions.insert(name.to_owned(), process);
+        let instances = if name == "intake" { INTAKE_INSTANCES } else { 1 };
+        for instance in 1..=instances {
+            let process =
+                FunctionProcess::start(name, env.clone(), emulator_port, log.clone(), metrics.clone()).await?;
+            let label = if instance == 1 { name.to_owned() } else { format!("{name}-{instance}") };
+            functions.insert(label, process);
+        }
     }
     Ok(functions)
 }
+
+/// Intake instances polling the emulator at once, as Lambda scales an API's function out: a
+/// status read waiting on a slow store holds one instance, not every client behind it.
+pub const INTAKE_INSTANCES: usize = 3;
 
 /// Makes the simulator check the key the stack's secret holds, as a real provider checks its
 /// account's (or another one, when the run plays a key rotated at the provider); the key.
@@ -796,38 +548,54 @@ pub async fn drive(running: &Running, options: &PipelineOptions) -> Result<Recon
     let depth = sample_depth(sqs, running.stack.queue_url().to_owned(), sampling.clone(), options.progress);
     let incident_over = AtomicBool::new(false);
     let (incident, settled) = tokio::join!(play_incident(running, options, &incident_over), async {
-        let mut submission = submit_and_kill(running, options, &plan).await;
-        abandon_acceptances(running, &plan, &mut submission).await?;
+        let submission = submit_and_kill(running, options, &plan).await;
+        abandon_acceptances(running, &plan).await?;
         say(options, &format!("intake answered {:?}; waiting for the system to settle", submission.statuses));
-        let (statuses, drained_at) = settle(running, options, &submission, started, &incident_over).await?;
-        Ok::<_, PipelineError>((submission, statuses, drained_at, Instant::now()))
+        let (books, drained_at) = settle(running, options, started, &incident_over).await?;
+        let heard = Heard { statuses_read: read_back(running, &plan).await, submission };
+        Ok::<_, PipelineError>((heard, books, drained_at, Instant::now()))
     });
     sampling.store(true, Relaxed);
     let queue_depth = depth.await.unwrap_or_default();
-    let (submission, statuses, drained_at, settled_at) = settled?;
+    let (heard, books, drained_at, settled_at) = settled?;
     let incident = incident?.map(|timeline| IncidentFigures {
         recovery_to_settled: settled_at.saturating_duration_since(timeline.recovered),
         ..timeline.figures
     });
     // Let the last EMF lines reach the logs.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut r = reconcile(running, options, &plan, &submission, statuses, settled_at - started).await?;
+    let mut r = reconcile(running, options, &plan, &heard, &books, settled_at - started).await?;
     r.queue_depth = queue_depth;
     r.drain_time = drained_at - started;
     judge_incident(&mut r, options, incident);
     let violations = r.provider_load.judge(r.accepted, r.drain_time);
     r.violations.extend(violations);
-    r.permissions = running.permissions().await?;
-    let _ = std::fs::write(running.log_dir.join("aws-calls.tsv"), running.aws.calls().table());
-    r.violations.extend(r.permissions.denied_lines());
+    account_for_aws(&mut r, running).await?;
     Ok(r)
+}
+
+/// The functions' AWS calls judged against their roles, and the AWS faults injected.
+async fn account_for_aws(r: &mut Reconciliation, running: &Running) -> Result<(), PipelineError> {
+    r.permissions = running.permissions().await?;
+    r.violations.extend(r.permissions.denied_lines());
+    r.aws_faults =
+        running.aws.faults().into_iter().map(|((op, kind), n)| (format!("{op} {}", kind.as_str()), n)).collect();
+    let _ = std::fs::write(running.log_dir.join("aws-calls.tsv"), running.aws.calls().table());
+    Ok(())
+}
+
+/// What the clients heard: the intake's answers to their submissions, and the statuses they
+/// read back once the system settled.
+struct Heard {
+    submission: Submission,
+    statuses_read: BTreeMap<(String, String), PaymentStatus>,
 }
 
 /// The plan's abandoned payments, written as an intake that died right after its claim leaves
 /// them: a recoverable claim holding the message, never enqueued, never completed, no answer to
-/// the client. They count as accepted (their status reads RECEIVED): the completer must finish
+/// the client. The intake recorded them (their status reads RECEIVED): the completer must finish
 /// them.
-async fn abandon_acceptances(running: &Running, plan: &Plan, submission: &mut Submission) -> Result<(), PipelineError> {
+async fn abandon_acceptances(running: &Running, plan: &Plan) -> Result<(), PipelineError> {
     let store = DynamoDbStore::new(aws_sdk_dynamodb::Client::new(&running.sdk), running.stack.idempotency_table());
     let idempotency = Idempotency::new(store, IdempotencyConfig::default());
     let invalid = |e: &dyn std::fmt::Display| PipelineError::Other(format!("abandoned payment: {e}"));
@@ -847,7 +615,6 @@ async fn abandon_acceptances(running: &Running, plan: &Plan, submission: &mut Su
         let recovery = Recovery { due_ms: lease_end + LOCAL_RECOVERY_GRACE_S * 1000, input: Some(message.to_body()) };
         let key = intake_key(&message.scope, &message.idempotency_key);
         idempotency.claim_recoverable(&key, &hash, lease_end, Some(recovery)).await.map_err(|e| invalid(&e))?;
-        submission.accepted.insert((planned.scope.clone(), planned.key.clone()), planned.amount());
     }
     Ok(())
 }
@@ -968,19 +735,18 @@ fn say(options: &PipelineOptions, line: &str) {
     }
 }
 
-/// Polls until both queues are empty, every accepted payment is in a terminal state, and the
-/// incident (if any) is `over`. Statuses are read only while the queues are empty: in a large run
-/// a sweep of every payment each second would be most of LocalStack's load. Returns the statuses
-/// and when the queues were found empty for good (a sweep of thousands takes a while).
+/// Polls until both queues are empty, every payment the intake recorded is in a terminal state
+/// with its acceptance finished, and the incident (if any) is `over`. The books are read only
+/// while the queues are empty: in a large run a read of every payment each second would be most
+/// of LocalStack's load. Returns the books and when the queues were found empty for good.
 async fn settle(
     running: &Running,
     options: &PipelineOptions,
-    submission: &Submission,
     started: Instant,
     over: &AtomicBool,
-) -> Result<(BTreeMap<(String, String), PaymentStatus>, Instant), PipelineError> {
+) -> Result<(Books, Instant), PipelineError> {
     let sqs = aws_sdk_sqs::Client::new(&running.sdk);
-    let mut statuses: BTreeMap<(String, String), PaymentStatus> = BTreeMap::new();
+    let mut books = Books::default();
     let mut drained_at = None;
     loop {
         // A depth that cannot be read counts as not settled yet.
@@ -994,62 +760,67 @@ async fn settle(
         };
         drained_at = if depth == 0 { drained_at.or(Some(read_at)) } else { None };
         if depth == 0 {
-            read_statuses(running, submission, &mut statuses).await;
+            books = Books::read(&running.sdk, &running.stack).await.map_err(PipelineError::Other)?;
         }
-        let terminal = statuses
-            .values()
-            .filter(|s| matches!(s, PaymentStatus::Succeeded | PaymentStatus::Failed | PaymentStatus::DeadLettered))
-            .count();
         let provider = running.ledger_summary().await.unwrap_or_default();
         say(
             options,
             &format!(
-                "t+{:>5.1}s  queued {depth}  batches {}  retried {}  charges {}  terminal {terminal}/{}",
+                "t+{:>5.1}s  queued {depth}  batches {}  retried {}  charges {}  terminal {}/{}",
                 started.elapsed().as_secs_f64(),
                 running.pollers.payments.batches.load(Relaxed),
                 running.pollers.payments.failed.load(Relaxed),
                 provider.charge_count,
-                submission.accepted.len(),
+                books.terminal(),
+                books.payments.len(),
             ),
         );
-        if depth == 0 && terminal == submission.accepted.len() && over.load(Relaxed) {
-            return Ok((statuses, drained_at.unwrap_or(read_at)));
+        if depth == 0 && books.settled() && !books.payments.is_empty() && over.load(Relaxed) {
+            return Ok((books, drained_at.unwrap_or(read_at)));
         }
         if started.elapsed() > options.settle_timeout {
             return Err(PipelineError::NotSettled(
                 options.settle_timeout,
-                format!("{terminal}/{} terminal, {depth} queued", submission.accepted.len()),
+                format!("{}/{} terminal, {depth} queued", books.terminal(), books.payments.len()),
             ));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-/// Reads the status of every accepted payment not yet known to be final (16 at a time).
-async fn read_statuses(
-    running: &Running,
-    submission: &Submission,
-    statuses: &mut BTreeMap<(String, String), PaymentStatus>,
-) {
+/// How often a client asks again for a status it was not given (503, 409, no answer).
+const READ_BACK_TRIES: u32 = 30;
+
+/// Every client reads its payment's status through the API, as careful clients do, asking
+/// again after a `503` (its `Retry-After`) until it is answered (16 reads at a time).
+async fn read_back(running: &Running, plan: &Plan) -> BTreeMap<(String, String), PaymentStatus> {
     use futures::StreamExt;
     let client = reqwest::Client::new();
-    let unsettled: Vec<(String, String)> = submission
-        .accepted
-        .keys()
-        .filter(|id| !matches!(statuses.get(*id), Some(PaymentStatus::Succeeded | PaymentStatus::Failed)))
-        .cloned()
-        .collect();
-    let reads = unsettled.into_iter().map(|(scope, key)| {
-        let (client, url) = (client.clone(), format!("{}/{key}", running.intake_url()));
+    // The abandoned acceptances' clients too: their request was never answered.
+    let reads = plan.payments.iter().map(|p| {
+        let (client, url, scope, key) =
+            (client.clone(), format!("{}/{}", running.intake_url(), p.key), p.scope.clone(), p.key.clone());
         async move {
-            let request = crate::caller::identified(client.get(url).build().ok()?, &scope);
-            let response = client.execute(request).await.ok()?;
-            let view = response.json::<PaymentView>().await.ok()?;
-            Some(((scope, key), view.status))
+            for _ in 0..READ_BACK_TRIES {
+                let request = crate::caller::identified(client.get(&url).build().ok()?, &scope);
+                match client.execute(request).await {
+                    Ok(answer) if answer.status() == 200 => {
+                        let view = answer.json::<PaymentView>().await.ok()?;
+                        return Some(((scope, key), view.status));
+                    }
+                    Ok(answer) if answer.status() == 404 => return None,
+                    Ok(answer) => {
+                        let wait = answer.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok());
+                        tokio::time::sleep(Duration::from_secs(wait.unwrap_or(1))).await;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
+            }
+            None
         }
     });
     let read: Vec<_> = futures::stream::iter(reads).buffer_unordered(16).collect().await;
-    statuses.extend(read.into_iter().flatten());
+    read.into_iter().flatten().collect()
 }
 
 impl Running {
@@ -1106,22 +877,35 @@ async fn reconcile(
     running: &Running,
     options: &PipelineOptions,
     plan: &Plan,
-    submission: &Submission,
-    statuses: BTreeMap<(String, String), PaymentStatus>,
+    heard: &Heard,
+    books: &Books,
     settle_time: Duration,
 ) -> Result<Reconciliation, PipelineError> {
     let ledger = running.ledger().await?;
-    let failures =
-        DynamoDbFailureStore::new(aws_sdk_dynamodb::Client::new(&running.sdk), running.stack.failures_table());
-    let records = failures.list(false).await.map_err(|e| PipelineError::Other(e.to_string()))?;
-    let mut r = figures(running, options, submission, &ledger, &records);
+    let mut r = figures(running, options, &heard.submission, &ledger, &books.failure_records);
+    r.accepted = books.payments.len();
     r.abandoned = plan.abandoned.len();
     r.settle_time = settle_time;
-    for status in statuses.values() {
-        *r.statuses.entry(*status).or_default() += 1;
+    for payment in books.payments.values() {
+        *r.statuses.entry(payment.status).or_default() += 1;
     }
-    check_money(&mut r, &ledger, submission, &statuses, &records);
-    check_metrics(&mut r, options, plan, &running.metrics, &ledger);
+    let told: BTreeSet<(String, String)> = heard
+        .submission
+        .accepted
+        .keys()
+        .chain(heard.statuses_read.keys())
+        .filter(|id| books.payments.contains_key(*id))
+        .cloned()
+        .collect();
+    r.told = told.len();
+    check_money(&mut r, &ledger, books, &told);
+    for (id, said) in &heard.statuses_read {
+        let kept = books.payments.get(id).map(|p| p.status);
+        if kept != Some(*said) {
+            r.violations.push(format!("{}/{}: the API said {said:?}, the records hold {kept:?}", id.0, id.1));
+        }
+    }
+    check_metrics(&mut r, options.kill_processor, plan, &running.metrics, books);
     Ok(r)
 }
 
@@ -1140,7 +924,6 @@ fn figures(
         *outcome_lookups.entry(answer).or_default() += n;
     }
     Reconciliation {
-        accepted: submission.accepted.len(),
         http: submission.statuses.clone(),
         replays: submission.replays,
         duplicates_suppressed: m.sum("processor", "DuplicateSuppressed") as u64,
@@ -1189,110 +972,4 @@ fn headline_metrics(m: &MetricTotals) -> BTreeMap<String, f64> {
         .chain([("dlq-consumer", "DeadLettered"), ("intake", "Accepted")])
         .map(|(service, name)| (format!("{service}.{name}"), m.sum(service, name)))
         .collect()
-}
-
-/// The money invariants: at most one charge per provider key; every accepted payment reaches
-/// exactly one terminal state; SUCCEEDED ones have exactly one charge of their amount; no other
-/// payment has a charge; DEAD_LETTERED ones have an open failure record.
-fn check_money(
-    r: &mut Reconciliation,
-    ledger: &LedgerSnapshot,
-    submission: &Submission,
-    statuses: &BTreeMap<(String, String), PaymentStatus>,
-    records: &[FailureRecord],
-) {
-    let mut per_key: BTreeMap<&str, usize> = BTreeMap::new();
-    for charge in &ledger.charges {
-        *per_key.entry(charge.idempotency_key.as_str()).or_default() += 1;
-    }
-    for (key, n) in &per_key {
-        if *n > 1 {
-            r.double_charges += 1;
-            r.violations.push(format!("provider key {key} charged {n} times"));
-        }
-    }
-    for ((scope, key), amount) in &submission.accepted {
-        let status = statuses.get(&(scope.clone(), key.clone())).copied();
-        let (Ok(s), Ok(k)) = (Scope::new(scope), IdempotencyKey::new(key)) else { continue };
-        let provider_key = provider_idempotency_key(&s, &k);
-        let charges: Vec<_> = ledger.charges.iter().filter(|c| c.idempotency_key == provider_key).collect();
-        let recorded_dead = || {
-            records.iter().any(|f| {
-                f.state == FailureState::Open && f.idempotency_key.as_ref() == Some(&k) && f.scope.as_ref() == Some(&s)
-            })
-        };
-        let wrong = match status {
-            Some(PaymentStatus::Succeeded) if charges.len() != 1 || charges[0].amount != *amount => {
-                Some(format!("SUCCEEDED with {} charges", charges.len()))
-            }
-            Some(PaymentStatus::Succeeded) => None,
-            Some(ended @ (PaymentStatus::Failed | PaymentStatus::DeadLettered)) if !charges.is_empty() => {
-                Some(format!("is {ended:?} but was charged"))
-            }
-            Some(PaymentStatus::DeadLettered) if !recorded_dead() => {
-                r.violations.push(format!("{scope}/{key} DEAD_LETTERED without a failure record"));
-                None
-            }
-            Some(PaymentStatus::Failed | PaymentStatus::DeadLettered) => None,
-            other => Some(format!("lost: ended {other:?}")),
-        };
-        if let Some(wrong) = wrong {
-            r.lost += 1;
-            r.violations.push(format!("{scope}/{key} {wrong}"));
-        }
-    }
-}
-
-/// The metrics agree with the ledger, the statuses and the plan.
-fn check_metrics(
-    r: &mut Reconciliation,
-    options: &PipelineOptions,
-    plan: &Plan,
-    m: &MetricTotals,
-    ledger: &LedgerSnapshot,
-) {
-    // Every abandoned acceptance was found and finished by the completer, and nothing else was.
-    let finished = r.recovered.get("enqueued").copied().unwrap_or(0.0) as usize;
-    if finished != plan.abandoned.len() {
-        r.violations.push(format!(
-            "the completer finished {finished} abandoned acceptances, {} were left",
-            plan.abandoned.len()
-        ));
-    }
-    // A SIGKILLed instance loses the metrics of the batch it was running (EMF is flushed per
-    // invocation), so that run allows a shortfall of at most one batch.
-    let succeeded = r.count(PaymentStatus::Succeeded) as f64;
-    let processed = m.sum("processor", "Processed");
-    let slack = if options.kill_processor { 10.0 } else { 0.0 };
-    if processed > succeeded || succeeded - processed > slack {
-        r.violations.push(format!("metric Processed = {processed}, but {succeeded} payments SUCCEEDED"));
-    }
-    if ledger.charges.len() as f64 != succeeded {
-        r.violations.push(format!("{} charges in the ledger for {succeeded} SUCCEEDED payments", ledger.charges.len()));
-    }
-    // A message of a schema version this code does not read is not poison: it waits for a
-    // processor that reads it, then goes to the DLQ (recorded, but no payment's status).
-    let future = plan
-        .poison
-        .iter()
-        .filter(|body| PaymentMessage::parse(body).is_err_and(|e| e.code() == "unsupported_schema_version"))
-        .count();
-    let dead = r.count(PaymentStatus::DeadLettered) as f64;
-    if r.metrics["dlq-consumer.DeadLettered"] != dead + future as f64 {
-        r.violations.push(format!(
-            "metric DeadLettered = {}, but {dead} payments DEAD_LETTERED and {future} messages of an unknown schema version",
-            r.metrics["dlq-consumer.DeadLettered"]
-        ));
-    }
-    // The intake counts what it answered 202; the completer what it finished for a dead intake.
-    if r.metrics["intake.Accepted"] + finished as f64 != r.accepted as f64 {
-        r.violations.push(format!(
-            "metric Accepted = {} (+ {finished} finished by the completer), but {} payments accepted",
-            r.metrics["intake.Accepted"], r.accepted
-        ));
-    }
-    let poison = plan.poison.len() - future;
-    if r.poison < poison as u64 && !options.kill_processor {
-        r.violations.push(format!("{poison} poison messages sent, {} recorded", r.poison));
-    }
 }

@@ -172,7 +172,9 @@ fn poison_body(i: usize, run: &str) -> String {
 /// What the intake answered.
 #[derive(Debug, Clone, Default)]
 pub struct Submission {
-    /// Accepted payments (202 at least once), by (scope, key): their amount.
+    /// Payments their client was told were accepted (202 at least once), by (scope, key): their
+    /// amount. What the intake recorded is in its records: a client answered 503 may still have
+    /// had its payment accepted.
     pub accepted: BTreeMap<(String, String), u64>,
     /// Responses by HTTP status.
     pub statuses: BTreeMap<u16, u64>,
@@ -202,8 +204,8 @@ pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
-/// How often a client comes back after a 503 before it gives the payment up.
-const MAX_503_RETRIES: u32 = 30;
+/// How often a client asks again before it leaves the payment to a status read.
+const MAX_TRIES: u32 = 30;
 
 /// Submits the plan through the intake at `intake_url` (`…/payments`), `parallelism` at a time.
 /// A client answered 503 comes back after its `Retry-After`, as a well-behaved client does.
@@ -235,7 +237,10 @@ pub async fn submit(plan: &Plan, intake_url: &str, parallelism: usize) -> Submis
     result.into_inner()
 }
 
-/// Posts one payment, coming back after each 503's `Retry-After`, and counts every answer.
+/// Posts one payment as a careful client does: until the intake gives an answer that settles it
+/// (`202`, or a refusal of the request itself), it comes back with the same key after a `503`,
+/// a `409` (the first request with the key still being accepted), a `500` or no answer at all,
+/// waiting each `Retry-After`. Every answer is counted.
 async fn post_until_answered(
     client: &reqwest::Client,
     url: &str,
@@ -243,7 +248,7 @@ async fn post_until_answered(
     body: Value,
     result: &tokio::sync::Mutex<Submission>,
 ) {
-    for _ in 0..=MAX_503_RETRIES {
+    for _ in 0..MAX_TRIES {
         let started = std::time::Instant::now();
         let request = client.post(url).header("Idempotency-Key", &payment.key).json(&body).build();
         let response = match request {
@@ -254,7 +259,9 @@ async fn post_until_answered(
         result.latencies_ms.push(started.elapsed().as_secs_f64() * 1000.0);
         let Ok(response) = response else {
             result.transport_errors += 1;
-            return;
+            drop(result);
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            continue;
         };
         let status = response.status().as_u16();
         *result.statuses.entry(status).or_default() += 1;
@@ -264,7 +271,7 @@ async fn post_until_answered(
         if status == 202 {
             result.accepted.insert((payment.scope.clone(), payment.key.clone()), payment.amount());
         }
-        if status != 503 {
+        if !matches!(status, 409 | 500 | 503) {
             return;
         }
         drop(result);

@@ -129,6 +129,22 @@ fn shows(refused: Option<&Item>, attribute: &str, value: &str) -> bool {
     refused.and_then(|item| item.get(attribute)).and_then(|v| v.as_s().ok()).is_some_and(|v| v == value)
 }
 
+impl DynamoDbFailureStore {
+    /// Whether `record`'s item is the one write `write_id` stored.
+    async fn holds_write(&self, record: &FailureRecord, write_id: &str) -> bool {
+        let read = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(&record.partition))
+            .key("sk", s(&record.message_id))
+            .consistent_read(true)
+            .send()
+            .await;
+        read.is_ok_and(|out| shows(out.item(), WRITE_ID, write_id))
+    }
+}
+
 impl FailureStore for DynamoDbFailureStore {
     async fn record(&self, record: &FailureRecord) -> Result<Recorded, FailureStoreError> {
         let write_id = uuid::Uuid::new_v4().to_string();
@@ -148,6 +164,8 @@ impl FailureStore for DynamoDbFailureStore {
             Err(e) => match refused(&e) {
                 Some(found) if shows(found, WRITE_ID, &write_id) => Ok(Recorded::New),
                 Some(_) => Ok(Recorded::AlreadyRecorded),
+                // Every answer lost? One strongly consistent read says whether it landed.
+                None if self.holds_write(record, &write_id).await => Ok(Recorded::New),
                 None => Err(error(&e)),
             },
         }

@@ -76,6 +76,16 @@ impl DynamoDbStore {
         operation: &str,
         lease_ended_before_ms: i64,
     ) -> Result<Vec<IdempotencyRecord>, StoreError> {
+        let records = self.records_of(operation).await?;
+        Ok(records
+            .into_iter()
+            .filter(|r| r.status == RecordStatus::InProgress && r.lease_until_ms < lease_ended_before_ms)
+            .collect())
+    }
+
+    /// Every record of `operation` (strongly consistent). An operator's or a reconciliation's
+    /// query: it scans the table.
+    pub async fn records_of(&self, operation: &str) -> Result<Vec<IdempotencyRecord>, StoreError> {
         let mut found = Vec::new();
         let mut start = None;
         loop {
@@ -83,12 +93,10 @@ impl DynamoDbStore {
                 .client
                 .scan()
                 .table_name(&self.table)
+                .consistent_read(true)
                 .set_exclusive_start_key(start.take())
-                .filter_expression("begins_with(pk, :prefix) AND #status = :in_progress AND lease_until_ms < :before")
-                .expression_attribute_names("#status", "status")
+                .filter_expression("begins_with(pk, :prefix)")
                 .expression_attribute_values(":prefix", s(format!("{operation}#")))
-                .expression_attribute_values(":in_progress", s(RecordStatus::InProgress.as_str()))
-                .expression_attribute_values(":before", n(lease_ended_before_ms))
                 .send()
                 .await
                 .map_err(|e| store_error(&e))?;
@@ -268,8 +276,9 @@ where
     sort_error(err, StoreError::Transient, StoreError::Permanent)
 }
 
-impl IdempotencyStore for DynamoDbStore {
-    async fn claim(&self, request: &ClaimRequest) -> Result<ClaimOutcome, StoreError> {
+impl DynamoDbStore {
+    /// The claim: one conditional write, and more rounds only past a TTL or on a lost race.
+    async fn claim_in_rounds(&self, request: &ClaimRequest) -> Result<ClaimOutcome, StoreError> {
         let pk = request.key.partition_key();
         // The common paths (first claim, take-over, duplicate) finish in the first round with one
         // request. Only a record past its TTL, or a race with another claimer, needs more.
@@ -296,7 +305,8 @@ impl IdempotencyStore for DynamoDbStore {
         Err(StoreError::Transient(format!("claim of {pk} kept losing races")))
     }
 
-    async fn settle(&self, request: &SettleRequest) -> Result<Settlement, StoreError> {
+    /// The settlement: one conditional write.
+    async fn settle_once(&self, request: &SettleRequest) -> Result<Settlement, StoreError> {
         let pk = request.key.partition_key();
         let update = self
             .client
@@ -320,6 +330,34 @@ impl IdempotencyStore for DynamoDbStore {
                 }
                 Ok(Settlement::NotOwner { current: current.map(Box::new) })
             }
+        }
+    }
+}
+
+impl IdempotencyStore for DynamoDbStore {
+    /// A claim whose every answer was lost (the SDK's retries exhausted by faults after the
+    /// write committed) is checked with one strongly consistent read before it is reported as
+    /// failed: a claim that landed is the caller's.
+    async fn claim(&self, request: &ClaimRequest) -> Result<ClaimOutcome, StoreError> {
+        match self.claim_in_rounds(request).await {
+            Err(error) if error.is_retryable() => match self.get(&request.key).await {
+                Ok(Some(own)) if is_own_claim(Some(&own), request) => {
+                    Ok(claimed(request, own.attempts, own.created_at_ms != request.now_ms))
+                }
+                _ => Err(error),
+            },
+            outcome => outcome,
+        }
+    }
+
+    /// Likewise, a settlement whose every answer was lost is checked with one read.
+    async fn settle(&self, request: &SettleRequest) -> Result<Settlement, StoreError> {
+        match self.settle_once(request).await {
+            Err(error) if error.is_retryable() => match self.get(&request.key).await {
+                Ok(current) if is_own_settlement(current.as_ref(), request) => Ok(Settlement::Recorded),
+                _ => Err(error),
+            },
+            outcome => outcome,
         }
     }
 
