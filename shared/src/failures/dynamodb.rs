@@ -130,18 +130,21 @@ fn shows(refused: Option<&Item>, attribute: &str, value: &str) -> bool {
 }
 
 impl DynamoDbFailureStore {
-    /// Whether `record`'s item is the one write `write_id` stored.
+    /// Whether `record`'s item is the one write `write_id` stored. A query of its one key rather
+    /// than a `GetItem`: the writers' roles grant `Query` on this table already, and nothing more
+    /// is needed for this rare read (the end-to-end permission check found it).
     async fn holds_write(&self, record: &FailureRecord, write_id: &str) -> bool {
         let read = self
             .client
-            .get_item()
+            .query()
             .table_name(&self.table)
-            .key("pk", s(&record.partition))
-            .key("sk", s(&record.message_id))
+            .key_condition_expression("pk = :pk AND sk = :sk")
+            .expression_attribute_values(":pk", s(&record.partition))
+            .expression_attribute_values(":sk", s(&record.message_id))
             .consistent_read(true)
             .send()
             .await;
-        read.is_ok_and(|out| shows(out.item(), WRITE_ID, write_id))
+        read.is_ok_and(|out| shows(out.items().first(), WRITE_ID, write_id))
     }
 }
 

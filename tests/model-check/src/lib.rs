@@ -22,8 +22,8 @@
 //! Promela transcription that could drift.
 
 use payments_core::idempotency::protocol::{
-    ClaimDecision, ClaimRequest, IdempotencyRecord, OwnerToken, RecordStatus, Recovery, Refusal, Settle, StoredFailure,
-    claimed_record, decide_claim, may_settle, settled_record,
+    ClaimDecision, ClaimRequest, IdempotencyRecord, OwnerToken, RecordStatus, Recovery, Refusal, Settle, SettleRequest,
+    StoredFailure, claimed_record, decide_claim, is_own_claim, is_own_settlement, may_settle, settled_record,
 };
 use payments_core::idempotency::{IdempotencyKey, Operation, PayloadHash, RecordKey, Scope};
 use stateright::{Model, Property};
@@ -50,6 +50,9 @@ pub enum Rules {
     UnconditionalSettle,
     /// The DLQ consumer records every dead payment as dead without asking the provider.
     DeadLetterWithoutLookup,
+    /// A worker whose store answer was lost takes every refusal of its retry for another's
+    /// write, as the store did before it compared what it found with what it wrote.
+    NoOwnWriteRecognition,
 }
 
 /// Time in ticks of one second. The state keeps every timer relative to "now" and saturates the
@@ -120,6 +123,11 @@ pub struct ProtocolModel {
     /// Times the completer may re-enqueue each payment in a run (0: no completer). The real one
     /// runs every minute without a bound; the model bounds it to stay finite.
     pub max_completions: u8,
+    /// Store answers that may be lost in a run: a claim or settlement commits, and its answer
+    /// never reaches the worker, whose SDK retries it and is refused by its own write. The worker
+    /// then tells its own write from another's with `protocol::is_own_claim` and
+    /// `is_own_settlement`, as the DynamoDB store does.
+    pub max_lost_answers: u8,
 }
 
 impl ProtocolModel {
@@ -138,7 +146,14 @@ impl ProtocolModel {
             declines: true,
             max_losses: 0,
             max_completions: 0,
+            max_lost_answers: 0,
         }
+    }
+
+    /// Lost store answers: 2 workers, 2 payments (one delivered twice), one crash, and up to two
+    /// claims or settlements whose answer is lost after the write committed.
+    pub fn with_lost_answers(provider: Provider, rules: Rules) -> Self {
+        Self { workers: 2, max_crashes: 1, max_lost_answers: 2, ..Self::standard(provider, rules) }
     }
 
     /// The completer's configuration: 2 workers, 2 payments, one crash, one message lost at any
@@ -275,6 +290,11 @@ pub struct State {
     pub losses: u8,
     /// Re-enqueues by the completer so far, per payment.
     pub completions: Vec<u8>,
+    /// Store answers lost so far.
+    pub lost_answers: u8,
+    /// History: a worker whose answer was lost took another's claim, completion or failure for
+    /// its own, or missed its own.
+    pub misjudged: bool,
 }
 
 /// Everything that can happen.
@@ -283,12 +303,13 @@ pub enum Action {
     /// A second passes; workers at their deadline are killed.
     Tick,
     /// `worker` receives message `msg` and the batch runner starts it at once: claim, and on
-    /// success call the provider (or SQS dead-letters it past maxReceiveCount).
-    Receive(u8, u8),
+    /// success call the provider (or SQS dead-letters it past maxReceiveCount). With `true`, the
+    /// claim's answer is lost: the worker learns the outcome from its retry.
+    Receive(u8, u8, bool),
     /// The provider answers the worker (`true`: it committed, then the client timed out).
     Finish(u8, Answer, bool),
-    /// The worker settles its claim with the answer.
-    Settle(u8),
+    /// The worker settles its claim with the answer (`true`: the answer is lost, as above).
+    Settle(u8, bool),
     /// The worker crashes.
     Crash(u8),
     /// The provider processes a crashed worker's request (committing it or not).
@@ -322,6 +343,9 @@ fn token(worker: u8) -> OwnerToken {
     OwnerToken::from_stored(format!("w{worker}"))
 }
 
+/// The owner token of a claim whose worker crashed (held by no live worker).
+const CRASHED: &str = "crashed";
+
 /// The DLQ consumer's owner token when it completes a record (not a worker's).
 const DLQ_CONSUMER: &str = "dlq";
 
@@ -341,9 +365,14 @@ impl ProtocolModel {
         }
     }
 
+    /// What a worker whose answer was lost concludes, given what the protocol's recognition says.
+    fn recognises(&self, own: bool) -> bool {
+        own && self.rules != Rules::NoOwnWriteRecognition
+    }
+
     fn allowed(&self, stored: Option<&IdempotencyRecord>, worker: u8) -> bool {
         match self.rules {
-            Rules::Real | Rules::NoLeaseExpiryCheck | Rules::DeadLetterWithoutLookup => {
+            Rules::Real | Rules::NoLeaseExpiryCheck | Rules::DeadLetterWithoutLookup | Rules::NoOwnWriteRecognition => {
                 may_settle(stored, &token(worker))
             }
             Rules::NoOwnerCondition => matches!(stored, Some(r) if r.status == RecordStatus::InProgress),
@@ -430,6 +459,15 @@ impl ProtocolModel {
             state.orphans.sort_unstable();
         }
         state.workers[w] = Worker::Idle;
+        // Owner tokens are random per claim: the instance that replaces a crashed one never holds
+        // its tokens. Tokens here are per worker slot, so the crashed claims' tokens are renamed
+        // to one no worker holds (tokens are only ever compared for equality).
+        let (crashed, nobody) = (token(w as u8), OwnerToken::from_stored(CRASHED.into()));
+        for record in state.records.iter_mut().flatten() {
+            if record.owner.as_ref() == Some(&crashed) {
+                record.owner = Some(nobody.clone());
+            }
+        }
     }
 
     /// Whether waiting changes anything: some timer still runs.
@@ -588,6 +626,8 @@ impl Model for ProtocolModel {
             settled_changed: false,
             losses: 0,
             completions: vec![0; usize::from(self.keys)],
+            lost_answers: 0,
+            misjudged: false,
         }]
     }
 
@@ -604,7 +644,10 @@ impl Model for ProtocolModel {
                 Worker::Idle => {
                     for (k, m) in s.messages.iter().enumerate() {
                         if !m.deleted && !m.dead && m.visible_in <= 0 {
-                            actions.push(Action::Receive(w, k as u8));
+                            actions.push(Action::Receive(w, k as u8, false));
+                            if s.lost_answers < self.max_lost_answers {
+                                actions.push(Action::Receive(w, k as u8, true));
+                            }
                         }
                     }
                 }
@@ -618,7 +661,12 @@ impl Model for ProtocolModel {
                         actions.push(Action::Finish(w, Answer::Retryable, true));
                     }
                 }
-                Worker::Answered { .. } => actions.push(Action::Settle(w)),
+                Worker::Answered { .. } => {
+                    actions.push(Action::Settle(w, false));
+                    if s.lost_answers < self.max_lost_answers {
+                        actions.push(Action::Settle(w, true));
+                    }
+                }
             }
             if *worker != Worker::Idle && s.crashes < self.max_crashes {
                 actions.push(Action::Crash(w));
@@ -693,7 +741,7 @@ impl Model for ProtocolModel {
                     }
                 }
             }
-            Action::Receive(w, msg) => {
+            Action::Receive(w, msg, lost) => {
                 let m = &mut s.messages[usize::from(msg)];
                 let key = m.key;
                 let k = usize::from(key);
@@ -711,25 +759,34 @@ impl Model for ProtocolModel {
                 let deadline = t.function_timeout as i8;
                 debug_assert!(t.function_timeout >= t.provider_timeout + t.margin);
                 let stored = s.records[k].clone();
+                let request = ClaimRequest {
+                    key: record_key(key),
+                    payload_hash: payload(),
+                    owner: token(w),
+                    now_ms: NOW_MS,
+                    lease_until_ms: i64::from(deadline.min(t.max_lease as i8)) * 1000,
+                    expires_at_s: i64::from(t.retention),
+                    // Due as soon as abandoned: the guard in `abandoned` stands for the real due
+                    // time (the payment's age limit) and the quiet period.
+                    recovery: (self.max_completions > 0).then_some(Recovery { due_ms: PAST_MS, input: None }),
+                };
+                if lost {
+                    s.lost_answers += 1;
+                }
                 match self.decide(stored.as_ref()) {
                     decision @ (ClaimDecision::Create | ClaimDecision::TakeOver) => {
-                        let lease = i64::from(deadline.min(t.max_lease as i8)) * 1000;
-                        let request = ClaimRequest {
-                            key: record_key(key),
-                            payload_hash: payload(),
-                            owner: token(w),
-                            now_ms: NOW_MS,
-                            lease_until_ms: lease,
-                            expires_at_s: i64::from(t.retention),
-                            // Due as soon as abandoned: the guard in `abandoned` stands for the
-                            // real due time (the payment's age limit) and the quiet period.
-                            recovery: (self.max_completions > 0).then_some(Recovery { due_ms: PAST_MS, input: None }),
-                        };
                         if matches!(&stored, Some(r) if r.status != RecordStatus::InProgress && !r.is_expired(NOW_MS)) {
                             s.settled_changed = true;
                         }
                         let mut record = claimed_record(stored.as_ref(), decision, &request);
                         abstract_history(&mut record);
+                        if lost && !self.recognises(is_own_claim(Some(&record), &request)) {
+                            // The retry, refused by this very claim, would take it for another's.
+                            s.misjudged = true;
+                            s.records[k] = Some(record);
+                            Self::hide(&mut s, w, msg, (t.max_lease + 1) as i8);
+                            return Some(s);
+                        }
                         if s.messages[usize::from(msg)].lookup_only {
                             return Some(self.look_up_only(s, w, msg, record));
                         }
@@ -737,6 +794,12 @@ impl Model for ProtocolModel {
                         Self::start_call(&mut s, key);
                         s.workers[usize::from(w)] =
                             Worker::Calling { msg, deadline, call_deadline: t.provider_timeout as i8 };
+                    }
+                    ClaimDecision::Refuse(_) if lost && is_own_claim(stored.as_ref(), &request) => {
+                        // Another's claim taken for this worker's own: it would call the provider
+                        // under a lease it does not hold.
+                        s.misjudged = true;
+                        Self::hide(&mut s, w, msg, t.backoff as i8);
                     }
                     ClaimDecision::Refuse(Refusal::InProgress { lease_until_ms }) => {
                         // Come back when that lease ends (the processor hides the message).
@@ -762,7 +825,7 @@ impl Model for ProtocolModel {
                 };
                 s.workers[usize::from(w)] = Worker::Answered { msg, deadline, answer };
             }
-            Action::Settle(w) => {
+            Action::Settle(w, lost) => {
                 let Worker::Answered { msg, answer, .. } = s.workers[usize::from(w)] else { return None };
                 let k = usize::from(s.messages[usize::from(msg)].key);
                 let settle = match answer {
@@ -773,7 +836,14 @@ impl Model for ProtocolModel {
                     Answer::Retryable => Settle::Release { reason: "retryable".into(), refund: false },
                 };
                 let stored = s.records[k].clone();
-                let recorded = self.allowed(stored.as_ref(), w);
+                let mut recorded = self.allowed(stored.as_ref(), w);
+                let request = SettleRequest {
+                    key: record_key(s.messages[usize::from(msg)].key),
+                    owner: token(w),
+                    settle: settle.clone(),
+                    now_ms: NOW_MS,
+                    expires_at_s: i64::from(t.retention),
+                };
                 if recorded {
                     let current = stored.clone().expect("allowed settlements need a record");
                     if matches!(answer, Answer::Charged(_)) && current.attempts >= 2 {
@@ -791,6 +861,17 @@ impl Model for ProtocolModel {
                     let mut next = settled_record(&current, &settle, NOW_MS, i64::from(t.retention));
                     abstract_history(&mut next);
                     s.records[k] = Some(next);
+                }
+                if lost {
+                    // The worker learns from its refused retry what became of its write.
+                    s.lost_answers += 1;
+                    let recognised = self.recognises(is_own_settlement(s.records[k].as_ref(), &request));
+                    // A release drops the owner's token, so any release reads as its own; the
+                    // worker acts the same on either (the record is free, the message waits).
+                    if recognised != recorded && !matches!(settle, Settle::Release { .. }) {
+                        s.misjudged = true;
+                    }
+                    recorded = recognised;
                 }
                 let settled_by_another = matches!(&stored, Some(r) if r.status != RecordStatus::InProgress);
                 match answer {
@@ -871,6 +952,10 @@ impl Model for ProtocolModel {
                 |_: &ProtocolModel, s: &State| !s.stale_write,
             ),
             Property::always("a settled record stays settled", |_: &ProtocolModel, s: &State| !s.settled_changed),
+            Property::always(
+                "a write whose answer was lost is recognised as its own, and only its own",
+                |_: &ProtocolModel, s: &State| !s.misjudged,
+            ),
             Property::eventually(
                 "every message ends settled or dead-lettered with a failure record",
                 |m: &ProtocolModel, s: &State| m.all_done(s),
@@ -898,6 +983,10 @@ impl Model for ProtocolModel {
             }),
             Property::sometimes("a dead payment is found charged and completed", |_: &ProtocolModel, s: &State| {
                 s.messages.iter().any(|m| m.resolved_charged)
+            }),
+            Property::sometimes("a store answer is lost after its write", |m: &ProtocolModel, s: &State| {
+                // Not applicable to a configuration without lost answers.
+                m.max_lost_answers == 0 || s.lost_answers > 0
             }),
             Property::sometimes(
                 "a lost payment is re-enqueued by the completer and settles",

@@ -13,6 +13,7 @@ const OVERLAP: &str = "no two provider calls for one key at once";
 const STALE: &str = "a worker that lost its lease never changes the record";
 const SETTLED: &str = "a settled record stays settled";
 const TERMINAL: &str = "every message ends settled or dead-lettered with a failure record";
+const OWN_WRITES: &str = "a write whose answer was lost is recognised as its own, and only its own";
 
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -153,4 +154,18 @@ fn without_the_completer_a_lost_message_leaves_its_payment_unsettled() {
         ProtocolModel { max_completions: 0, ..ProtocolModel::with_completer(Provider::HonoursKeys, Rules::Real) };
     let checker = find(model, TERMINAL, "a lost message, no completer");
     counterexample(&checker, TERMINAL);
+}
+
+#[test]
+fn a_store_answer_lost_after_its_write_is_recognised_and_every_rule_holds() {
+    let model = ProtocolModel::with_lost_answers(Provider::HonoursKeys, Rules::Real);
+    let checker = explore(model, "lost store answers, real rules");
+    checker.assert_properties();
+}
+
+#[test]
+fn without_recognising_its_own_writes_a_worker_takes_its_own_claim_for_another_s() {
+    let model = ProtocolModel::with_lost_answers(Provider::HonoursKeys, Rules::NoOwnWriteRecognition);
+    let checker = find(model, OWN_WRITES, "lost store answers, no recognition");
+    assert!(counterexample(&checker, OWN_WRITES) <= 4, "a claim whose answer is lost is enough");
 }
