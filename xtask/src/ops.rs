@@ -6,16 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Subcommand;
+use fleet_breaker::dynamodb::DynamoDbBreakerStore;
+use fleet_breaker::{BreakerConfig, BreakerPolicy, BreakerStore, Circuit, CircuitBreaker};
+use lambda_idempotency::dynamodb::DynamoDbStore;
+use lambda_support::clock::{Clock, SystemClock, rfc3339_ms};
+use lambda_support::env::Env;
 use localenv::operator::StackRedriver;
 use localenv::stack::Stack;
-use payments_core::breaker::dynamodb::DynamoDbBreakerStore;
-use payments_core::breaker::{BreakerConfig, BreakerPolicy, BreakerStore, Circuit, CircuitBreaker};
-use payments_core::clock::{Clock, SystemClock, rfc3339_ms};
-use payments_core::config::Env;
 use payments_core::failures::dynamodb::DynamoDbFailureStore;
 use payments_core::failures::redrive::Redriven;
 use payments_core::failures::{FailureRecord, FailureState, FailureStore};
-use payments_core::idempotency::dynamodb::DynamoDbStore;
 
 /// The operators' tools, against a deployed stack: in LocalStack (`--target local`, the default)
 /// or in AWS (`--target aws`, with the caller's own credentials and profile).
@@ -137,8 +137,8 @@ pub enum CircuitAction {
 /// standard AWS chain (environment, `profile`, SSO, instance role), with the project's pinned
 /// behaviour, retries and timeouts either way.
 async fn sdk_for(target: Target, profile: Option<&str>) -> aws_config::SdkConfig {
-    let timeouts = payments_core::aws::SdkTimeouts::from_env(&Env::process()).unwrap_or_default();
-    let mut loader = payments_core::aws::loader(timeouts);
+    let timeouts = lambda_support::aws::SdkTimeouts::from_env(&Env::process()).unwrap_or_default();
+    let mut loader = lambda_support::aws::loader(timeouts);
     match target {
         Target::Local => {
             let port = std::env::var("LOCALSTACK_PORT").unwrap_or_else(|_| "4566".into());

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use payments_core::config::{ConfigError, Env};
-use payments_core::idempotency::IdempotencyConfig;
+use lambda_idempotency::IdempotencyConfig;
+use lambda_support::env::{ConfigError, Env};
 
 /// Everything the completer reads from its environment.
 #[derive(Debug, Clone)]

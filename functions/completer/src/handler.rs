@@ -15,14 +15,14 @@
 
 use std::time::Duration;
 
-use lambda_runtime::LambdaEvent;
-use payments_core::failures::FailureStore;
-use payments_core::idempotency::{
-    ClaimOutcome, Idempotency, IdempotencyRecord, IdempotencyStore, Operation, RecordKey, Settlement,
+use lambda_idempotency::{
+    ClaimOutcome, Idempotency, IdempotencyRecord, IdempotencyStore, Operation, RecordKey, Settlement, StoreError,
 };
-use payments_core::observability::MetricsSink;
+use lambda_observability::MetricsSink;
+use lambda_runtime::LambdaEvent;
+use payments_core::failures::{FailureStore, FailureStoreError};
 use payments_core::payment::status::{INTAKE_OPERATION, PROCESS_OPERATION};
-use payments_core::payment::{PaymentMessage, PaymentQueue, acceptance, intake_key};
+use payments_core::payment::{EnqueueError, EnvelopeError, PaymentMessage, PaymentQueue, acceptance, intake_key};
 
 use crate::config::CompleterConfig;
 
@@ -57,9 +57,9 @@ pub struct Sweep {
     pub errors: u64,
 }
 
-/// What happened to one record.
+/// What became of one due record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Recovered {
+enum RecoveryFate {
     Enqueued,
     ReEnqueued,
     Dismissed,
@@ -67,7 +67,7 @@ enum Recovered {
     Unrecoverable,
 }
 
-impl Recovered {
+impl RecoveryFate {
     fn label(self) -> &'static str {
         match self {
             Self::Enqueued => "enqueued",
@@ -80,21 +80,41 @@ impl Recovered {
 }
 
 impl Sweep {
-    fn count(&mut self, outcome: Result<Recovered, String>) {
+    fn count(&mut self, outcome: Result<RecoveryFate, RecoveryError>) {
         let slot = match outcome {
-            Ok(Recovered::Enqueued) => &mut self.enqueued,
-            Ok(Recovered::ReEnqueued) => &mut self.re_enqueued,
-            Ok(Recovered::Dismissed) => &mut self.dismissed,
-            Ok(Recovered::Skipped) => &mut self.skipped,
-            Ok(Recovered::Unrecoverable) => &mut self.unrecoverable,
+            Ok(RecoveryFate::Enqueued) => &mut self.enqueued,
+            Ok(RecoveryFate::ReEnqueued) => &mut self.re_enqueued,
+            Ok(RecoveryFate::Dismissed) => &mut self.dismissed,
+            Ok(RecoveryFate::Skipped) => &mut self.skipped,
+            Ok(RecoveryFate::Unrecoverable) => &mut self.unrecoverable,
             Err(_) => &mut self.errors,
         };
         *slot += 1;
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> String {
-    e.to_string()
+/// Why a due record was not recovered in this sweep: it stays due, and the next sweep tries again.
+#[derive(Debug, thiserror::Error)]
+enum RecoveryError {
+    #[error("idempotency records unavailable: {0}")]
+    Records(#[from] StoreError),
+    #[error("failure records unavailable: {0}")]
+    Failures(#[from] FailureStoreError),
+    #[error("queue unavailable: {0}")]
+    Queue(#[from] EnqueueError),
+    #[error("enqueued, but the intake record was not completed: {0}")]
+    NotCompleted(StoreError),
+}
+
+/// Why a record cannot be redone: there is no message to redo its payment from.
+#[derive(Debug, thiserror::Error)]
+enum NoMessage {
+    #[error("no intake record")]
+    NoIntakeRecord,
+    #[error("no stored message (accepted before the completer existed)")]
+    NotStored,
+    #[error("{0}")]
+    Unreadable(#[from] EnvelopeError),
 }
 
 impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Completer<S, F, Q> {
@@ -118,7 +138,7 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Completer<S, F, Q> {
     /// The Lambda handler: the scheduler's event carries nothing the sweep needs.
     pub async fn handle(&self, event: LambdaEvent<serde_json::Value>) -> Result<Sweep, lambda_runtime::Error> {
         let now = self.idempotency.now_ms();
-        Ok(self.sweep(payments_core::clock::invocation_deadline_ms(event.context.deadline, now)).await)
+        Ok(self.sweep(lambda_support::clock::invocation_deadline_ms(event.context.deadline, now)).await)
     }
 
     /// Handles every due record (up to the batch limit per operation) before `deadline_ms`.
@@ -146,7 +166,7 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Completer<S, F, Q> {
                 match &outcome {
                     Ok(recovered) => {
                         metrics.count_with("Recovery", 1, &[("Outcome", recovered.label())]);
-                        if *recovered != Recovered::Skipped {
+                        if *recovered != RecoveryFate::Skipped {
                             tracing::info!(
                                 record = %key,
                                 idempotency_key = key.key.as_str(),
@@ -157,7 +177,7 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Completer<S, F, Q> {
                     }
                     Err(e) => {
                         metrics.count_with("Recovery", 1, &[("Outcome", "error")]);
-                        tracing::warn!(record = %key, idempotency_key = key.key.as_str(), error = e, "recovery failed; next run retries");
+                        tracing::warn!(record = %key, idempotency_key = key.key.as_str(), error = %e, "recovery failed; next run retries");
                     }
                 }
                 sweep.count(outcome);
@@ -168,82 +188,80 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Completer<S, F, Q> {
     }
 
     /// The intake's unfinished acceptance: claim, enqueue the stored message, complete.
-    async fn finish_intake(&self, key: &RecordKey, deadline_ms: i64) -> Result<Recovered, String> {
+    async fn finish_intake(&self, key: &RecordKey, deadline_ms: i64) -> Result<RecoveryFate, RecoveryError> {
         let now = self.idempotency.now_ms();
-        let Some(record) = self.due_record(key, now).await? else { return Ok(Recovered::Skipped) };
+        let Some(record) = self.due_record(key, now).await? else { return Ok(RecoveryFate::Skipped) };
         let message = match stored_message(Some(&record)) {
             Ok(message) => message,
-            Err(why) => return self.give_up(&record, &why).await,
+            Err(why) => return self.give_up(&record, &why.to_string()).await,
         };
-        let lease = match self.idempotency.claim(key, &record.payload_hash, deadline_ms).await.map_err(unavailable)? {
+        let lease = match self.idempotency.claim(key, &record.payload_hash, deadline_ms).await? {
             ClaimOutcome::Claimed(lease) => lease,
             // A client retry got there first (or holds it now).
-            _ => return Ok(Recovered::Skipped),
+            _ => return Ok(RecoveryFate::Skipped),
         };
         if let Err(e) = self.queue.enqueue(&message).await {
             if let Err(release) = self.idempotency.release(&lease, &e.detail).await {
                 tracing::warn!(error = %release, "release failed; the lease frees the record when it ends");
             }
-            return Err(e.to_string());
+            return Err(e.into());
         }
         // Finished, and counted, only by the write that completes the acceptance: one enqueued
         // but not completed stays due, the next sweep enqueues it again (the processor
         // deduplicates the copy) and counts it then, once.
         match self.idempotency.complete(&lease, &acceptance(&message)).await {
-            Ok(Settlement::Recorded) => Ok(Recovered::Enqueued),
-            Ok(Settlement::NotOwner { .. }) => Ok(Recovered::Skipped),
-            Err(e) => Err(format!("enqueued, but the intake record was not completed: {e}")),
+            Ok(Settlement::Recorded) => Ok(RecoveryFate::Enqueued),
+            Ok(Settlement::NotOwner { .. }) => Ok(RecoveryFate::Skipped),
+            Err(e) => Err(RecoveryError::NotCompleted(e)),
         }
     }
 
     /// A processor record left behind: to the operator if dead-lettered, else back to the queue.
-    async fn re_enqueue_payment(&self, key: &RecordKey) -> Result<Recovered, String> {
+    async fn re_enqueue_payment(&self, key: &RecordKey) -> Result<RecoveryFate, RecoveryError> {
         let now = self.idempotency.now_ms();
-        let Some(record) = self.due_record(key, now).await? else { return Ok(Recovered::Skipped) };
+        let Some(record) = self.due_record(key, now).await? else { return Ok(RecoveryFate::Skipped) };
         let quiet_ms = i64::try_from(self.quiet.as_millis()).unwrap_or(i64::MAX);
         if now - record.updated_at_ms < quiet_ms {
             // Touched recently: a message is still carrying it (a backoff, a lookup retry).
-            return Ok(Recovered::Skipped);
+            return Ok(RecoveryFate::Skipped);
         }
-        let failures = self.failures.for_payment(&key.scope, &key.key).await.map_err(unavailable)?;
+        let failures = self.failures.for_payment(&key.scope, &key.key).await?;
         if !failures.is_empty() {
-            self.idempotency.reschedule_recovery(&record, None).await.map_err(unavailable)?;
-            return Ok(Recovered::Dismissed);
+            self.idempotency.reschedule_recovery(&record, None).await?;
+            return Ok(RecoveryFate::Dismissed);
         }
-        let intake = self.idempotency.get(&intake_key(&key.scope, &key.key)).await.map_err(unavailable)?;
+        let intake = self.idempotency.get(&intake_key(&key.scope, &key.key)).await?;
         let message = match stored_message(intake.as_ref()) {
             Ok(message) => message,
-            Err(why) => return self.give_up(&record, &why).await,
+            Err(why) => return self.give_up(&record, &why.to_string()).await,
         };
-        self.queue.enqueue(&message).await.map_err(|e| e.to_string())?;
+        self.queue.enqueue(&message).await?;
         // Not before another quiet period: the processor claims it long before that.
-        self.idempotency.reschedule_recovery(&record, Some(now.saturating_add(quiet_ms))).await.map_err(unavailable)?;
-        Ok(Recovered::ReEnqueued)
+        self.idempotency.reschedule_recovery(&record, Some(now.saturating_add(quiet_ms))).await?;
+        Ok(RecoveryFate::ReEnqueued)
     }
 
     /// The record behind an index entry, if it is still due (the index lags the table).
-    async fn due_record(&self, key: &RecordKey, now: i64) -> Result<Option<IdempotencyRecord>, String> {
-        let record = self.idempotency.get(key).await.map_err(unavailable)?;
+    async fn due_record(&self, key: &RecordKey, now: i64) -> Result<Option<IdempotencyRecord>, RecoveryError> {
+        let record = self.idempotency.get(key).await?;
         Ok(record.filter(|r| r.is_due_for_recovery(now)))
     }
 
     /// Stops watching `record`, which cannot be redone: an operator must settle it.
-    async fn give_up(&self, record: &IdempotencyRecord, why: &str) -> Result<Recovered, String> {
+    async fn give_up(&self, record: &IdempotencyRecord, why: &str) -> Result<RecoveryFate, RecoveryError> {
         tracing::error!(
             record = record.partition_key,
             why,
             "abandoned record cannot be redone: an operator must settle it"
         );
-        self.idempotency.reschedule_recovery(record, None).await.map_err(unavailable)?;
-        Ok(Recovered::Unrecoverable)
+        self.idempotency.reschedule_recovery(record, None).await?;
+        Ok(RecoveryFate::Unrecoverable)
     }
 }
 
 /// The message kept in an intake record, or why there is none to redo the payment from.
-fn stored_message(intake: Option<&IdempotencyRecord>) -> Result<PaymentMessage, String> {
-    let Some(intake) = intake else { return Err("no intake record".into()) };
-    let Some(input) = intake.input.as_deref() else {
-        return Err("no stored message (accepted before the completer existed)".into());
-    };
-    PaymentMessage::parse(input).map_err(|e| e.to_string())
+fn stored_message(intake: Option<&IdempotencyRecord>) -> Result<PaymentMessage, NoMessage> {
+    let intake = intake.ok_or(NoMessage::NoIntakeRecord)?;
+    let input = intake.input.as_deref().ok_or(NoMessage::NotStored)?;
+    Ok(PaymentMessage::parse(input)?)
 }

@@ -9,10 +9,10 @@ pub mod handler;
 
 use std::sync::Arc;
 
-use payments_core::clock::{Clock, SystemClock};
+use lambda_idempotency::Idempotency;
+use lambda_idempotency::dynamodb::DynamoDbStore;
+use lambda_support::clock::{Clock, SystemClock};
 use payments_core::failures::dynamodb::DynamoDbFailureStore;
-use payments_core::idempotency::Idempotency;
-use payments_core::idempotency::dynamodb::DynamoDbStore;
 use payments_core::payment::queue::SqsPaymentQueue;
 
 pub use config::CompleterConfig;
@@ -23,11 +23,11 @@ pub type AwsCompleter = Completer<DynamoDbStore, DynamoDbFailureStore, SqsPaymen
 
 /// Builds the deployed completer.
 pub fn build(config: &CompleterConfig, sdk: &aws_config::SdkConfig) -> AwsCompleter {
-    build_on_clock(config, sdk, Arc::new(SystemClock))
+    build_with_clock(config, sdk, Arc::new(SystemClock))
 }
 
 /// The same, on another clock (tests move time by hand to make records due).
-pub fn build_on_clock(config: &CompleterConfig, sdk: &aws_config::SdkConfig, clock: Arc<dyn Clock>) -> AwsCompleter {
+pub fn build_with_clock(config: &CompleterConfig, sdk: &aws_config::SdkConfig, clock: Arc<dyn Clock>) -> AwsCompleter {
     let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
     Completer::new(
         Idempotency::with_clock(

@@ -1,6 +1,6 @@
 use completer::{CompleterConfig, build};
 use lambda_runtime::{Error, service_fn};
-use payments_core::config::Env;
+use lambda_support::env::Env;
 
 /// mimalloc: a fifth less CPU per message than the system allocator (README, "Benchmark").
 #[global_allocator]
@@ -11,8 +11,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// wake-ups that cost a quarter of the CPU per message (README, "Benchmark").
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
-    payments_core::observability::init_json_logs("completer");
+    lambda_observability::init_json_logs("completer");
     let config = CompleterConfig::from_env(&Env::process())?;
-    let completer = build(&config, &payments_core::aws::load_config().await);
+    let completer = build(&config, &lambda_support::aws::load_config().await);
     lambda_runtime::run(service_fn(|event| completer.handle(event))).await
 }

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use completer::{Completer, CompleterConfig, Sweep};
-use payments_core::clock::{Clock, ManualClock, rfc3339_ms};
-use payments_core::config::Env;
-use payments_core::failures::memory::InMemoryFailureStore;
-use payments_core::failures::{FailureKind, FailureRecord, FailureState, FailureStore, payment_partition};
-use payments_core::idempotency::memory::InMemoryStore;
-use payments_core::idempotency::{
+use lambda_idempotency::memory::InMemoryStore;
+use lambda_idempotency::{
     ClaimOutcome, Idempotency, IdempotencyKey, Lease, PayloadHash, RecordStatus, Recovery, Scope,
 };
+use lambda_support::clock::{Clock, ManualClock, rfc3339_ms};
+use lambda_support::env::Env;
+use payments_core::failures::memory::InMemoryFailureStore;
+use payments_core::failures::{FailureKind, FailureRecord, FailureState, FailureStore, payment_partition};
 use payments_core::payment::envelope::SCHEMA_VERSION;
 use payments_core::payment::queue::InMemoryPaymentQueue;
 use payments_core::payment::{EnqueueError, PaymentMessage, acceptance, intake_key, process_key};

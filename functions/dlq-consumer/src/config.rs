@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use payments_core::config::{ConfigError, Env};
-use payments_core::idempotency::IdempotencyConfig;
+use lambda_idempotency::IdempotencyConfig;
+use lambda_sqs_batch::{Backoff, BatchConfig};
+use lambda_support::env::{ConfigError, Env};
 use payments_core::payment::credentials::ProviderKeyConfig;
 use payments_core::payment::http_gateway::HttpGatewayConfig;
-use payments_core::sqs::{Backoff, BatchConfig};
 
 /// Everything the DLQ consumer reads from its environment.
 #[derive(Debug, Clone)]

@@ -8,22 +8,22 @@
 //! failure record is resolved. Not charged: an open failure record saying so. Unknown: nothing
 //! is recorded and the dead message is retried later.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use lambda_idempotency::{IdempotencyRecord, IdempotencyStore, RecordStatus, StoreError};
+use lambda_observability::{Metrics, MetricsSink, Unit};
 use lambda_runtime::LambdaEvent;
-use payments_core::clock::rfc3339_ms;
-use payments_core::failures::{
-    FailedMessage, FailureKind, FailureRecord, FailureState, FailureStore, Recorded, resolve_open_records, stored_error,
-};
-use payments_core::idempotency::{IdempotencyRecord, IdempotencyStore, RecordStatus};
-use payments_core::observability::{Metrics, MetricsSink, Unit};
-use payments_core::payment::{KeyHint, OutcomeResolver, PaymentGateway, PaymentMessage, Resolution, process_key};
-use payments_core::sqs::{
-    Backoff, BatchReport, Fate, Invocation, Jitter, RecordHandler, SqsFunction, VisibilityControl, dead_letter,
+use lambda_sqs_batch::{
+    Backoff, BatchReport, Fate, Invocation, Jitter, MessageHandler, SqsFunction, VisibilityControl, dead_letter,
     receive_count,
 };
+use lambda_support::clock::rfc3339_ms;
+use payments_core::failures::{
+    FailedMessage, FailureKind, FailureRecord, FailureState, FailureStore, FailureStoreError, Recorded,
+    resolve_open_records, stored_error,
+};
+use payments_core::payment::{KeyHint, OutcomeResolver, PaymentGateway, PaymentMessage, Resolution, process_key};
 
 /// Everything the DLQ consumer builds once per cold start.
 pub struct DlqConsumer<S, F, V, G> {
@@ -60,7 +60,6 @@ impl<S, F, V: VisibilityControl, G> DlqConsumer<S, F, V, G> {
                 config.batch,
                 parts.visibility,
                 MetricsSink::new(&config.metrics_namespace, "dlq-consumer"),
-                Arc::new(payments_core::clock::SystemClock),
             ),
             backoff: config.backoff,
             jitter: Jitter::from_os(),
@@ -81,7 +80,7 @@ impl<S, F, V: VisibilityControl, G> DlqConsumer<S, F, V, G> {
 
 /// What the consumer did with one dead message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeadLetterOutcome {
+pub enum DeadLetterFate {
     /// A new open failure record: the payment now shows DEAD_LETTERED.
     Recorded {
         /// The failure class.
@@ -107,7 +106,7 @@ pub enum DeadLetterOutcome {
     },
 }
 
-impl Fate for DeadLetterOutcome {
+impl Fate for DeadLetterFate {
     /// Only a dead message that could not be recorded comes back.
     fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -115,6 +114,23 @@ impl Fate for DeadLetterOutcome {
             _ => None,
         }
     }
+}
+
+/// Why a dead message could not be recorded yet: it comes back for another try.
+#[derive(Debug, thiserror::Error)]
+pub enum NotRecordedYet {
+    /// The payment's idempotency record could not be read.
+    #[error("payment record unavailable: {0}")]
+    Records(#[from] StoreError),
+    /// The failure record could not be written, or earlier ones closed.
+    #[error("failure record not written: {0}")]
+    Failures(#[from] FailureStoreError),
+    /// The provider gave no answer to trust: nothing is reported dead while it may be charged.
+    #[error("outcome unknown, not recorded yet: {0}")]
+    OutcomeUnknown(String),
+    /// The provider refused the API key on the lookup.
+    #[error("not recorded yet: {0}")]
+    KeyRefused(String),
 }
 
 /// What is known of a dead message before its failure record is written.
@@ -149,30 +165,28 @@ impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl, G: PaymentGatew
         records: &[SqsMessage],
         deadline_ms: i64,
         request_id: &str,
-    ) -> BatchReport<DeadLetterOutcome> {
+    ) -> BatchReport<DeadLetterFate> {
         self.sqs.process_batch(records, deadline_ms, request_id, self).await
     }
 
     /// Records one dead message: a failure record, metrics and a log event.
-    pub async fn record(&self, message: &SqsMessage, metrics: &Metrics) -> Result<DeadLetterOutcome, String> {
+    pub async fn record(&self, message: &SqsMessage, metrics: &Metrics) -> Result<DeadLetterFate, NotRecordedYet> {
         let findings = self.investigate(message, metrics).await?;
         let now = self.sqs.clock().now_ms();
         let record = self.failure_record(&findings, now);
-        let written = self.failures.record(&record).await.map_err(|e| e.to_string())?;
+        let written = self.failures.record(&record).await?;
         if let (Some(Resolution::Charged(charge_id)), Some(h)) = (&findings.resolution, &findings.hint) {
             // Earlier dead copies may have been recorded "not charged" before this one charged.
             let note = format!("the payment succeeded later (charge {charge_id})");
-            resolve_open_records(&self.failures, &h.scope, &h.idempotency_key, &note, now)
-                .await
-                .map_err(|e| e.to_string())?;
+            resolve_open_records(&self.failures, &h.scope, &h.idempotency_key, &note, now).await?;
         }
         let outcome = match (written, findings.settled().is_some(), findings.resolution) {
-            (Recorded::AlreadyRecorded, _, _) => DeadLetterOutcome::Duplicate,
-            (Recorded::New, true, _) => DeadLetterOutcome::AlreadySettled,
+            (Recorded::AlreadyRecorded, _, _) => DeadLetterFate::Duplicate,
+            (Recorded::New, true, _) => DeadLetterFate::AlreadySettled,
             (Recorded::New, false, Some(Resolution::Charged(charge_id))) => {
-                DeadLetterOutcome::ResolvedCharged { charge_id }
+                DeadLetterFate::ResolvedCharged { charge_id }
             }
-            (Recorded::New, false, _) => DeadLetterOutcome::Recorded { class: record.failure_class.clone() },
+            (Recorded::New, false, _) => DeadLetterFate::Recorded { class: record.failure_class.clone() },
         };
         let sent_ms = attribute(message, "SentTimestamp").and_then(|t| t.parse::<i64>().ok());
         count_outcome(metrics, &outcome, sent_ms.map(|sent| (now - sent).max(0) as f64 / 1000.0));
@@ -182,13 +196,17 @@ impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl, G: PaymentGatew
 
     /// Reads what the dead message names: its payment's idempotency record and, for a payment
     /// not settled, what the provider holds.
-    async fn investigate<'m>(&self, message: &'m SqsMessage, metrics: &Metrics) -> Result<Findings<'m>, String> {
+    async fn investigate<'m>(
+        &self,
+        message: &'m SqsMessage,
+        metrics: &Metrics,
+    ) -> Result<Findings<'m>, NotRecordedYet> {
         let body = message.body.as_deref().unwrap_or_default();
         let hint = KeyHint::find(body);
         let process = match &hint {
             Some(h) => {
                 let key = process_key(&h.scope, &h.idempotency_key);
-                self.resolver.idempotency().get(&key).await.map_err(|e| e.to_string())?
+                self.resolver.idempotency().get(&key).await?
             }
             None => None,
         };
@@ -248,24 +266,24 @@ impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl, G: PaymentGatew
 }
 
 /// Counts what became of a dead message; `age_s` is how long it had been in the queues.
-fn count_outcome(metrics: &Metrics, outcome: &DeadLetterOutcome, age_s: Option<f64>) {
+fn count_outcome(metrics: &Metrics, outcome: &DeadLetterFate, age_s: Option<f64>) {
     match outcome {
-        DeadLetterOutcome::Recorded { class } => {
+        DeadLetterFate::Recorded { class } => {
             metrics.count("DeadLettered", 1);
             metrics.count_with("DeadLettered", 1, &[("FailureClass", class)]);
             if let Some(age) = age_s {
                 metrics.observe("AgeAtDeadLetter", Unit::Seconds, age);
             }
         }
-        DeadLetterOutcome::AlreadySettled => metrics.count("DeadLetteredSettled", 1),
-        DeadLetterOutcome::ResolvedCharged { .. } => metrics.count("DeadLetterResolvedCharged", 1),
-        DeadLetterOutcome::Duplicate => metrics.count("DeadLetterDuplicate", 1),
-        DeadLetterOutcome::NotRecorded { .. } => metrics.count("DeadLetterRecordFailed", 1),
+        DeadLetterFate::AlreadySettled => metrics.count("DeadLetteredSettled", 1),
+        DeadLetterFate::ResolvedCharged { .. } => metrics.count("DeadLetterResolvedCharged", 1),
+        DeadLetterFate::Duplicate => metrics.count("DeadLetterDuplicate", 1),
+        DeadLetterFate::NotRecorded { .. } => metrics.count("DeadLetterRecordFailed", 1),
     }
 }
 
 /// The structured event operators search for: one per dead message recorded.
-fn log_recorded(record: &FailureRecord, outcome: &DeadLetterOutcome) {
+fn log_recorded(record: &FailureRecord, outcome: &DeadLetterFate) {
     tracing::warn!(
         event = "payment_dead_lettered",
         message_id = record.message_id,
@@ -291,15 +309,15 @@ impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl, G: PaymentGatew
         payment: &PaymentMessage,
         message: &SqsMessage,
         metrics: &Metrics,
-    ) -> Result<Resolution, String> {
+    ) -> Result<Resolution, NotRecordedYet> {
         if message_attribute(message, dead_letter::RESOLUTION) == Some("not_charged") {
             return Ok(Resolution::NotCharged);
         }
         let resolution = self.resolver.resolve(payment).await;
         metrics.count_with("OutcomeLookup", 1, &[("Result", resolution.label())]);
         match resolution {
-            Resolution::Unknown(detail) => Err(format!("outcome unknown, not recorded yet: {detail}")),
-            Resolution::KeyRefused(detail) => Err(format!("not recorded yet: {detail}")),
+            Resolution::Unknown(detail) => Err(NotRecordedYet::OutcomeUnknown(detail)),
+            Resolution::KeyRefused(detail) => Err(NotRecordedYet::KeyRefused(detail)),
             known => Ok(known),
         }
     }
@@ -356,17 +374,17 @@ fn message_attribute<'a>(message: &'a SqsMessage, name: &str) -> Option<&'a str>
     message.message_attributes.get(name).and_then(|v| v.string_value.as_deref())
 }
 
-impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl, G: PaymentGateway> RecordHandler
+impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl, G: PaymentGateway> MessageHandler
     for DlqConsumer<S, F, V, G>
 {
-    type Fate = DeadLetterOutcome;
+    type Fate = DeadLetterFate;
 
-    async fn handle_record(&self, message: &SqsMessage, invocation: &Invocation<'_>) -> DeadLetterOutcome {
+    async fn handle_message(&self, message: &SqsMessage, invocation: &Invocation<'_>) -> DeadLetterFate {
         let metrics = invocation.metrics();
         self.record(message, metrics).await.unwrap_or_else(|error| {
-            tracing::error!(error, "could not record a dead message; it will be retried");
-            let outcome = DeadLetterOutcome::NotRecorded {
-                error,
+            tracing::error!(%error, "could not record a dead message; it will be retried");
+            let outcome = DeadLetterFate::NotRecorded {
+                error: error.to_string(),
                 after: self.jitter.delay(&self.backoff, receive_count(message).unwrap_or(1)),
             };
             count_outcome(metrics, &outcome, None);

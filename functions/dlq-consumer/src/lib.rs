@@ -4,15 +4,15 @@
 pub mod config;
 pub mod handler;
 
+use lambda_idempotency::Idempotency;
+use lambda_idempotency::dynamodb::DynamoDbStore;
+use lambda_sqs_batch::SqsVisibility;
 use payments_core::failures::dynamodb::DynamoDbFailureStore;
-use payments_core::idempotency::Idempotency;
-use payments_core::idempotency::dynamodb::DynamoDbStore;
 use payments_core::payment::OutcomeResolver;
 use payments_core::payment::http_gateway::{BuildError, HttpGateway};
-use payments_core::sqs::SqsVisibility;
 
 pub use config::DlqConsumerConfig;
-pub use handler::{DeadLetterOutcome, DlqConsumer, DlqConsumerParts};
+pub use handler::{DeadLetterFate, DlqConsumer, DlqConsumerParts};
 
 /// The consumer as deployed.
 pub type AwsDlqConsumer = DlqConsumer<DynamoDbStore, DynamoDbFailureStore, SqsVisibility, HttpGateway>;

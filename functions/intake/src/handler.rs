@@ -6,13 +6,13 @@ use futures::FutureExt;
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
-use payments_core::clock::rfc3339_ms;
-use payments_core::failures::FailureStore;
-use payments_core::idempotency::{
+use lambda_idempotency::{
     ClaimOutcome, Idempotency, IdempotencyKey, IdempotencyStore, Lease, PayloadHash, Recovery, Scope, Settlement,
     StoreError,
 };
-use payments_core::observability::{Metrics, MetricsSink};
+use lambda_observability::{Metrics, MetricsSink};
+use lambda_support::clock::rfc3339_ms;
+use payments_core::failures::FailureStore;
 use payments_core::payment::card_data::{contains_card_number, redact_card_data};
 use payments_core::payment::envelope::{SCHEMA_VERSION, parse_strict, safe_path};
 use payments_core::payment::{
@@ -131,7 +131,7 @@ impl<S: IdempotencyStore, F: FailureStore, Q: PaymentQueue> Intake<S, F, Q> {
         // The lease ends with the invocation, and at the latest after the configured intake lease.
         let deadline = request
             .lambda_context_ref()
-            .map(|c| payments_core::clock::invocation_deadline_ms(c.deadline, now))
+            .map(|c| lambda_support::clock::invocation_deadline_ms(c.deadline, now))
             .unwrap_or(i64::MAX);
         let message = PaymentMessage {
             schema_version: SCHEMA_VERSION,

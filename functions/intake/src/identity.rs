@@ -10,7 +10,7 @@
 
 use lambda_http::request::RequestContext;
 use lambda_http::{Request, RequestExt};
-use payments_core::idempotency::Scope;
+use lambda_idempotency::Scope;
 use payments_core::payment::card_data::contains_card_number;
 use serde_json::Value;
 

@@ -6,8 +6,8 @@ pub mod handler;
 pub mod identity;
 pub mod problem;
 
+use lambda_idempotency::dynamodb::DynamoDbStore;
 use payments_core::failures::dynamodb::DynamoDbFailureStore;
-use payments_core::idempotency::dynamodb::DynamoDbStore;
 use payments_core::payment::queue::SqsPaymentQueue;
 
 pub use config::IntakeConfig;

@@ -3,8 +3,8 @@
 
 use intake::Intake;
 use lambda_http::{Body, Request};
+use lambda_idempotency::memory::InMemoryStore;
 use payments_core::failures::memory::InMemoryFailureStore;
-use payments_core::idempotency::memory::InMemoryStore;
 use payments_core::payment::queue::InMemoryPaymentQueue;
 use payments_core::payment::{EnqueueError, PaymentMessage, PaymentQueue};
 use serde_json::{Value, json};

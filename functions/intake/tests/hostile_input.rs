@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use intake::Intake;
 use lambda_http::{Body, Request};
+use lambda_idempotency::memory::InMemoryStore;
 use payments_core::failures::memory::InMemoryFailureStore;
-use payments_core::idempotency::memory::InMemoryStore;
 use payments_core::payment::card_data::digit_value;
 use payments_core::payment::queue::InMemoryPaymentQueue;
 use serde_json::{Value, json};
@@ -40,7 +40,7 @@ fn captured_logs() -> Captured {
         let logs = Captured::default();
         let writer = logs.clone();
         // The production format: what reaches CloudWatch is what is checked.
-        let layer = payments_core::observability::logging::json_layer("intake", move || writer.clone());
+        let layer = lambda_observability::logging::json_layer("intake", move || writer.clone());
         let subscriber = tracing_subscriber::layer::SubscriberExt::with(tracing_subscriber::registry(), layer);
         tracing::subscriber::set_global_default(subscriber).expect("the only subscriber of this binary");
         logs

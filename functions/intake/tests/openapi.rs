@@ -6,8 +6,8 @@
 use lambda_http::{Body, Request, Response};
 
 mod support;
-use payments_core::idempotency::memory::InMemoryStore;
-use payments_core::idempotency::{IdempotencyKey, PayloadHash, Scope};
+use lambda_idempotency::memory::InMemoryStore;
+use lambda_idempotency::{IdempotencyKey, PayloadHash, Scope};
 use payments_core::payment::envelope::parse_strict;
 use payments_core::payment::queue::InMemoryPaymentQueue;
 use payments_core::payment::{EnqueueError, PaymentRequest, intake_key};

@@ -2,13 +2,14 @@
 
 use std::time::Duration;
 
-use payments_core::breaker::{BreakerConfig, BreakerPolicy};
-use payments_core::config::{ConfigError, Env};
-use payments_core::idempotency::IdempotencyConfig;
+use fleet_breaker::{BreakerConfig, BreakerPolicy};
+use lambda_idempotency::IdempotencyConfig;
+use lambda_sqs_batch::{Backoff, BatchConfig};
+use lambda_support::env::{ConfigError, Env};
+use payments_core::budget::RetryBudget;
 use payments_core::pacing::InstanceRate;
 use payments_core::payment::credentials::ProviderKeyConfig;
 use payments_core::payment::http_gateway::HttpGatewayConfig;
-use payments_core::sqs::{Backoff, BatchConfig, RetryBudget};
 
 /// Everything the processor reads from its environment.
 #[derive(Debug, Clone)]

@@ -4,19 +4,27 @@
 //! only builds the adapters from the environment and hands the handler to the runtime.
 
 pub mod config;
+mod delivery;
+pub mod fate;
 pub mod handler;
+pub mod ports;
+mod provider;
+mod waits;
 
 use std::marker::PhantomData;
 
-use payments_core::breaker::dynamodb::DynamoDbBreakerStore;
+use fleet_breaker::dynamodb::DynamoDbBreakerStore;
+use lambda_idempotency::dynamodb::DynamoDbStore;
+use lambda_sqs_batch::{SqsDeadLetterQueue, SqsVisibility};
 use payments_core::failures::dynamodb::DynamoDbFailureStore;
-use payments_core::idempotency::dynamodb::DynamoDbStore;
 use payments_core::payment::PaymentGateway;
 use payments_core::payment::http_gateway::{BuildError, HttpGateway};
-use payments_core::sqs::{SqsDeadLetterQueue, SqsVisibility};
 
 pub use config::ProcessorConfig;
-pub use handler::{Adapters, BatchSummary, Handled, Ports, Processor, VERSION_WAIT_RECEIVES, provider_health};
+pub use fate::PaymentFate;
+pub use handler::{BatchSummary, Processor, VERSION_WAIT_RECEIVES};
+pub use ports::{Adapters, Ports};
+pub use provider::provider_health;
 
 /// The deployed adapters: DynamoDB, SQS, and a provider gateway `G` (HTTP in production; tests
 /// put other gateways in front of the same AWS adapters).

@@ -1,5 +1,5 @@
 use lambda_runtime::{Error, service_fn};
-use payments_core::config::Env;
+use lambda_support::env::Env;
 use processor::{ProcessorConfig, build};
 
 /// mimalloc: a fifth less CPU per message than the system allocator (README, "Benchmark").
@@ -11,8 +11,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// wake-ups that cost a quarter of the CPU per message (README, "Benchmark").
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
-    payments_core::observability::init_json_logs("processor");
+    lambda_observability::init_json_logs("processor");
     let config = ProcessorConfig::from_env(&Env::process())?;
-    let processor = build(&config, &payments_core::aws::load_config().await)?;
+    let processor = build(&config, &lambda_support::aws::load_config().await)?;
     lambda_runtime::run(service_fn(|event| processor.handle(event))).await
 }

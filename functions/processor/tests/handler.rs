@@ -7,24 +7,24 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_lambda_events::sqs::SqsMessage;
-use payments_core::breaker::memory::InMemoryBreakerStore;
-use payments_core::breaker::{BreakerStore, Circuit};
-use payments_core::clock::{Clock, ManualClock};
-use payments_core::config::Env;
-use payments_core::failures::FailureStore;
-use payments_core::failures::memory::InMemoryFailureStore;
-use payments_core::idempotency::memory::InMemoryStore;
-use payments_core::idempotency::{
+use fleet_breaker::memory::InMemoryBreakerStore;
+use fleet_breaker::{BreakerStore, Circuit};
+use lambda_idempotency::memory::InMemoryStore;
+use lambda_idempotency::{
     ClaimOutcome, Idempotency, IdempotencyConfig, IdempotencyKey, PayloadHash, RecordStatus, Scope,
 };
+use lambda_sqs_batch::Jitter;
+use lambda_sqs_batch::dead_letter::RecordingDeadLetterQueue;
+use lambda_sqs_batch::visibility::RecordingVisibility;
+use lambda_support::clock::{Clock, ManualClock};
+use lambda_support::env::Env;
+use payments_core::failures::FailureStore;
+use payments_core::failures::memory::InMemoryFailureStore;
 use payments_core::payment::{
     Charge, ChargeLookup, ChargeRequest, GatewayError, Lookup, PaymentGateway, PaymentMessage, RetryableKind,
     process_key,
 };
-use payments_core::sqs::Jitter;
-use payments_core::sqs::dead_letter::RecordingDeadLetterQueue;
-use payments_core::sqs::visibility::RecordingVisibility;
-use processor::{Adapters, Handled, Ports, Processor, ProcessorConfig};
+use processor::{Adapters, PaymentFate, Ports, Processor, ProcessorConfig};
 
 /// Answers from a script, in order; counts calls.
 #[derive(Default, Clone)]
@@ -123,7 +123,7 @@ fn processor_with<G: PaymentGateway + 'static>(
         breaker: InMemoryBreakerStore::default(),
         dead_letters: RecordingDeadLetterQueue::default(),
     };
-    Processor::on_clock(ports, config, Arc::new(clock.clone())).with_jitter(Jitter::seeded(1))
+    Processor::with_clock(ports, config, Arc::new(clock.clone())).with_jitter(Jitter::seeded(1))
 }
 
 fn record(id: &str, body: &str, receive_count: u32) -> SqsMessage {
@@ -151,7 +151,7 @@ fn body_accepted(key: &str, amount: u64, accepted_ms: i64) -> String {
     .to_string()
 }
 
-async fn run(p: &TestProcessor, records: &[SqsMessage]) -> Vec<Handled> {
+async fn run(p: &TestProcessor, records: &[SqsMessage]) -> Vec<PaymentFate> {
     p.process_batch(records, p.idempotency().now_ms() + 60_000, "req")
         .await
         .handled
@@ -169,7 +169,10 @@ async fn in_progress_elsewhere_waits_until_that_lease_ends() {
     let hash = PayloadHash::of(&PaymentMessage::parse(&body("k", 10)).unwrap().payment).unwrap();
     assert!(matches!(p.idempotency().claim(&key, &hash, NOW + 7_200).await.unwrap(), ClaimOutcome::Claimed(_)));
     let handled = run(&p, &[record("m1", &body("k", 10), 1)]).await;
-    assert_eq!(handled, [Handled::Deferred { reason: "in_progress_elsewhere".into(), after: Duration::from_secs(8) }]);
+    assert_eq!(
+        handled,
+        [PaymentFate::Deferred { reason: "in_progress_elsewhere".into(), after: Duration::from_secs(8) }]
+    );
     assert!(p.gateway().calls.lock().unwrap().is_empty());
     let hidden: Vec<Duration> = p.runner().visibility().calls().into_iter().map(|(_, _, d)| d).collect();
     assert_eq!(hidden, [Duration::from_secs(8)]);
@@ -187,10 +190,10 @@ async fn a_decline_is_stored_and_never_retried() {
     let p = processor(gateway, &clock);
     assert_eq!(
         run(&p, &[record("m1", &body("k", 10), 1)]).await,
-        [Handled::FailedPermanently { code: "insufficient_funds".into() }]
+        [PaymentFate::FailedPermanently { code: "insufficient_funds".into() }]
     );
     // The redelivered copy is a duplicate: the provider is not asked again.
-    assert_eq!(run(&p, &[record("m2", &body("k", 10), 1)]).await, [Handled::Duplicate]);
+    assert_eq!(run(&p, &[record("m2", &body("k", 10), 1)]).await, [PaymentFate::Duplicate]);
     assert_eq!(p.gateway().calls.lock().unwrap().len(), 1);
     let stored = p
         .idempotency()
@@ -212,14 +215,14 @@ async fn a_retryable_failure_releases_and_backs_off_by_provider_attempt_not_by_d
     let p = processor(gateway, &clock);
     // The 4th delivery, but the first provider attempt: the wait is the first attempt's.
     let handled = run(&p, &[record("m1", &body("k", 10), 4)]).await;
-    let Handled::Retry { reason, after } = &handled[0] else { panic!("{handled:?}") };
+    let PaymentFate::Retry { reason, after } = &handled[0] else { panic!("{handled:?}") };
     assert_eq!(reason, "provider_503");
     let backoff = config().backoff;
     assert_eq!(*after, Jitter::seeded(1).delay(&backoff, 1));
     assert!(*after <= backoff.ceiling(1));
     // Released: the next delivery charges at once, with the same provider key.
     clock.advance_ms(1);
-    assert!(matches!(run(&p, &[record("m1", &body("k", 10), 5)]).await[0], Handled::Charged { .. }));
+    assert!(matches!(run(&p, &[record("m1", &body("k", 10), 5)]).await[0], PaymentFate::Charged { .. }));
     let calls = p.gateway().calls.lock().unwrap().clone();
     assert_eq!(calls.len(), 2);
     assert_eq!(calls[0], calls[1]);
@@ -229,9 +232,9 @@ async fn a_retryable_failure_releases_and_backs_off_by_provider_attempt_not_by_d
 async fn a_key_reused_with_another_payment_is_poison_and_the_first_stays_intact() {
     let clock = ManualClock::at(NOW);
     let p = processor(ScriptedGateway::default(), &clock);
-    assert!(matches!(run(&p, &[record("m1", &body("k", 10), 1)]).await[0], Handled::Charged { .. }));
+    assert!(matches!(run(&p, &[record("m1", &body("k", 10), 1)]).await[0], PaymentFate::Charged { .. }));
     assert!(
-        matches!(&run(&p, &[record("m2", &body("k", 99), 1)]).await[..], [Handled::Poison { code, .. }] if code == "idempotency_key_reused")
+        matches!(&run(&p, &[record("m2", &body("k", 99), 1)]).await[..], [PaymentFate::Poison { code, .. }] if code == "idempotency_key_reused")
     );
     assert_eq!(p.gateway().calls.lock().unwrap().len(), 1);
     let failures = p.failures().list(true).await.unwrap();
@@ -278,9 +281,9 @@ async fn a_lost_lease_with_an_unsettled_record_keeps_the_message_for_a_retry() {
         let handled = p.process_batch(&[record("m1", &body("k", 10), 1)], i64::MAX, "req").await.handled;
         match (&handled[0].1, complete_it) {
             // Released by the other worker: our charge is recorded nowhere, so the message stays.
-            (Handled::Retry { reason, .. }, false) => assert_eq!(reason, expected),
+            (PaymentFate::Retry { reason, .. }, false) => assert_eq!(reason, expected),
             // Completed by the other worker: this copy is a duplicate.
-            (Handled::Duplicate, true) => {}
+            (PaymentFate::Duplicate, true) => {}
             (other, _) => panic!("unexpected {other:?}"),
         }
     }
@@ -307,7 +310,7 @@ async fn an_outage_opens_the_circuit_and_later_deliveries_wait_without_calling_o
     let p = processor(scripted((0..5).map(|_| unavailable())), &clock);
     for i in 0..5 {
         let handled = run(&p, &[record(&format!("m{i}"), &body(&format!("k{i}"), 10), 1)]).await;
-        assert!(matches!(&handled[0], Handled::Retry { reason, .. } if reason == "provider_503"), "{handled:?}");
+        assert!(matches!(&handled[0], PaymentFate::Retry { reason, .. } if reason == "provider_503"), "{handled:?}");
     }
     assert_eq!(p.breaker().store().read("payment-provider").await.unwrap().circuit, Circuit::Open);
     // The failure that opened the circuit is the provider's, not the payment's: refunded.
@@ -315,7 +318,7 @@ async fn an_outage_opens_the_circuit_and_later_deliveries_wait_without_calling_o
     // While open: no provider call, no claim, a wait until the probe time plus jitter (≤ 30 s).
     for n in 2..12 {
         let handled = run(&p, &[record("m0", &body("k0", 10), n)]).await;
-        let Handled::Deferred { reason, after } = &handled[0] else { panic!("{handled:?}") };
+        let PaymentFate::Deferred { reason, after } = &handled[0] else { panic!("{handled:?}") };
         assert_eq!(reason, "circuit_open");
         assert!((Duration::from_secs(30)..=Duration::from_secs(60)).contains(after), "{after:?}");
     }
@@ -335,19 +338,19 @@ async fn after_the_wait_one_probe_at_a_time_closes_the_circuit_after_three_succe
     // A batch of five arrives together: one probes, the others wait for the half-open turn.
     let batch: Vec<_> = (0..5).map(|i| record(&format!("m{i}"), &body(&format!("k{i}"), 10), 2)).collect();
     let handled = run(&p, &batch).await;
-    let charged = handled.iter().filter(|h| matches!(h, Handled::Charged { .. })).count();
+    let charged = handled.iter().filter(|h| matches!(h, PaymentFate::Charged { .. })).count();
     let waiting =
-        handled.iter().filter(|h| matches!(h, Handled::Deferred { reason, .. } if reason == "circuit_half_open"));
+        handled.iter().filter(|h| matches!(h, PaymentFate::Deferred { reason, .. } if reason == "circuit_half_open"));
     assert_eq!((charged, waiting.count()), (1, 4), "{handled:?}");
     for _ in 0..2 {
         clock.advance_ms(3_000);
         let handled = run(&p, &batch).await;
-        assert_eq!(handled.iter().filter(|h| matches!(h, Handled::Charged { .. })).count(), 1, "{handled:?}");
+        assert_eq!(handled.iter().filter(|h| matches!(h, PaymentFate::Charged { .. })).count(), 1, "{handled:?}");
     }
     assert_eq!(p.breaker().store().read("payment-provider").await.unwrap().circuit, Circuit::Closed);
     clock.advance_ms(3_000);
     let handled = run(&p, &batch).await;
-    assert_eq!(handled.iter().filter(|h| matches!(h, Handled::Charged { .. })).count(), 2, "{handled:?}");
+    assert_eq!(handled.iter().filter(|h| matches!(h, PaymentFate::Charged { .. })).count(), 2, "{handled:?}");
 }
 
 #[tokio::test]
@@ -359,11 +362,11 @@ async fn a_payment_that_keeps_failing_while_others_succeed_is_dead_lettered_afte
         p.gateway().script.lock().unwrap().push_back(unavailable());
         let handled = run(&p, &[record("bad", &body("bad", 10), attempt * 3)]).await;
         if attempt < 5 {
-            assert!(matches!(&handled[0], Handled::Retry { .. }), "attempt {attempt}: {handled:?}");
+            assert!(matches!(&handled[0], PaymentFate::Retry { .. }), "attempt {attempt}: {handled:?}");
         } else {
             assert_eq!(
                 handled,
-                [Handled::DeadLettered { reason: "budget_exhausted".into(), last_error: "provider_503".into() }]
+                [PaymentFate::DeadLettered { reason: "budget_exhausted".into(), last_error: "provider_503".into() }]
             );
         }
         run(&p, &[record(&format!("ok{attempt}"), &body(&format!("ok{attempt}"), 10), 1)]).await;
@@ -385,14 +388,14 @@ async fn a_payment_past_its_maximum_age_waits_out_an_open_circuit_then_is_resolv
     }
     // While the circuit is open nothing can be asked, so nothing is given up.
     let old = body_accepted("old", 10, NOW - 6 * 3600 * 1000 - 10_000);
-    assert!(matches!(&run(&p, &[record("old", &old, 7)]).await[..], [Handled::Deferred { .. }]));
+    assert!(matches!(&run(&p, &[record("old", &old, 7)]).await[..], [PaymentFate::Deferred { .. }]));
     p.breaker().force(Circuit::Closed, Duration::ZERO).await.unwrap();
     clock.advance_ms(6_000);
     // Then one lookup, no charge: not charged, so it is given up, saying so.
     let handled = run(&p, &[record("old", &old, 8)]).await;
     assert_eq!(
         handled,
-        [Handled::DeadLettered { reason: "max_age_exceeded".into(), last_error: "max_age_exceeded".into() }]
+        [PaymentFate::DeadLettered { reason: "max_age_exceeded".into(), last_error: "max_age_exceeded".into() }]
     );
     assert_eq!(p.gateway().calls.lock().unwrap().len(), 5, "no new charge");
     assert_eq!(p.dead_letters().sent()[0].resolution, "not_charged");
@@ -418,10 +421,10 @@ async fn a_payment_out_of_budget_whose_last_try_charged_after_all_succeeds_by_lo
         clock.advance_ms(61_000);
     }
     // The fifth timeout spent the budget, and the lookup could not tell: keep retrying.
-    assert!(matches!(&last[..], [Handled::Retry { reason, .. }] if reason == "outcome_unknown"), "{last:?}");
+    assert!(matches!(&last[..], [PaymentFate::Retry { reason, .. }] if reason == "outcome_unknown"), "{last:?}");
     // The next delivery only asks (no sixth charge): charged, so it completes with that charge.
     let handled = run(&p, &[record("t", &body("t", 10), 6)]).await;
-    assert_eq!(handled, [Handled::Charged { charge_id: "ch_found".into() }]);
+    assert_eq!(handled, [PaymentFate::Charged { charge_id: "ch_found".into() }]);
     assert_eq!(p.gateway().calls.lock().unwrap().len(), 10, "five attempts and five others, no more");
     assert!(p.dead_letters().sent().is_empty(), "never given up while it may have been charged");
 }
@@ -433,7 +436,10 @@ async fn a_dead_letter_that_cannot_be_sent_keeps_the_message() {
     p.dead_letters().fail(true);
     let old = body_accepted("old", 10, NOW - 6 * 3600 * 1000 + 1_000);
     let handled = run(&p, &[record("old", &old, 1)]).await;
-    assert!(matches!(&handled[0], Handled::Retry { reason, .. } if reason == "dead_letter_not_sent"), "{handled:?}");
+    assert!(
+        matches!(&handled[0], PaymentFate::Retry { reason, .. } if reason == "dead_letter_not_sent"),
+        "{handled:?}"
+    );
 }
 
 #[tokio::test]
@@ -451,7 +457,10 @@ async fn a_conflict_for_one_key_says_nothing_of_the_provider_and_rate_limits_hon
     });
     p.gateway().script.lock().unwrap().push_back(limited);
     let handled = run(&p, &[record("r", &body("r", 10), 1)]).await;
-    assert!(matches!(&handled[0], Handled::Retry { after, .. } if *after >= Duration::from_secs(45)), "{handled:?}");
+    assert!(
+        matches!(&handled[0], PaymentFate::Retry { after, .. } if *after >= Duration::from_secs(45)),
+        "{handled:?}"
+    );
 }
 
 #[tokio::test]
@@ -459,7 +468,7 @@ async fn a_payment_that_succeeds_after_it_was_recorded_dead_has_its_failure_reco
     use payments_core::failures::{FailureKind, FailureRecord, FailureState, record::payment_partition};
     let clock = ManualClock::at(NOW);
     let p = processor(scripted([unavailable()]), &clock);
-    assert!(matches!(&run(&p, &[record("m1", &body("k", 10), 1)]).await[..], [Handled::Retry { .. }]));
+    assert!(matches!(&run(&p, &[record("m1", &body("k", 10), 1)]).await[..], [PaymentFate::Retry { .. }]));
     // Meanwhile a copy was dead-lettered and recorded as not charged.
     let (scope, key) = (Scope::new("acme").unwrap(), IdempotencyKey::new("k").unwrap());
     let dead = FailureRecord {
@@ -482,7 +491,7 @@ async fn a_payment_that_succeeds_after_it_was_recorded_dead_has_its_failure_reco
     };
     p.failures().record(&dead).await.unwrap();
     clock.advance_ms(61_000);
-    assert!(matches!(&run(&p, &[record("m1", &body("k", 10), 2)]).await[..], [Handled::Charged { .. }]));
+    assert!(matches!(&run(&p, &[record("m1", &body("k", 10), 2)]).await[..], [PaymentFate::Charged { .. }]));
     let after = p.failures().for_payment(&scope, &key).await.unwrap();
     assert!(
         matches!(&after[0].state, FailureState::Resolved { note, .. } if note.starts_with("the payment succeeded later")),
@@ -498,7 +507,10 @@ async fn a_conflict_for_one_key_spends_its_budget_even_while_the_circuit_is_not_
     // Half-open: this record is the probe, and its 409 says nothing of the provider.
     p.breaker().force(Circuit::Open, Duration::ZERO).await.unwrap();
     let handled = run(&p, &[record("m1", &body("k", 10), 1)]).await;
-    assert!(matches!(&handled[..], [Handled::Retry { reason, .. }] if reason == "provider_in_flight"), "{handled:?}");
+    assert!(
+        matches!(&handled[..], [PaymentFate::Retry { reason, .. }] if reason == "provider_in_flight"),
+        "{handled:?}"
+    );
     assert_eq!(attempts_of(&p, "k").await, 1, "the payment's own failure: not refunded");
 }
 
@@ -508,7 +520,7 @@ async fn a_forced_long_open_hides_messages_no_longer_than_the_longest_breaker_wa
     let p = processor(ScriptedGateway::default(), &clock);
     p.breaker().force(Circuit::Open, Duration::from_secs(3600)).await.unwrap();
     let handled = run(&p, &[record("m1", &body("k", 10), 1)]).await;
-    let Handled::Deferred { after, .. } = &handled[0] else { panic!("{handled:?}") };
+    let PaymentFate::Deferred { after, .. } = &handled[0] else { panic!("{handled:?}") };
     // 5 min at most, plus a jitter of up to the first wait (30 s).
     assert!(*after <= Duration::from_secs(330), "{after:?}: a forced close would leave it hidden");
 }
@@ -521,7 +533,7 @@ async fn a_forged_message_with_card_data_is_poison_stored_redacted_and_touches_n
     let forged = body(pan, 10).replace("\"correlation_id\":\"c\"", &format!("\"correlation_id\":\"{pan}\""));
     let oversize = format!("{{\"junk\": \"{}\", \"card\": \"4242 4242 4242 4242\"}}", "x".repeat(200 * 1024));
     let handled = run(&p, &[record("m1", &forged, 1), record("m2", &oversize, 1)]).await;
-    assert!(handled.iter().all(|h| matches!(h, Handled::Poison { .. })), "{handled:?}");
+    assert!(handled.iter().all(|h| matches!(h, PaymentFate::Poison { .. })), "{handled:?}");
     assert!(p.gateway().calls.lock().unwrap().is_empty());
     let stored = p.failures().list(true).await.unwrap();
     assert_eq!(stored.len(), 2);
@@ -541,12 +553,12 @@ async fn a_message_of_an_unknown_schema_version_waits_then_dead_letters_without_
     let future = body("k-future", 10).replace("\"schema_version\":1", "\"schema_version\":2");
     let early = run(&p, &[record("m1", &future, 1)]).await;
     assert!(
-        matches!(&early[..], [Handled::Retry { reason, after }] if reason == "unsupported_schema_version" && *after >= Duration::from_secs(60)),
+        matches!(&early[..], [PaymentFate::Retry { reason, after }] if reason == "unsupported_schema_version" && *after >= Duration::from_secs(60)),
         "{early:?}"
     );
     let late = run(&p, &[record("m1", &future, processor::VERSION_WAIT_RECEIVES)]).await;
     assert!(
-        matches!(&late[..], [Handled::DeadLettered { reason, .. }] if reason == "unsupported_schema_version"),
+        matches!(&late[..], [PaymentFate::DeadLettered { reason, .. }] if reason == "unsupported_schema_version"),
         "{late:?}"
     );
     assert_eq!(p.dead_letters().sent().len(), 1);
@@ -566,7 +578,7 @@ async fn a_wave_of_429s_spends_no_attempt_and_dead_letters_nothing() {
     for n in 1..=30 {
         let handled = run(&p, &[record("m", &body("k", 10), n)]).await;
         assert!(
-            matches!(&handled[0], Handled::Retry { reason, .. } | Handled::Deferred { reason, .. }
+            matches!(&handled[0], PaymentFate::Retry { reason, .. } | PaymentFate::Deferred { reason, .. }
                 if reason == "provider_rate_limited" || reason.starts_with("circuit_")),
             "delivery {n}: {handled:?}"
         );
@@ -577,7 +589,7 @@ async fn a_wave_of_429s_spends_no_attempt_and_dead_letters_nothing() {
     assert_eq!(attempts_of(&p, "k").await, 0, "throttling is the provider's, not the payment's");
     assert!(p.gateway().calls.lock().unwrap().len() > 5, "more 429s than the retry budget were met");
     p.gateway().script.lock().unwrap().clear();
-    assert!(matches!(&run(&p, &[record("m", &body("k", 10), 31)]).await[..], [Handled::Charged { .. }]));
+    assert!(matches!(&run(&p, &[record("m", &body("k", 10), 31)]).await[..], [PaymentFate::Charged { .. }]));
 }
 
 #[tokio::test]
@@ -590,10 +602,13 @@ async fn a_paced_instance_defers_what_its_rate_cannot_send_before_the_deadline()
     let records: Vec<SqsMessage> = (0..3).map(|i| record(&format!("m{i}"), &body(&format!("k{i}"), 10), 1)).collect();
     let started = std::time::Instant::now();
     let summary = p.process_batch(&records, NOW + 1_300, "req").await;
-    let mut handled: Vec<Handled> = summary.handled.into_iter().map(|(_, h)| h).collect();
+    let mut handled: Vec<PaymentFate> = summary.handled.into_iter().map(|(_, h)| h).collect();
     handled.sort_by_key(|h| format!("{h:?}"));
-    assert!(matches!(&handled[..], [Handled::Charged { .. }, Handled::Charged { .. }, Handled::Deferred { .. }]));
-    assert_eq!(handled[2], Handled::Deferred { reason: "provider_rate".into(), after: Duration::from_secs(1) });
+    assert!(matches!(
+        &handled[..],
+        [PaymentFate::Charged { .. }, PaymentFate::Charged { .. }, PaymentFate::Deferred { .. }]
+    ));
+    assert_eq!(handled[2], PaymentFate::Deferred { reason: "provider_rate".into(), after: Duration::from_secs(1) });
     assert_eq!(p.gateway().calls.lock().unwrap().len(), 2, "the deferred charge was never sent");
     assert!(started.elapsed() >= Duration::from_millis(250), "the second call waited for its slot");
     let deferred = ["k0", "k1", "k2"];
@@ -610,7 +625,7 @@ async fn a_payments_steps_are_sent_to_x_ray_as_subsegments_of_its_invocation() {
     use tracing_subscriber::layer::SubscriberExt;
     let daemon = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     daemon.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-    let layer = payments_core::observability::xray::XRayLayer::new(daemon.local_addr().unwrap()).unwrap();
+    let layer = lambda_observability::xray::XRayLayer::new(daemon.local_addr().unwrap()).unwrap();
     let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
     let header = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
     let invocation = tracing::info_span!("Lambda runtime invoke", requestId = "r", xrayTraceId = header);
@@ -618,7 +633,7 @@ async fn a_payments_steps_are_sent_to_x_ray_as_subsegments_of_its_invocation() {
     let clock = ManualClock::at(NOW);
     let p = processor(ScriptedGateway::default(), &clock);
     let handled = tracing::Instrument::instrument(run(&p, &[record("m1", &body("k", 10), 1)]), invocation).await;
-    assert!(matches!(&handled[..], [Handled::Charged { .. }]));
+    assert!(matches!(&handled[..], [PaymentFate::Charged { .. }]));
 
     let mut steps = Vec::new();
     let mut buffer = [0u8; 4096];

@@ -71,7 +71,7 @@ pub fn lambda_record(message: &Message, queue_arn: &str) -> SqsMessage {
 
 /// Deletes every received message the response did not report failed (the partial batch
 /// response contract). Returns how many were deleted.
-pub async fn settle(
+pub async fn delete_handled(
     client: &aws_sdk_sqs::Client,
     queue_url: &str,
     received: &[Message],
@@ -185,7 +185,7 @@ pub fn spawn_poller(
                 stats.invoke_errors.fetch_add(1, Relaxed);
                 continue;
             };
-            match settle(&sqs, &config.queue_url, &received, &response).await {
+            match delete_handled(&sqs, &config.queue_url, &received, &response).await {
                 Ok(deleted) => {
                     stats.deleted.fetch_add(deleted as u64, Relaxed);
                     stats.failed.fetch_add((received.len() - deleted) as u64, Relaxed);

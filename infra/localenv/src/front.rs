@@ -192,7 +192,7 @@ async fn invoke(shared: &Shared, parts: &hyper::http::request::Parts, body: &[u8
         headers,
         body,
     };
-    let now_ms = payments_core::clock::epoch_ms(std::time::SystemTime::now());
+    let now_ms = lambda_support::clock::epoch_ms(std::time::SystemTime::now());
     let event = crate::apigw::event(&request, &uuid::Uuid::new_v4().to_string(), now_ms);
     let answer = shared.http.post(&shared.upstream).timeout(UPSTREAM_TIMEOUT).json(&event).send().await.ok()?;
     let answer: serde_json::Value = answer.json().await.ok()?;

@@ -9,10 +9,10 @@
 
 use std::time::Duration;
 
+use lambda_idempotency::dynamodb::DynamoDbStore;
+use lambda_idempotency::{Idempotency, IdempotencyConfig};
 use payments_core::failures::dynamodb::DynamoDbFailureStore;
 use payments_core::failures::redrive::{DeadLetterMove, Redriver};
-use payments_core::idempotency::dynamodb::DynamoDbStore;
-use payments_core::idempotency::{Idempotency, IdempotencyConfig};
 use payments_core::payment::OutcomeResolver;
 use payments_core::payment::credentials::{KeyCachePolicy, ProviderKeyConfig};
 use payments_core::payment::http_gateway::{BuildError, HttpGateway, HttpGatewayConfig};

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use payments_core::clock::rfc3339_ms;
+use lambda_idempotency::dynamodb::DynamoDbStore;
+use lambda_idempotency::{Idempotency, IdempotencyConfig, IdempotencyKey, PayloadHash, Recovery, Scope};
+use lambda_support::clock::rfc3339_ms;
 use payments_core::failures::{FailureRecord, FailureState};
-use payments_core::idempotency::dynamodb::DynamoDbStore;
-use payments_core::idempotency::{Idempotency, IdempotencyConfig, IdempotencyKey, PayloadHash, Recovery, Scope};
 use payments_core::payment::envelope::{SCHEMA_VERSION, parse_strict};
 use payments_core::payment::{PaymentMessage, PaymentStatus, PaymentView, intake_key};
 use provider_simulator::{Capacity, LedgerSnapshot, SimConfig, Simulator};
@@ -286,7 +286,7 @@ impl Running {
 /// gateway, the functions and the pollers.
 pub async fn start(options: &PipelineOptions) -> Result<Running, PipelineError> {
     let localstack = OwnedLocalStack::acquire()?;
-    let sdk = payments_core::aws::load_config().await;
+    let sdk = lambda_support::aws::load_config().await;
     let name = unique_name("pipeline");
     // The simulator first: the stack is deployed with it as its provider, so that the operators'
     // tools find it through the stack, as they find the real provider of a deployed one.
@@ -551,7 +551,7 @@ pub async fn drive(running: &Running, options: &PipelineOptions) -> Result<Recon
         let submission = submit_and_kill(running, options, &plan).await;
         abandon_acceptances(running, &plan).await?;
         say(options, &format!("intake answered {:?}; waiting for the system to settle", submission.statuses));
-        let (books, drained_at) = settle(running, options, started, &incident_over).await?;
+        let (books, drained_at) = wait_until_drained(running, options, started, &incident_over).await?;
         let heard = Heard { statuses_read: read_back(running, &plan).await, submission };
         Ok::<_, PipelineError>((heard, books, drained_at, Instant::now()))
     });
@@ -739,7 +739,7 @@ fn say(options: &PipelineOptions, line: &str) {
 /// with its acceptance finished, and the incident (if any) is `over`. The books are read only
 /// while the queues are empty: in a large run a read of every payment each second would be most
 /// of LocalStack's load. Returns the books and when the queues were found empty for good.
-async fn settle(
+async fn wait_until_drained(
     running: &Running,
     options: &PipelineOptions,
     started: Instant,

@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use lambda_idempotency::dynamodb::DynamoDbStore;
+use lambda_idempotency::{IdempotencyRecord, RecordKey, RecordStatus};
 use payments_core::failures::dynamodb::DynamoDbFailureStore;
 use payments_core::failures::{FailureKind, FailureRecord, FailureState, FailureStore};
-use payments_core::idempotency::dynamodb::DynamoDbStore;
-use payments_core::idempotency::{IdempotencyRecord, RecordKey, RecordStatus};
 use payments_core::payment::{PaymentMessage, PaymentStatus, derive_view, process_key, provider_idempotency_key};
 use provider_simulator::LedgerSnapshot;
 

@@ -11,7 +11,7 @@ pub async fn aws() -> aws_config::SdkConfig {
     if let Err(e) = localenv::localstack::ensure() {
         panic!("LocalStack is not available: {e}");
     }
-    payments_core::aws::load_config().await
+    lambda_support::aws::load_config().await
 }
 
 /// The template deployed into LocalStack once for this test process; tests keep apart by using
@@ -41,8 +41,8 @@ pub async fn own_stack(config: &aws_config::SdkConfig, overrides: &[(&str, &str)
 }
 
 /// A scope no other test uses.
-pub fn unique_scope(label: &str) -> payments_core::idempotency::Scope {
-    payments_core::idempotency::Scope::new(&format!("{label}-{}", uuid_like())).expect("valid scope")
+pub fn unique_scope(label: &str) -> lambda_idempotency::Scope {
+    lambda_idempotency::Scope::new(&format!("{label}-{}", uuid_like())).expect("valid scope")
 }
 
 fn uuid_like() -> String {

@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::Message;
+use lambda_idempotency::{IdempotencyKey, Scope};
+use lambda_sqs_batch::Jitter;
+use lambda_support::env::Env;
 use localenv::event_source;
 use localenv::stack::Stack;
-use payments_core::config::Env;
-use payments_core::idempotency::{IdempotencyKey, Scope};
 use payments_core::payment::{PaymentGateway, PaymentMessage};
-use payments_core::sqs::Jitter;
 use processor::{Aws, BatchSummary, Processor, ProcessorConfig, build_with_clients};
 use provider_simulator::LedgerSnapshot;
 
@@ -70,9 +70,11 @@ pub async fn drive_once<G: PaymentGateway + 'static>(
         return (received, BatchSummary::default());
     }
     let records: Vec<_> = received.iter().map(|m| event_source::lambda_record(m, queue_arn)).collect();
-    let deadline_ms = payments_core::clock::epoch_ms(std::time::SystemTime::now()) + deadline_in.as_millis() as i64;
+    let deadline_ms = lambda_support::clock::epoch_ms(std::time::SystemTime::now()) + deadline_in.as_millis() as i64;
     let summary = processor.process_batch(&records, deadline_ms, "test").await;
-    event_source::settle(sqs, queue_url, &received, &summary.response).await.expect("settle");
+    event_source::delete_handled(sqs, queue_url, &received, &summary.response)
+        .await
+        .expect("delete the handled messages");
     (received, summary)
 }
 
@@ -143,7 +145,7 @@ pub fn intake(
     sdk: &aws_config::SdkConfig,
     overrides: &[(&str, &str)],
 ) -> intake::Intake<
-    payments_core::idempotency::dynamodb::DynamoDbStore,
+    lambda_idempotency::dynamodb::DynamoDbStore,
     payments_core::failures::dynamodb::DynamoDbFailureStore,
     payments_core::payment::queue::SqsPaymentQueue,
 > {
@@ -189,7 +191,7 @@ pub fn redriver(stack: &Stack, sdk: &aws_config::SdkConfig, provider_url: &str) 
 pub fn completer(
     stack: &Stack,
     sdk: &aws_config::SdkConfig,
-    clock: std::sync::Arc<dyn payments_core::clock::Clock>,
+    clock: std::sync::Arc<dyn lambda_support::clock::Clock>,
 ) -> completer::AwsCompleter {
     let base = [
         ("IDEMPOTENCY_TABLE", stack.idempotency_table()),
@@ -198,5 +200,5 @@ pub fn completer(
         ("METRICS_NAMESPACE", "PaymentsPipelineTest"),
     ];
     let config = completer::CompleterConfig::from_env(&env_of(&base, &[])).expect("valid config");
-    completer::build_on_clock(&config, sdk, clock)
+    completer::build_with_clock(&config, sdk, clock)
 }

@@ -6,12 +6,12 @@
 
 use std::time::{Duration, Instant};
 
+use lambda_idempotency::dynamodb::attributes::item_from_record;
+use lambda_idempotency::{IdempotencyKey, IdempotencyRecord, OwnerToken, PayloadHash, RecordStatus, Scope};
+use lambda_support::clock::{Clock, SystemClock, rfc3339_ms};
 use localenv::pipeline::Running;
-use payments_core::clock::{Clock, SystemClock, rfc3339_ms};
 use payments_core::failures::dynamodb::DynamoDbFailureStore;
 use payments_core::failures::{FailedMessage, FailureKind, FailureRecord, FailureStore};
-use payments_core::idempotency::dynamodb::attributes::item_from_record;
-use payments_core::idempotency::{IdempotencyKey, IdempotencyRecord, OwnerToken, PayloadHash, RecordStatus, Scope};
 use payments_core::payment::{
     ChargeRequest, KeyHint, PaymentGateway, PaymentMessage, PaymentStatus, PaymentView, intake_key, process_key,
     provider_idempotency_key,
@@ -28,7 +28,7 @@ fn failures(running: &Running) -> DynamoDbFailureStore {
     DynamoDbFailureStore::new(dynamodb(running), running.stack.failures_table())
 }
 
-/// Waits until `done` holds, or panics with `what` after [`PATIENCE`].
+/// Waits until `done` holds, or panics with `what` after `PATIENCE`.
 pub async fn eventually<F, Fut>(what: &str, mut done: F)
 where
     F: FnMut() -> Fut,

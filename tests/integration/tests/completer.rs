@@ -9,11 +9,11 @@ use std::time::Duration;
 use integration_tests::http::{get_payment, header, parts, payment_body, post_payment};
 use integration_tests::pipeline::{completer, drive_once, drive_until_empty, intake, ledger, processor, test_config};
 use integration_tests::{aws, own_stack, unique_scope};
-use payments_core::clock::{Clock, ManualClock, SystemClock};
-use payments_core::idempotency::{IdempotencyKey, RecordStatus};
+use lambda_idempotency::{IdempotencyKey, RecordStatus};
+use lambda_support::clock::{Clock, ManualClock, SystemClock};
 use payments_core::payment::http_gateway::HttpGateway;
 use payments_core::payment::{intake_key, process_key};
-use processor::Handled;
+use processor::PaymentFate;
 use provider_simulator::{SimConfig, Simulator};
 use serde_json::json;
 
@@ -73,7 +73,7 @@ async fn a_payment_whose_message_vanished_is_re_enqueued_and_settled_once_and_a_
     let config = test_config(&stack, &sim.base_url(), &[]);
     let p = processor(&config, &sdk, HttpGateway::new(&config.provider).unwrap(), 4);
     let (_, summary) = drive_once(&p, &sqs, stack.queue_url(), stack.queue_arn(), 2, Duration::from_secs(10)).await;
-    assert!(matches!(summary.handled.as_slice(), [(_, Handled::Retry { .. })]), "{:?}", summary.handled);
+    assert!(matches!(summary.handled.as_slice(), [(_, PaymentFate::Retry { .. })]), "{:?}", summary.handled);
     sqs.purge_queue().queue_url(stack.queue_url()).send().await.unwrap();
     let key = IdempotencyKey::new("lost-1").unwrap();
     let stuck = p.idempotency().get(&process_key(&scope, &key)).await.unwrap().unwrap();

@@ -3,19 +3,19 @@
 
 use std::time::{Duration, Instant};
 
-use dlq_consumer::DeadLetterOutcome;
+use dlq_consumer::DeadLetterFate;
 use integration_tests::http::{get_payment, parts, payment_body, post_payment};
 use integration_tests::pipeline::{
     dlq_consumer, drive_once, intake, ledger, processor, queue_depth, redriver, test_config,
 };
 use integration_tests::{aws, own_stack, unique_scope};
-use localenv::event_source::{lambda_record, receive, settle};
-use payments_core::clock::{Clock, SystemClock};
+use lambda_idempotency::IdempotencyKey;
+use lambda_support::clock::{Clock, SystemClock};
+use localenv::event_source::{delete_handled, lambda_record, receive};
 use payments_core::failures::redrive::RedriveError;
 use payments_core::failures::{FailureState, FailureStore};
-use payments_core::idempotency::IdempotencyKey;
 use payments_core::payment::http_gateway::HttpGateway;
-use processor::Handled;
+use processor::PaymentFate;
 use provider_simulator::{SimConfig, Simulator};
 use serde_json::json;
 
@@ -49,9 +49,9 @@ async fn a_dead_payment_gets_one_failure_record_shows_dead_lettered_and_redrives
     let first = consumer.process_batch(&records, deadline, "r1").await;
     let second = consumer.process_batch(&records, deadline, "r2").await;
     assert!(first.response.batch_item_failures.is_empty() && second.response.batch_item_failures.is_empty());
-    assert!(matches!(first.handled[..], [(_, DeadLetterOutcome::Recorded { .. })]), "{:?}", first.handled);
-    assert!(matches!(second.handled[..], [(_, DeadLetterOutcome::Duplicate)]), "{:?}", second.handled);
-    settle(&sqs, stack.dlq_url(), &dead, &second.response).await.unwrap();
+    assert!(matches!(first.handled[..], [(_, DeadLetterFate::Recorded { .. })]), "{:?}", first.handled);
+    assert!(matches!(second.handled[..], [(_, DeadLetterFate::Duplicate)]), "{:?}", second.handled);
+    delete_handled(&sqs, stack.dlq_url(), &dead, &second.response).await.unwrap();
     let key = IdempotencyKey::new("dead-1").unwrap();
     let failures = consumer.failures().for_payment(&scope, &key).await.unwrap();
     assert_eq!(failures.len(), 1, "{failures:?}");
@@ -81,7 +81,7 @@ async fn a_dead_payment_gets_one_failure_record_shows_dead_lettered_and_redrives
     assert_eq!(view["status"], "PROCESSING");
     let (received, summary) =
         drive_once(&p, &sqs, stack.queue_url(), stack.queue_arn(), 2, Duration::from_secs(10)).await;
-    assert!(matches!(summary.handled[..], [(_, Handled::Charged { .. })]), "{:?}", summary.handled);
+    assert!(matches!(summary.handled[..], [(_, PaymentFate::Charged { .. })]), "{:?}", summary.handled);
     let accepted = api.idempotency().get(&payments_core::payment::intake_key(&scope, &key)).await.unwrap();
     assert_eq!(received[0].body(), accepted.and_then(|r| r.input).as_deref(), "exactly what the intake accepted");
     assert_eq!(ledger(&sim.base_url()).await.charges.len(), 1);

@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use integration_tests::rare_paths;
+use lambda_idempotency::Scope;
 use localenv::pipeline::{PROCESSOR_CONCURRENCY, PipelineOptions, Reconciliation, Scenario, drive, run, start};
 use localenv::workload::WorkloadSpec;
 use payments_core::failures::dynamodb::DynamoDbFailureStore;
 use payments_core::failures::{FailureRecord, FailureState, FailureStore};
-use payments_core::idempotency::Scope;
 use payments_core::payment::PaymentStatus;
 
 fn options(port: u16, seed: u64, kill_processor: bool) -> PipelineOptions {
@@ -68,7 +68,7 @@ fn check_logs(r: &Reconciliation) {
             }
             assert!(humantime::parse_rfc3339(json["timestamp"].as_str().unwrap()).is_ok(), "{line}");
             assert!(json.get("fields").is_none(), "{function}: nested fields: {line}");
-            if json["message"] == "record processed" {
+            if json["message"] == "message processed" {
                 assert!(json["requestId"].is_string(), "the invocation's request id: {line}");
             }
             lines.push(json);
@@ -78,7 +78,7 @@ fn check_logs(r: &Reconciliation) {
     let filter = |function: &str, key: &str| lines_by_function[function].iter().any(|l| l["idempotency_key"] == key);
     let charged = lines_by_function["processor"]
         .iter()
-        .find(|l| l["message"] == "record processed" && l["outcome"] == "charged")
+        .find(|l| l["message"] == "message processed" && l["outcome"] == "charged")
         .expect("the processor logged a charge");
     let key = charged["idempotency_key"].as_str().expect("at the top level");
     for function in ["intake", "processor"] {

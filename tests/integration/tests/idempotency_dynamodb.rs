@@ -4,13 +4,13 @@
 use std::sync::Arc;
 
 use integration_tests::{aws, shared_stack, unique_scope};
-use localenv::metering::RequestCounter;
-use payments_core::clock::{Clock, ManualClock};
-use payments_core::idempotency::dynamodb::DynamoDbStore;
-use payments_core::idempotency::{
+use lambda_idempotency::dynamodb::DynamoDbStore;
+use lambda_idempotency::{
     ClaimOutcome, Idempotency, IdempotencyConfig, IdempotencyKey, Lease, Operation, PayloadHash, RecordKey,
     RecordStatus, Scope, Settlement, StoredFailure,
 };
+use lambda_support::clock::{Clock, ManualClock};
+use localenv::metering::RequestCounter;
 use serde_json::json;
 
 const T0: i64 = 1_900_000_000_000;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use integration_tests::http::{get_payment, header, parts, payment_body, post_payment, request};
 use integration_tests::pipeline::{drive_until_empty, intake, ledger, processor, test_config};
 use integration_tests::{aws, own_stack, shared_stack, unique_scope};
-use payments_core::idempotency::{ClaimOutcome, IdempotencyKey, PayloadHash, RecordStatus};
+use lambda_idempotency::{ClaimOutcome, IdempotencyKey, PayloadHash, RecordStatus};
 use payments_core::payment::queue::SqsPaymentQueue;
 use payments_core::payment::{PaymentMessage, PaymentQueue, PaymentRequest, intake_key};
 use provider_simulator::{SimConfig, Simulator};
@@ -174,13 +174,13 @@ async fn a_key_still_being_accepted_gets_409_with_retry_after() {
 /// lease; returns the claim's time.
 async fn claim_as_a_dying_request<S, F, Q>(
     api: &intake::Intake<S, F, Q>,
-    scope: &payments_core::idempotency::Scope,
+    scope: &lambda_idempotency::Scope,
     key: &IdempotencyKey,
     payment: &PaymentRequest,
     lease_ms: i64,
 ) -> i64
 where
-    S: payments_core::idempotency::IdempotencyStore,
+    S: lambda_idempotency::IdempotencyStore,
     F: payments_core::failures::FailureStore,
     Q: PaymentQueue,
 {
@@ -232,7 +232,7 @@ async fn a_request_that_died_after_enqueueing_is_enqueued_again_and_charged_once
         idempotency_key: key.clone(),
         scope: scope.clone(),
         payment,
-        created_at: payments_core::clock::rfc3339_ms(now),
+        created_at: lambda_support::clock::rfc3339_ms(now),
         correlation_id: "first".into(),
     };
     SqsPaymentQueue::new(aws_sdk_sqs::Client::new(&sdk), stack.queue_url()).enqueue(&message).await.unwrap();

@@ -6,22 +6,22 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fleet_breaker::dynamodb::DynamoDbBreakerStore;
+use fleet_breaker::{
+    Admitted, BreakerConfig, BreakerPolicy, BreakerState, BreakerStore, Circuit, CircuitBreaker, Permit, Written,
+};
 use futures::future::join_all;
 use integration_tests::pipeline::{
     dlq_consumer, drive_once, drive_until_empty, ledger, payment, processor, queue_depth, send, test_config,
 };
 use integration_tests::{aws, own_stack, shared_stack, unique_scope};
-use localenv::event_source::{lambda_record, receive, settle};
-use payments_core::breaker::dynamodb::DynamoDbBreakerStore;
-use payments_core::breaker::{
-    Admitted, BreakerConfig, BreakerPolicy, BreakerState, BreakerStore, Circuit, CircuitBreaker, Permit, Written,
-};
-use payments_core::clock::{Clock, SystemClock};
+use lambda_idempotency::{IdempotencyKey, RecordStatus};
+use lambda_support::clock::{Clock, SystemClock};
+use localenv::event_source::{delete_handled, lambda_record, receive};
 use payments_core::failures::{FailureState, FailureStore};
-use payments_core::idempotency::{IdempotencyKey, RecordStatus};
 use payments_core::payment::http_gateway::HttpGateway;
 use payments_core::payment::process_key;
-use processor::Handled;
+use processor::PaymentFate;
 use provider_simulator::{FaultRates, SimConfig, Simulator};
 use serde_json::json;
 
@@ -96,13 +96,13 @@ async fn an_outage_opens_the_circuit_holds_calls_back_and_everything_succeeds_af
         handled.extend(summary.handled.into_iter().map(|(_, h)| h));
     }
     let during = ledger(&sim.base_url()).await.requests;
-    let deferred = handled.iter().filter(|h| matches!(h, Handled::Deferred { .. })).count();
+    let deferred = handled.iter().filter(|h| matches!(h, PaymentFate::Deferred { .. })).count();
     // Five failures open the circuit; the rest of that batch (concurrency 10) may still be in
     // flight; after that, only probes: two per round (the second failure reopens), three rounds.
     let probes = 6;
     assert!(during <= 10 + probes + 2, "{during} provider requests during the outage: a retry storm");
     assert!(deferred >= 10, "deliveries held back by the open circuit: {handled:?}");
-    assert!(!handled.iter().any(|h| matches!(h, Handled::DeadLettered { .. })));
+    assert!(!handled.iter().any(|h| matches!(h, PaymentFate::DeadLettered { .. })));
     let breaker = DynamoDbBreakerStore::new(aws_sdk_dynamodb::Client::new(&sdk), stack.idempotency_table());
     assert_eq!(breaker.read("payment-provider").await.unwrap().circuit, Circuit::Open);
     for i in 0..20 {
@@ -136,11 +136,11 @@ async fn a_payment_that_exhausts_its_budget_is_dead_lettered_by_the_processor_an
     let body = payment(&scope, "b-1", 100, json!({"simulate": "409,409,409,409"})).to_body();
     send(&sqs, stack.queue_url(), std::slice::from_ref(&body)).await;
     let summaries = drive_until_empty(&p, &sqs, stack.queue_url(), stack.queue_arn(), Duration::from_secs(30)).await;
-    let handled: Vec<Handled> = summaries.into_iter().flat_map(|s| s.handled.into_iter().map(|(_, h)| h)).collect();
+    let handled: Vec<PaymentFate> = summaries.into_iter().flat_map(|s| s.handled.into_iter().map(|(_, h)| h)).collect();
     assert_eq!(handled.len(), 3, "three attempts: {handled:?}");
     assert_eq!(
         handled[2],
-        Handled::DeadLettered { reason: "budget_exhausted".into(), last_error: "provider_in_flight".into() }
+        PaymentFate::DeadLettered { reason: "budget_exhausted".into(), last_error: "provider_in_flight".into() }
     );
     let record = p.idempotency().get(&process_key(&scope, &IdempotencyKey::new("b-1").unwrap())).await.unwrap();
     assert_eq!(record.map(|r| (r.status, r.attempts)), Some((RecordStatus::InProgress, 3)), "released, for a redrive");
@@ -154,7 +154,7 @@ async fn a_payment_that_exhausts_its_budget_is_dead_lettered_by_the_processor_an
     let deadline = SystemClock.now_ms() + 10_000;
     consumer.process_batch(&records, deadline, "r1").await;
     let answer = consumer.process_batch(&records, deadline, "r2").await;
-    settle(&sqs, stack.dlq_url(), &dead, &answer.response).await.unwrap();
+    delete_handled(&sqs, stack.dlq_url(), &dead, &answer.response).await.unwrap();
     let failures = consumer.failures().for_payment(&scope, &IdempotencyKey::new("b-1").unwrap()).await.unwrap();
     assert_eq!(failures.len(), 1, "{failures:?}");
     let source_id = dead[0].message_attributes().and_then(|a| a.get("SourceMessageId")).and_then(|v| v.string_value());

@@ -6,13 +6,13 @@ use integration_tests::pipeline::{
     drive_once, drive_until_empty, ledger, payment, processor, provider_key, queue_depth, send, test_config,
 };
 use integration_tests::{aws, own_stack, unique_scope};
+use lambda_idempotency::{IdempotencyKey, RecordStatus};
+use lambda_sqs_batch::{Backoff, Jitter};
 use payments_core::failures::dynamodb::DynamoDbFailureStore;
 use payments_core::failures::{FailureKind, FailureStore};
-use payments_core::idempotency::{IdempotencyKey, RecordStatus};
 use payments_core::payment::http_gateway::HttpGateway;
 use payments_core::payment::{Charge, ChargeRequest, GatewayError, PaymentGateway, process_key};
-use payments_core::sqs::{Backoff, Jitter};
-use processor::Handled;
+use processor::PaymentFate;
 use provider_simulator::{SimConfig, Simulator};
 use serde_json::json;
 
@@ -45,15 +45,15 @@ async fn duplicates_in_one_batch_and_across_batches_charge_once() {
     let (received, summary) =
         drive_once(&p, &w.sqs, w.stack.queue_url(), w.stack.queue_arn(), 2, Duration::from_secs(3)).await;
     assert_eq!(received.len(), 2);
-    let charged = summary.handled.iter().filter(|(_, h)| matches!(h, Handled::Charged { .. })).count();
+    let charged = summary.handled.iter().filter(|(_, h)| matches!(h, PaymentFate::Charged { .. })).count();
     assert_eq!(charged, 1, "{:?}", summary.handled);
 
     // A third copy in a later batch.
     send(&w.sqs, w.stack.queue_url(), &[body]).await;
     let summaries =
         drive_until_empty(&p, &w.sqs, w.stack.queue_url(), w.stack.queue_arn(), Duration::from_secs(30)).await;
-    let later: Vec<&Handled> = summaries.iter().flat_map(|s| s.handled.iter().map(|(_, h)| h)).collect();
-    assert!(later.iter().all(|h| **h == Handled::Duplicate), "{later:?}");
+    let later: Vec<&PaymentFate> = summaries.iter().flat_map(|s| s.handled.iter().map(|(_, h)| h)).collect();
+    assert!(later.iter().all(|h| **h == PaymentFate::Duplicate), "{later:?}");
     assert_eq!(later.len(), 2, "the in-batch twin and the later copy are both suppressed");
 
     let ledger = ledger(&w.sim.base_url()).await;
@@ -76,7 +76,7 @@ async fn commit_then_timeout_followed_by_redelivery_charges_once() {
 
     let (_, first) = drive_once(&p, &w.sqs, w.stack.queue_url(), w.stack.queue_arn(), 2, Duration::from_secs(10)).await;
     assert!(
-        matches!(&first.handled[0].1, Handled::Retry { reason, .. } if reason == "provider_timeout"),
+        matches!(&first.handled[0].1, PaymentFate::Retry { reason, .. } if reason == "provider_timeout"),
         "{:?}",
         first.handled
     );
@@ -89,7 +89,7 @@ async fn commit_then_timeout_followed_by_redelivery_charges_once() {
         .iter()
         .flat_map(|s| s.handled.iter())
         .filter_map(|(_, h)| match h {
-            Handled::Charged { charge_id } => Some(charge_id.clone()),
+            PaymentFate::Charged { charge_id } => Some(charge_id.clone()),
             _ => None,
         })
         .collect();
@@ -116,7 +116,7 @@ async fn a_retryable_error_hides_the_message_for_the_computed_window() {
     let (_, summary) =
         drive_once(&p, &w.sqs, w.stack.queue_url(), w.stack.queue_arn(), 2, Duration::from_secs(10)).await;
     let failed_at = Instant::now();
-    let Handled::Retry { after, reason } = &summary.handled[0].1 else { panic!("{:?}", summary.handled) };
+    let PaymentFate::Retry { after, reason } = &summary.handled[0].1 else { panic!("{:?}", summary.handled) };
     assert_eq!(reason, "provider_503");
     assert_eq!(*after, Jitter::seeded(seed).delay(&backoff, 1));
 
@@ -174,9 +174,9 @@ async fn a_poison_message_is_recorded_and_deleted() {
 
     let summaries =
         drive_until_empty(&p, &w.sqs, w.stack.queue_url(), w.stack.queue_arn(), Duration::from_secs(20)).await;
-    let handled: Vec<&Handled> = summaries.iter().flat_map(|s| s.handled.iter().map(|(_, h)| h)).collect();
+    let handled: Vec<&PaymentFate> = summaries.iter().flat_map(|s| s.handled.iter().map(|(_, h)| h)).collect();
     assert_eq!(handled.len(), 2, "each poison message is handled once and deleted: {handled:?}");
-    assert!(handled.iter().all(|h| matches!(h, Handled::Poison { code, .. } if code == "invalid_message")));
+    assert!(handled.iter().all(|h| matches!(h, PaymentFate::Poison { code, .. } if code == "invalid_message")));
 
     // The keyed one shows FAILED under its payment; both have a failure record.
     let record =

@@ -10,7 +10,7 @@ use integration_tests::pipeline::{
 };
 use integration_tests::{aws, own_stack, unique_scope};
 use payments_core::payment::http_gateway::{HttpGateway, PROVIDER_UNAUTHORIZED};
-use processor::Handled;
+use processor::PaymentFate;
 use provider_simulator::{SimConfig, Simulator};
 
 async fn put_secret(sdk: &aws_config::SdkConfig, secret: &str, value: &str) {
@@ -44,22 +44,22 @@ async fn a_rotated_key_is_picked_up_on_refusal_and_a_wrong_key_fails_the_payment
             send(sqs, stack.queue_url(), &[payment(scope, key, 700, serde_json::json!({})).to_body()]).await;
             let summaries =
                 drive_until_empty(p, sqs, stack.queue_url(), stack.queue_arn(), Duration::from_secs(30)).await;
-            summaries.into_iter().flat_map(|s| s.handled.into_iter().map(|(_, h)| h)).collect::<Vec<Handled>>()
+            summaries.into_iter().flat_map(|s| s.handled.into_iter().map(|(_, h)| h)).collect::<Vec<PaymentFate>>()
         }
     };
 
-    assert!(matches!(&run("cred-1").await[..], [Handled::Charged { .. }]), "the key from the secret was sent");
+    assert!(matches!(&run("cred-1").await[..], [PaymentFate::Charged { .. }]), "the key from the secret was sent");
 
     // Rotation: the provider takes only the new key; the processor still holds the old one.
     put_secret(&sdk, secret, "key-two").await;
     provider_takes(&sim, "key-two").await;
-    assert!(matches!(&run("cred-2").await[..], [Handled::Charged { .. }]), "picked up after one refusal");
+    assert!(matches!(&run("cred-2").await[..], [PaymentFate::Charged { .. }]), "picked up after one refusal");
     assert_eq!(ledger(&sim.base_url()).await.unauthorized, 1);
 
     // The provider refuses the key the secret holds: the payment fails for good, saying why.
     provider_takes(&sim, "key-three").await;
     let handled = run("cred-3").await;
-    assert_eq!(handled, [Handled::FailedPermanently { code: PROVIDER_UNAUTHORIZED.into() }]);
+    assert_eq!(handled, [PaymentFate::FailedPermanently { code: PROVIDER_UNAUTHORIZED.into() }]);
     let ledger = ledger(&sim.base_url()).await;
     assert_eq!(ledger.charges.len(), 2, "nothing charged for the refused payment");
     assert_eq!(ledger.unauthorized, 2, "refused once: the secret, read again, held the same key, so not sent again");
@@ -111,7 +111,7 @@ async fn every_client_of_the_provider_sends_the_key_from_the_stacks_secret() {
             .pop()
             .expect("a failure record");
     let ops = redriver(&stack, &sdk, &sim.base_url());
-    let now = payments_core::clock::Clock::now_ms(&payments_core::clock::SystemClock);
+    let now = lambda_support::clock::Clock::now_ms(&lambda_support::clock::SystemClock);
     ops.redrive_record(&failure.partition, &failure.message_id, false, now).await.expect("redriven");
 
     let seen = ledger(&sim.base_url()).await;

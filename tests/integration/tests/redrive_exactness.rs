@@ -12,18 +12,18 @@ use std::time::Duration;
 use aws_lambda_events::sqs::SqsMessage;
 use dlq_consumer::{DlqConsumer, DlqConsumerConfig, DlqConsumerParts};
 use intake::{Intake, IntakeConfig};
-use payments_core::config::Env;
+use lambda_idempotency::memory::InMemoryStore;
+use lambda_idempotency::{Idempotency, IdempotencyConfig, PayloadHash};
+use lambda_sqs_batch::visibility::RecordingVisibility;
+use lambda_support::env::Env;
 use payments_core::failures::memory::InMemoryFailureStore;
 use payments_core::failures::redrive::Redriver;
 use payments_core::failures::{FailureRecord, FailureStore};
-use payments_core::idempotency::memory::InMemoryStore;
-use payments_core::idempotency::{Idempotency, IdempotencyConfig, PayloadHash};
 use payments_core::payment::queue::InMemoryPaymentQueue;
 use payments_core::payment::{
     Charge, ChargeLookup, ChargeRequest, GatewayError, Lookup, OutcomeResolver, PaymentGateway, PaymentMessage,
     process_key, provider_idempotency_key,
 };
-use payments_core::sqs::visibility::RecordingVisibility;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -154,7 +154,7 @@ async fn accept_die_and_redrive(
         record = FailureRecord { message_id: "m-older".into(), accepted_message: None, ..record };
         world.failures.record(&record).await.unwrap();
     }
-    let now = payments_core::clock::Clock::now_ms(&payments_core::clock::SystemClock);
+    let now = lambda_support::clock::Clock::now_ms(&lambda_support::clock::SystemClock);
     world.redriver().redrive_record(&record.partition, &record.message_id, false, now).await.expect("redriven");
     let (redriven, grant) = world.redriven.sent_with_grants().pop().expect("sent again");
     assert!(grant.is_some_and(|g| g.redriven_at_ms == now), "a redrive carries its grant");

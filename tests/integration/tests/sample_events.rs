@@ -7,9 +7,9 @@ use aws_lambda_events::sqs::SqsEvent;
 use integration_tests::http::parts;
 use integration_tests::pipeline::{completer, dlq_consumer, intake, processor, test_config};
 use integration_tests::{aws, own_stack};
-use payments_core::clock::{Clock, SystemClock};
+use lambda_support::clock::{Clock, SystemClock};
 use payments_core::payment::http_gateway::HttpGateway;
-use processor::Handled;
+use processor::PaymentFate;
 use provider_simulator::{SimConfig, Simulator};
 
 fn sample(name: &str) -> String {
@@ -28,10 +28,10 @@ async fn every_sample_event_runs_through_its_handler() {
     let p = processor(&config, &sdk, HttpGateway::new(&config.provider).unwrap(), 1);
     let event: SqsEvent = serde_json::from_str(&sample("sqs-payment.json")).unwrap();
     let summary = p.process_batch(&event.records, deadline, "sample").await;
-    let handled: Vec<&Handled> = summary.handled.iter().map(|(_, h)| h).collect();
+    let handled: Vec<&PaymentFate> = summary.handled.iter().map(|(_, h)| h).collect();
     assert_eq!(handled.len(), 2);
-    assert!(handled.iter().any(|h| matches!(h, Handled::Charged { .. })), "{handled:?}");
-    assert!(handled.iter().any(|h| matches!(h, Handled::Poison { .. })), "{handled:?}");
+    assert!(handled.iter().any(|h| matches!(h, PaymentFate::Charged { .. })), "{handled:?}");
+    assert!(handled.iter().any(|h| matches!(h, PaymentFate::Poison { .. })), "{handled:?}");
 
     let api = intake(&stack, &sdk, &[]);
     let post = lambda_http::request::from_str(&sample("apigw-post-payment.json")).unwrap();

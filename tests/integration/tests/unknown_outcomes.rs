@@ -5,18 +5,18 @@
 
 use std::time::{Duration, Instant};
 
-use dlq_consumer::DeadLetterOutcome;
+use dlq_consumer::DeadLetterFate;
 use integration_tests::http::{get_payment, parts, payment_body, post_payment};
 use integration_tests::pipeline::{
     dlq_consumer, drive_once, drive_until_empty, intake, ledger, processor, queue_depth, test_config,
 };
 use integration_tests::{aws, own_stack, unique_scope};
-use localenv::event_source::{lambda_record, receive, settle};
-use payments_core::clock::{Clock, SystemClock};
+use lambda_idempotency::IdempotencyKey;
+use lambda_support::clock::{Clock, SystemClock};
+use localenv::event_source::{delete_handled, lambda_record, receive};
 use payments_core::failures::{FailureState, FailureStore};
-use payments_core::idempotency::IdempotencyKey;
 use payments_core::payment::http_gateway::HttpGateway;
-use processor::Handled;
+use processor::PaymentFate;
 use provider_simulator::{SimConfig, Simulator};
 use serde_json::json;
 
@@ -41,14 +41,14 @@ async fn timeouts_on_every_attempt_after_a_charge_end_succeeded_by_lookup_with_o
     assert_eq!(parts(&api.handle(post_payment(scope.as_str(), "u-1", &body)).await.unwrap()).0, 202);
 
     let summaries = drive_until_empty(&p, &sqs, stack.queue_url(), stack.queue_arn(), Duration::from_secs(60)).await;
-    let handled: Vec<Handled> = summaries.into_iter().flat_map(|s| s.handled.into_iter().map(|(_, h)| h)).collect();
+    let handled: Vec<PaymentFate> = summaries.into_iter().flat_map(|s| s.handled.into_iter().map(|(_, h)| h)).collect();
     assert!(
         handled[..handled.len() - 1]
             .iter()
-            .all(|h| matches!(h, Handled::Retry { reason, .. } if reason == "provider_timeout")),
+            .all(|h| matches!(h, PaymentFate::Retry { reason, .. } if reason == "provider_timeout")),
         "{handled:?}"
     );
-    assert!(matches!(handled.last(), Some(Handled::Charged { .. })), "resolved by lookup: {handled:?}");
+    assert!(matches!(handled.last(), Some(PaymentFate::Charged { .. })), "resolved by lookup: {handled:?}");
     let ledger = ledger(&sim.base_url()).await;
     assert_eq!(ledger.charges.len(), 1);
     assert_eq!(ledger.requests, 3, "three attempts, no fourth charge request");
@@ -90,7 +90,7 @@ async fn a_charged_payment_that_reaches_the_dlq_is_completed_by_the_consumer_and
     let records: Vec<_> = dead.iter().map(|m| lambda_record(m, stack.dlq_arn())).collect();
     let answer = consumer.process_batch(&records, SystemClock.now_ms() + 10_000, "r1").await;
     assert!(answer.response.batch_item_failures.is_empty());
-    settle(&sqs, stack.dlq_url(), &dead, &answer.response).await.unwrap();
+    delete_handled(&sqs, stack.dlq_url(), &dead, &answer.response).await.unwrap();
 
     let failures = consumer.failures().for_payment(&scope, &IdempotencyKey::new("c-1").unwrap()).await.unwrap();
     assert_eq!(failures.len(), 1);
@@ -117,7 +117,7 @@ async fn an_unreachable_provider_keeps_a_dead_message_unrecorded_and_retried() {
     let records: Vec<_> = dead.iter().map(|m| lambda_record(m, stack.dlq_arn())).collect();
     let answer = consumer.process_batch(&records, SystemClock.now_ms() + 10_000, "r1").await;
     assert_eq!(answer.response.batch_item_failures.len(), 1, "kept for a retry");
-    assert!(matches!(answer.handled[..], [(_, DeadLetterOutcome::NotRecorded { .. })]), "{:?}", answer.handled);
+    assert!(matches!(answer.handled[..], [(_, DeadLetterFate::NotRecorded { .. })]), "{:?}", answer.handled);
     assert!(consumer.failures().for_payment(&scope, &IdempotencyKey::new("n-1").unwrap()).await.unwrap().is_empty());
     drop(sim);
 }
@@ -191,13 +191,13 @@ async fn a_late_redrive_of_a_charged_payment_completes_it_instead_of_charging_ag
     assert_eq!((done.found_charge.as_deref(), done.new_message_id), (Some(charge.id.as_str()), None));
     assert_eq!(queue_depth(&sqs, stack.queue_url()).await, 0, "nothing re-sent");
     assert_eq!(ledger(&sim.base_url()).await.charges.len(), 1, "no second charge");
-    let records = payments_core::idempotency::dynamodb::DynamoDbStore::new(
+    let records = lambda_idempotency::dynamodb::DynamoDbStore::new(
         aws_sdk_dynamodb::Client::new(&sdk),
         stack.idempotency_table(),
     );
     let key = payments_core::payment::process_key(&scope, &payment.idempotency_key);
-    let stored = payments_core::idempotency::IdempotencyStore::get(&records, &key).await.unwrap().unwrap();
-    assert_eq!(stored.status, payments_core::idempotency::RecordStatus::Completed);
+    let stored = lambda_idempotency::IdempotencyStore::get(&records, &key).await.unwrap().unwrap();
+    assert_eq!(stored.status, lambda_idempotency::RecordStatus::Completed);
     assert!(stored.result.unwrap().contains(&charge.id));
     let after = failures.get(&record.partition, "m-late").await.unwrap().unwrap();
     assert!(matches!(after.state, FailureState::Resolved { ref note, .. } if note.starts_with("resolved: charged")));

@@ -11,7 +11,7 @@
 //! age limit by then, so its new message only asks the provider), or leaves it to the operator.
 //!
 //! The model does not restate the rules: every claim and settlement goes through
-//! `payments_core::idempotency::protocol` (`decide_claim`, `claimed_record`, `may_settle`,
+//! `lambda_idempotency::protocol` (`decide_claim`, `claimed_record`, `may_settle`,
 //! `settled_record`) — the same functions the in-memory store applies and the DynamoDB
 //! condition expressions mirror (checked against LocalStack by
 //! `tests/integration/tests/protocol_conformance.rs`). The weakened [`Rules`] exist to show that
@@ -21,11 +21,11 @@
 //! Rust, so the model calls the production decision functions directly instead of a TLA+ or
 //! Promela transcription that could drift.
 
-use payments_core::idempotency::protocol::{
+use lambda_idempotency::protocol::{
     ClaimDecision, ClaimRequest, IdempotencyRecord, OwnerToken, RecordStatus, Recovery, Refusal, Settle, SettleRequest,
     StoredFailure, claimed_record, decide_claim, is_own_claim, is_own_settlement, may_settle, settled_record,
 };
-use payments_core::idempotency::{IdempotencyKey, Operation, PayloadHash, RecordKey, Scope};
+use lambda_idempotency::{IdempotencyKey, Operation, PayloadHash, RecordKey, Scope};
 use stateright::{Model, Property};
 
 /// The provider's behaviour towards idempotency keys.

@@ -74,7 +74,7 @@ impl Backend {
     /// LocalStack (started unless one answers) with a freshly deployed stack.
     pub async fn localstack(provider_url: &str) -> Result<Self, String> {
         let localstack = OwnedLocalStack::acquire().map_err(|e| e.to_string())?;
-        let sdk = payments_core::aws::load_config().await;
+        let sdk = lambda_support::aws::load_config().await;
         let stack = localenv::stack::deploy(&sdk, &localenv::stack::unique_name("bench"), &[])
             .await
             .map_err(|e| e.to_string())?;

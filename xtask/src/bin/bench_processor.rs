@@ -1,18 +1,20 @@
 //! The Rust side of the benchmark, run as its own process so that its CPU time and peak RSS are
 //! its own: this project's processor handler, in-process, with real AWS clients.
 //!
-//!     bench_processor --messages FILE   run every batch through the handler; print JSON statistics
-//!     bench_processor --floor N         N × (claim, provider call, completion) in sequence; print JSON
+//! ```text
+//! bench_processor --messages FILE   run every batch through the handler; print JSON statistics
+//! bench_processor --floor N         N × (claim, provider call, completion) in sequence; print JSON
+//! ```
 //!
 //! Configuration comes from the environment, as the function's does (see the README).
 
 use std::time::Instant;
 
 use aws_lambda_events::sqs::SqsMessage;
+use lambda_idempotency::{ClaimOutcome, IdempotencyKey, PayloadHash, Scope};
+use lambda_support::clock::{Clock, SystemClock};
+use lambda_support::env::Env;
 use localenv::metering::RequestCounter;
-use payments_core::clock::{Clock, SystemClock};
-use payments_core::config::Env;
-use payments_core::idempotency::{ClaimOutcome, IdempotencyKey, PayloadHash, Scope};
 use payments_core::payment::http_gateway::HttpGateway;
 use payments_core::payment::{ChargeRequest, PaymentGateway, PaymentMessage, process_key, provider_idempotency_key};
 use processor::{Processor, ProcessorConfig, build_with_clients};
@@ -53,7 +55,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
     let config = ProcessorConfig::from_env(&Env::process())?;
-    let sdk = payments_core::aws::load_config().await;
+    let sdk = lambda_support::aws::load_config().await;
     let counter = RequestCounter::new();
     let dynamodb = aws_sdk_dynamodb::Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(&sdk).interceptor(counter.clone()).build(),

@@ -4,9 +4,9 @@ use std::collections::HashMap;
 
 use intake::{Intake, IntakeConfig};
 use lambda_http::{Body, Request};
-use payments_core::config::Env;
+use lambda_idempotency::memory::InMemoryStore;
+use lambda_support::env::Env;
 use payments_core::failures::memory::InMemoryFailureStore;
-use payments_core::idempotency::memory::InMemoryStore;
 use payments_core::payment::PaymentQueue;
 
 /// A local configuration: the scope comes from `X-Local-Scope`.
