@@ -1,4 +1,4 @@
-//! Operators' tools: find a failure, read why, redrive it, resolve it; find stuck intakes; show
+//! Operators' tools: find a failure, read why, redrive it, close it; find stuck intakes; show
 //! or force the provider's circuit breaker.
 
 use std::process::ExitCode;
@@ -54,7 +54,7 @@ pub enum OpsCommand {
     /// Show one failure record in full, with its original body.
     Show { partition: String, message_id: String },
     /// Ask the provider, then re-enqueue one record's original body (its idempotency key
-    /// prevents a second execution) and mark it resolved; a payment found charged is completed
+    /// prevents a second execution), marking the record redriven; a payment found charged is completed
     /// instead, not re-sent.
     Redrive {
         partition: String,
@@ -74,8 +74,8 @@ pub enum OpsCommand {
         #[arg(long)]
         execute: bool,
     },
-    /// Mark a record resolved without redriving it.
-    Resolve {
+    /// Close a record without redriving it.
+    Close {
         partition: String,
         message_id: String,
         #[arg(long)]
@@ -200,9 +200,9 @@ pub async fn run(ops: Ops) -> Result<ExitCode, String> {
                 ),
             }
         }
-        OpsCommand::Resolve { ref partition, ref message_id, ref note } => {
-            redriver(&ops, &sdk, &stack)?.resolve(partition, message_id, note, now).await.map_err(|e| e.to_string())?;
-            println!("resolved");
+        OpsCommand::Close { ref partition, ref message_id, ref note } => {
+            redriver(&ops, &sdk, &stack)?.close(partition, message_id, note, now).await.map_err(|e| e.to_string())?;
+            println!("closed");
         }
         OpsCommand::Circuit { action, for_, ref provider } => {
             circuit(dynamodb, stack.idempotency_table(), provider, action, for_).await?;
@@ -261,7 +261,7 @@ fn list(records: &[FailureRecord]) {
         let state = match (&r.state, &r.redriven) {
             (FailureState::Open, None) => "OPEN",
             (FailureState::Open, Some(_)) => "REDRIVEN",
-            (FailureState::Resolved { .. }, _) => "RESOLVED",
+            (FailureState::Closed { .. }, _) => "CLOSED",
         };
         println!(
             "{:<24} {:<10} {:<28} {:<6} {:<9} {:<40} {}",

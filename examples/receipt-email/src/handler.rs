@@ -80,7 +80,7 @@ impl<S: IdempotencyStore, M: Mailer> MessageHandler for ReceiptSender<S, M> {
         let send = |_lease| async {
             self.mailer.send(&receipt, &key.partition_key()).await.map_err(|e| match e {
                 MailError::Bounced(why) => {
-                    OperationError::Permanent(StoredFailure { code: "bounced".into(), reason: why })
+                    OperationError::Permanent(StoredFailure { code: "bounced".into(), detail: why })
                 }
                 MailError::Unavailable(why) => OperationError::Retryable(why),
             })
@@ -88,7 +88,7 @@ impl<S: IdempotencyStore, M: Mailer> MessageHandler for ReceiptSender<S, M> {
         match self.idempotency.execute(&key, &receipt, invocation.deadline_ms(), send).await {
             Ok(Executed::Fresh(id)) => Sent::Now(id),
             Ok(Executed::Replayed(id)) => Sent::Before(id),
-            Err(ExecuteError::Failed(failure)) => Sent::Bounced(failure.reason),
+            Err(ExecuteError::Failed(failure)) => Sent::Bounced(failure.detail),
             Err(ExecuteError::PayloadMismatch) => {
                 Sent::Refused("this order's receipt was sent with other content".into())
             }

@@ -1,11 +1,11 @@
 //! For every dead message: a failure record (conditional on the message id, so a redelivered
 //! dead message writes one), a structured log event and EMF metrics. A dead copy of a payment
-//! that is already settled is recorded as resolved, so the payment keeps its final status.
+//! that is already settled is recorded closed, so the payment keeps its final status.
 //!
 //! Nothing is reported dead while it may have been charged: for a payment not settled, the
 //! provider is asked first (unless the processor asked just before it gave the payment up).
 //! Charged: the payment's record is completed with that charge (it shows SUCCEEDED) and the
-//! failure record is resolved. Not charged: an open failure record saying so. Unknown: nothing
+//! failure record is closed. Not charged: an open failure record saying so. Unknown: nothing
 //! is recorded and the dead message is retried later.
 
 use std::time::Duration;
@@ -21,7 +21,7 @@ use lambda_sqs_batch::{
 use lambda_support::clock::rfc3339_ms;
 use payments_core::failures::{
     FailedMessage, FailureKind, FailureRecord, FailureState, FailureStore, FailureStoreError, Recorded,
-    resolve_open_records, stored_error,
+    close_open_records, stored_error,
 };
 use payments_core::payment::{KeyHint, OutcomeResolver, PaymentGateway, PaymentMessage, Resolution, process_key};
 
@@ -86,10 +86,10 @@ pub enum DeadLetterFate {
         /// The failure class.
         class: String,
     },
-    /// The payment was settled already (a stray copy): recorded as resolved.
+    /// The payment was settled already (a stray copy): recorded closed.
     AlreadySettled,
     /// The provider held the payment's charge: the payment is completed with it (SUCCEEDED) and
-    /// the failure record is resolved.
+    /// the failure record is closed.
     ResolvedCharged {
         /// The provider's charge.
         charge_id: String,
@@ -178,7 +178,7 @@ impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl, G: PaymentGatew
         if let (Some(Resolution::Charged(charge_id)), Some(h)) = (&findings.resolution, &findings.hint) {
             // Earlier dead copies may have been recorded "not charged" before this one charged.
             let note = format!("the payment succeeded later (charge {charge_id})");
-            resolve_open_records(&self.failures, &h.scope, &h.idempotency_key, &note, now).await?;
+            close_open_records(&self.failures, &h.scope, &h.idempotency_key, &note, now).await?;
         }
         let outcome = match (written, findings.settled().is_some(), findings.resolution) {
             (Recorded::AlreadyRecorded, _, _) => DeadLetterFate::Duplicate,
@@ -230,7 +230,7 @@ impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl, G: PaymentGatew
         Ok(findings)
     }
 
-    /// The failure record of a dead message: open, or resolved when its payment is settled or
+    /// The failure record of a dead message: open, or closed when its payment is settled or
     /// was found charged.
     fn failure_record(&self, findings: &Findings<'_>, now: i64) -> FailureRecord {
         let (message, process) = (findings.message, findings.process.as_ref());
@@ -250,11 +250,11 @@ impl<S: IdempotencyStore, F: FailureStore, V: VisibilityControl, G: PaymentGatew
             last_attempt_at_ms: process.map(|r| r.updated_at_ms),
             last_error: last_error(process, given_up, findings.resolution.as_ref()).map(|e| stored_error(&e)),
             state: match (findings.settled(), &findings.resolution) {
-                (Some(r), _) => FailureState::Resolved {
+                (Some(r), _) => FailureState::Closed {
                     at_ms: now,
                     note: format!("payment already settled ({})", r.status.as_str()),
                 },
-                (None, Some(Resolution::Charged(charge_id))) => FailureState::Resolved {
+                (None, Some(Resolution::Charged(charge_id))) => FailureState::Closed {
                     at_ms: now,
                     note: format!("resolved: charged ({charge_id}); the payment is completed with that charge"),
                 },

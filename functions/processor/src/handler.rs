@@ -20,7 +20,7 @@ use lambda_runtime::LambdaEvent;
 use lambda_sqs_batch::{BatchReport, BatchRunner, Invocation, Jitter, MessageHandler, SqsFunction};
 use lambda_support::clock::Clock;
 use payments_core::budget::{RetryBudget, Verdict};
-use payments_core::failures::resolve_open_records;
+use payments_core::failures::close_open_records;
 use payments_core::pacing::Pacer;
 use payments_core::payment::{
     Charge, ChargeRequest, ChargeResult, EnvelopeError, GatewayError, PaymentMessage, RetryableKind, process_key,
@@ -240,7 +240,7 @@ impl<A: Adapters> Processor<A> {
 
     /// A permanent failure (a decline, a rejection): stored, never retried.
     async fn fail(&self, attempt: &Attempt<'_>, permanent: &GatewayError) -> PaymentFate {
-        let failure = StoredFailure { code: permanent.reason(), reason: permanent.to_string() };
+        let failure = StoredFailure { code: permanent.reason(), detail: permanent.to_string() };
         let settle = self.idempotency.fail_permanently(&attempt.lease, failure);
         match settle.instrument(tracing::info_span!(target: xray::TARGET, "settle")).await {
             Ok(Settlement::Recorded) => {
@@ -292,7 +292,7 @@ impl<A: Adapters> Processor<A> {
     /// only.
     async fn close_failure_records(&self, message: &PaymentMessage, note: &str) {
         let (scope, key, now) = (&message.scope, &message.idempotency_key, self.clock.now_ms());
-        if let Err(e) = resolve_open_records(&self.failures, scope, key, note, now).await {
+        if let Err(e) = close_open_records(&self.failures, scope, key, note, now).await {
             tracing::warn!(error = %e, "could not close the failure records of a settled payment");
         }
     }

@@ -464,7 +464,7 @@ async fn a_conflict_for_one_key_says_nothing_of_the_provider_and_rate_limits_hon
 }
 
 #[tokio::test]
-async fn a_payment_that_succeeds_after_it_was_recorded_dead_has_its_failure_record_resolved() {
+async fn a_payment_that_succeeds_after_it_was_recorded_dead_has_its_failure_record_closed() {
     use payments_core::failures::{FailureKind, FailureRecord, FailureState, record::payment_partition};
     let clock = ManualClock::at(NOW);
     let p = processor(scripted([unavailable()]), &clock);
@@ -494,7 +494,7 @@ async fn a_payment_that_succeeds_after_it_was_recorded_dead_has_its_failure_reco
     assert!(matches!(&run(&p, &[record("m1", &body("k", 10), 2)]).await[..], [PaymentFate::Charged { .. }]));
     let after = p.failures().for_payment(&scope, &key).await.unwrap();
     assert!(
-        matches!(&after[0].state, FailureState::Resolved { note, .. } if note.starts_with("the payment succeeded later")),
+        matches!(&after[0].state, FailureState::Closed { note, .. } if note.starts_with("the payment succeeded later")),
         "{after:?}"
     );
 }

@@ -74,9 +74,9 @@ pub enum Admitted {
 /// A change of phase this instance wrote, for metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transition {
-    /// Before.
+    /// The phase before the write.
     pub from: Phase,
-    /// After.
+    /// The phase the write left.
     pub to: Phase,
 }
 
@@ -97,12 +97,12 @@ impl<B: BreakerStore> CircuitBreaker<B> {
         Self { store, config, clock, cache: Mutex::new(None), refresh: tokio::sync::Mutex::new(()) }
     }
 
-    /// The configuration.
+    /// The name and tuning this breaker was built with.
     pub fn config(&self) -> &BreakerConfig {
         &self.config
     }
 
-    /// The store underneath.
+    /// The store underneath, for operators' reads and forced transitions.
     pub fn store(&self) -> &B {
         &self.store
     }

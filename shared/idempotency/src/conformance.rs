@@ -108,7 +108,7 @@ fn record(key: &RecordKey, shape: &Shape) -> IdempotencyRecord {
         lease_until_ms: NOW + shape.lease_rel_ms,
         result: (shape.status == RecordStatus::Completed).then(|| r#"{"charge_id":"ch_1"}"#.to_owned()),
         failure: (shape.status == RecordStatus::Failed)
-            .then(|| StoredFailure { code: "card_declined".into(), reason: "insufficient funds".into() }),
+            .then(|| StoredFailure { code: "card_declined".into(), detail: "insufficient funds".into() }),
         last_error: shape.last_error.map(str::to_owned),
         attempts: shape.attempts,
         created_at_ms: NOW - 100_000,
@@ -185,7 +185,7 @@ pub fn claims<S: Seed>(runtime: &tokio::runtime::Runtime, store: &S, cases: u32)
 pub fn settlements<S: Seed>(runtime: &tokio::runtime::Runtime, store: &S, cases: u32) {
     let settle = prop_oneof![
         Just(Settle::Complete { result: r#"{"charge_id":"ch_9"}"#.to_owned() }),
-        Just(Settle::Fail(StoredFailure { code: "card_declined".into(), reason: "do not honour".into() })),
+        Just(Settle::Fail(StoredFailure { code: "card_declined".into(), detail: "do not honour".into() })),
         Just(Settle::Release { reason: "provider_timeout".into(), refund: false }),
         Just(Settle::Release { reason: "circuit_open".into(), refund: true }),
     ];

@@ -64,7 +64,7 @@ impl DynamoDbStore {
         Self { client, table: table.into() }
     }
 
-    /// The table name.
+    /// The table this store writes (operators' tools name it in their output).
     pub fn table(&self) -> &str {
         &self.table
     }
@@ -255,7 +255,7 @@ fn settle_update(update: UpdateItemFluentBuilder, settle: &Settle, expires_at_s:
             )
             .expression_attribute_values(":failed", s(RecordStatus::Failed.as_str()))
             .expression_attribute_values(":code", s(&failure.code))
-            .expression_attribute_values(":reason", s(&failure.reason))
+            .expression_attribute_values(":reason", s(&failure.detail))
             .expression_attribute_values(":exp", n(expires_at_s)),
         Settle::Release { reason, refund } => {
             let refunded = if *refund { ", attempts = attempts - :one" } else { "" };

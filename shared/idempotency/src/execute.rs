@@ -26,7 +26,8 @@ pub enum Executed<T> {
 }
 
 impl<T> Executed<T> {
-    /// The result, fresh or replayed.
+    /// The result, whether the operation ran now or before: for callers to whom a duplicate is
+    /// simply a success.
     pub fn into_inner(self) -> T {
         match self {
             Self::Fresh(value) | Self::Replayed(value) => value,
@@ -50,7 +51,7 @@ pub enum OperationError<E> {
 #[derive(Debug, thiserror::Error)]
 pub enum ExecuteError<E> {
     /// The operation failed for good, now or on an earlier attempt.
-    #[error("the operation failed for good: {} ({})", .0.code, .0.reason)]
+    #[error("the operation failed for good: {} ({})", .0.code, .0.detail)]
     Failed(StoredFailure),
     /// The operation failed and may be retried (the claim was released).
     #[error("the operation failed and may be retried")]
@@ -188,7 +189,7 @@ mod tests {
     #[tokio::test]
     async fn a_permanent_failure_is_stored_and_a_retryable_one_frees_the_key() {
         let guard = Idempotency::new(InMemoryStore::new(), IdempotencyConfig::default());
-        let failure = StoredFailure { code: "bounced".into(), reason: "no such mailbox".into() };
+        let failure = StoredFailure { code: "bounced".into(), detail: "no such mailbox".into() };
         let failed = guard
             .execute(&key(), "r", i64::MAX, |_| async {
                 Err::<(), _>(OperationError::<()>::Permanent(failure.clone()))

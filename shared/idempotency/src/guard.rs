@@ -49,12 +49,12 @@ impl<S: IdempotencyStore> Idempotency<S> {
         Self { store, config, clock }
     }
 
-    /// The store underneath.
+    /// The store underneath, for reads the guard does not wrap (operators' queries).
     pub fn store(&self) -> &S {
         &self.store
     }
 
-    /// The configuration.
+    /// The retention and lease cap every claim is made with.
     pub fn config(&self) -> &IdempotencyConfig {
         &self.config
     }
@@ -119,7 +119,7 @@ impl<S: IdempotencyStore> Idempotency<S> {
         self.settle(lease, Settle::Release { reason: reason.to_owned(), refund: true }).await
     }
 
-    /// Reads the record as stored.
+    /// Reads the record as stored, expired or not: a status read, never a claim.
     pub async fn get(&self, key: &RecordKey) -> Result<Option<IdempotencyRecord>, StoreError> {
         self.store.get(key).await
     }
@@ -147,8 +147,8 @@ impl<S: IdempotencyStore> Idempotency<S> {
         // below DynamoDB's 400 KB item limit.
         let settle = match settle {
             Settle::Release { reason, refund } => Settle::Release { reason: bounded(reason), refund },
-            Settle::Fail(StoredFailure { code, reason }) => {
-                Settle::Fail(StoredFailure { code: bounded(code), reason: bounded(reason) })
+            Settle::Fail(StoredFailure { code, detail }) => {
+                Settle::Fail(StoredFailure { code: bounded(code), detail: bounded(detail) })
             }
             complete @ Settle::Complete { .. } => complete,
         };

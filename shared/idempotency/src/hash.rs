@@ -34,7 +34,7 @@ impl PayloadHash {
         Self(hex)
     }
 
-    /// The hex digest.
+    /// The hex SHA-256 digest, as stored in `payload_hash`.
     pub fn as_str(&self) -> &str {
         &self.0
     }

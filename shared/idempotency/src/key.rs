@@ -11,9 +11,9 @@ pub enum KeyError {
     Length {
         /// Which part of the key.
         what: &'static str,
-        /// The limit.
+        /// The longest accepted, in bytes.
         max: usize,
-        /// What was given.
+        /// The length given, in bytes.
         len: usize,
     },
     /// A character outside what the part allows.
@@ -106,10 +106,10 @@ impl fmt::Display for Scope {
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
-    /// Longest key accepted.
+    /// Longest key accepted: Stripe's limit, and the IETF Idempotency-Key draft's.
     pub const MAX_LEN: usize = 255;
 
-    /// Validates a key as received.
+    /// Validates a key as the client sent it: 1 to 255 printable ASCII characters.
     pub fn new(key: &str) -> Result<Self, KeyError> {
         check_len("idempotency key", key, Self::MAX_LEN)?;
         if !key.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
@@ -148,14 +148,14 @@ impl fmt::Display for IdempotencyKey {
 pub struct RecordKey {
     /// The guarded operation.
     pub operation: Operation,
-    /// Whose key it is.
+    /// Whose key it is: from the caller's identity, never from a request body.
     pub scope: Scope,
-    /// The client's key.
+    /// The client's idempotency key.
     pub key: IdempotencyKey,
 }
 
 impl RecordKey {
-    /// Bundles the three parts.
+    /// Bundles three parts validated already; [`Self::parse`] validates strings.
     pub fn new(operation: Operation, scope: Scope, key: IdempotencyKey) -> Self {
         Self { operation, scope, key }
     }

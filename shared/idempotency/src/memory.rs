@@ -19,7 +19,7 @@ pub struct InMemoryStore {
 }
 
 impl InMemoryStore {
-    /// An empty store.
+    /// An empty store; its clones share its records (several "instances" over one table).
     pub fn new() -> Self {
         Self::default()
     }

@@ -67,8 +67,8 @@ impl OwnerToken {
 pub struct StoredFailure {
     /// Stable code, e.g. `card_declined`, `invalid_message`.
     pub code: String,
-    /// Human-readable reason.
-    pub reason: String,
+    /// What happened, for people (stored as `error_reason`).
+    pub detail: String,
 }
 
 /// One idempotency record, as stored.
@@ -342,7 +342,7 @@ pub fn settled_record(
         Settle::Fail(failure) => {
             next.status = RecordStatus::Failed;
             next.failure = Some(failure.clone());
-            next.last_error = Some(failure.reason.clone());
+            next.last_error = Some(failure.detail.clone());
             next.expires_at_s = expires_at_s;
             next.recovery_due_ms = None;
         }
@@ -447,7 +447,7 @@ mod tests {
         let owner = rec.owner.clone().unwrap();
         let failed = settled_record(
             &rec,
-            &Settle::Fail(StoredFailure { code: "card_declined".into(), reason: "declined".into() }),
+            &Settle::Fail(StoredFailure { code: "card_declined".into(), detail: "declined".into() }),
             1,
             50,
         );
@@ -473,7 +473,7 @@ mod tests {
         };
         for how in [
             Settle::Complete { result: "{\"charge\":1}".into() },
-            Settle::Fail(StoredFailure { code: "card_declined".into(), reason: "declined".into() }),
+            Settle::Fail(StoredFailure { code: "card_declined".into(), detail: "declined".into() }),
             Settle::Release { reason: "provider_503".into(), refund: false },
         ] {
             let request = settle(how.clone());

@@ -46,7 +46,7 @@ pub struct Lease {
 /// What a settlement (complete, fail, release) found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {
-    /// Written.
+    /// Written: the record now holds this settlement.
     Recorded,
     /// Refused: the caller no longer owns the record (its lease lapsed and another worker took
     /// over, or it was settled already). The record as it now stands, if any.

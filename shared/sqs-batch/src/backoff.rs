@@ -43,7 +43,8 @@ impl Backoff {
         Ok(Self { base, cap })
     }
 
-    /// The cap.
+    /// The longest wait: the queue's own visibility timeout must not be shorter, or a message
+    /// can come back before its wait is over.
     pub fn cap(&self) -> Duration {
         self.cap
     }
@@ -74,13 +75,13 @@ impl Backoff {
 pub struct Jitter(std::sync::Mutex<rand::rngs::StdRng>);
 
 impl Jitter {
-    /// Seeded from the operating system.
+    /// Seeded from the operating system: what a deployed function uses.
     pub fn from_os() -> Self {
         use rand::SeedableRng;
         Self(std::sync::Mutex::new(rand::rngs::StdRng::from_rng(&mut rand::rng())))
     }
 
-    /// A reproducible sequence.
+    /// A reproducible sequence, for tests that must know the waits in advance.
     pub fn seeded(seed: u64) -> Self {
         use rand::SeedableRng;
         Self(std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)))

@@ -1,7 +1,7 @@
-//! Runs the records of an SQS batch for any SQS-triggered function: concurrently (bounded),
-//! in order per message group on FIFO queues, isolating panics, never starting a record the
+//! Runs the messages of an SQS batch for any SQS-triggered function: concurrently (bounded),
+//! in order per message group on FIFO queues, isolating panics, never starting a message the
 //! deadline would cut short, and answering with a partial batch response
-//! (ReportBatchItemFailures) so that only failed records come back.
+//! (ReportBatchItemFailures) so that only failed messages come back.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,7 +15,7 @@ use super::visibility::VisibilityControl;
 use lambda_observability::Metrics;
 use lambda_support::clock::Clock;
 
-/// What a record's handler decided, as far as its queue is concerned. Each SQS function has one
+/// What a message's handler decided, as far as its queue is concerned. Each SQS function has one
 /// enum of fates (the processor's `PaymentFate`, the DLQ consumer's `DeadLetterFate`) that a
 /// reader follows from the event to the batch response; this is the one question the runner asks
 /// of it.
@@ -26,12 +26,12 @@ pub trait Fate {
     fn retry_after(&self) -> Option<Duration>;
 }
 
-/// Handles one record. Implemented by each SQS function; the runner does the rest.
+/// Handles one message. Implemented by each SQS function; the runner does the rest.
 pub trait MessageHandler: Send + Sync {
-    /// What one record can come to.
+    /// What one message can come to.
     type Fate: Fate + Send;
 
-    /// Processes `message` within `invocation`; a panic is caught and fails this record only.
+    /// Processes `message` within `invocation`; a panic is caught and fails this message only.
     fn handle_message(
         &self,
         message: &SqsMessage,
@@ -39,7 +39,7 @@ pub trait MessageHandler: Send + Sync {
     ) -> impl Future<Output = Self::Fate> + Send;
 }
 
-/// What a record's handler may need of the invocation it runs in.
+/// What a message's handler may need of the invocation it runs in.
 #[derive(Debug, Clone, Copy)]
 pub struct Invocation<'a> {
     metrics: &'a Metrics,
@@ -63,19 +63,19 @@ impl<'a> Invocation<'a> {
     }
 }
 
-/// Why the runner reported a record failed without its handler deciding its fate.
+/// Why the runner reported a message failed without its handler deciding its fate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotHandled {
     /// The handler panicked: visibility untouched.
     Panicked,
     /// Not started, too close to the deadline.
     NotStarted,
-    /// FIFO: an earlier record of its group was not deleted, so it was not processed.
+    /// FIFO: an earlier message of its group was not deleted, so it was not processed.
     SkippedAfterGroupFailure,
 }
 
 impl NotHandled {
-    /// The metric counting records that ended this way.
+    /// The metric counting messages that ended this way.
     pub fn metric(self) -> &'static str {
         match self {
             Self::Panicked => "MessagePanicked",
@@ -88,10 +88,10 @@ impl NotHandled {
 /// The runner's tuning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchConfig {
-    /// Records (or FIFO groups) processed at once.
+    /// Messages (or FIFO groups) processed at once.
     pub concurrency: usize,
-    /// A record starts only if at least this much time is left before the deadline; set it to
-    /// the longest a record may take (e.g. provider timeout + margin).
+    /// A message starts only if at least this much time is left before the deadline; set it to
+    /// the longest a message may take (e.g. provider timeout + margin).
     pub start_margin: Duration,
 }
 
@@ -103,15 +103,15 @@ impl Default for BatchConfig {
     }
 }
 
-/// What a batch came to: the response for Lambda, and what became of each record (by message id,
+/// What a batch came to: the response for Lambda, and what became of each message (by message id,
 /// in batch order), for metrics, tests, tools and the benchmark.
 #[derive(Debug, Clone)]
 pub struct BatchReport<F> {
-    /// Partial batch response: the ids of records to be retried.
+    /// Partial batch response: the ids of messages to be retried.
     pub response: SqsBatchResponse,
-    /// The fate of each record its handler ran.
+    /// The fate of each message its handler ran.
     pub handled: Vec<(String, F)>,
-    /// The records reported failed without a fate.
+    /// The messages reported failed without a fate.
     pub not_handled: Vec<(String, NotHandled)>,
 }
 
@@ -122,16 +122,16 @@ impl<F> Default for BatchReport<F> {
 }
 
 impl<F> BatchReport<F> {
-    /// How many records were not handled for `why`.
+    /// How many messages were not handled for `why`.
     pub fn count(&self, why: NotHandled) -> usize {
         self.not_handled.iter().filter(|(_, w)| *w == why).count()
     }
 }
 
-/// How one record ended, as the runner saw it.
-type RecordResult<F> = Result<F, NotHandled>;
+/// How one message ended, as the runner saw it.
+type MessageResult<F> = Result<F, NotHandled>;
 
-fn deletes<F: Fate>(result: &RecordResult<F>) -> bool {
+fn deletes<F: Fate>(result: &MessageResult<F>) -> bool {
     matches!(result, Ok(fate) if fate.retry_after().is_none())
 }
 
@@ -153,16 +153,16 @@ impl<V: VisibilityControl> BatchRunner<V> {
         &self.visibility
     }
 
-    /// Runs `records` with `handler` within `invocation`.
+    /// Runs `messages` with `handler` within `invocation`.
     pub async fn run<H: MessageHandler>(
         &self,
-        records: &[SqsMessage],
+        messages: &[SqsMessage],
         invocation: &Invocation<'_>,
         clock: &dyn Clock,
         handler: &H,
     ) -> BatchReport<H::Fate> {
-        let batch = Batch { records, invocation, clock, handler };
-        let mut results: Vec<(usize, RecordResult<H::Fate>)> = futures::stream::iter(group(records))
+        let batch = Batch { messages, invocation, clock, handler };
+        let mut results: Vec<(usize, MessageResult<H::Fate>)> = futures::stream::iter(group(messages))
             .map(|group| self.run_group(group, &batch))
             .buffer_unordered(self.config.concurrency)
             .flat_map(futures::stream::iter)
@@ -172,10 +172,10 @@ impl<V: VisibilityControl> BatchRunner<V> {
 
         let mut report = BatchReport::default();
         for (index, result) in results {
-            let id = records[index].message_id.clone().unwrap_or_default();
+            let id = messages[index].message_id.clone().unwrap_or_default();
             if !deletes(&result) {
                 // An empty identifier makes Lambda retry the whole batch: the safe answer for a
-                // record that cannot be named.
+                // message that cannot be named.
                 let mut failure = BatchItemFailure::default();
                 failure.item_identifier = id.clone();
                 report.response.batch_item_failures.push(failure);
@@ -192,14 +192,14 @@ impl<V: VisibilityControl> BatchRunner<V> {
         &self,
         group: Vec<usize>,
         batch: &Batch<'_, H>,
-    ) -> Vec<(usize, RecordResult<H::Fate>)> {
+    ) -> Vec<(usize, MessageResult<H::Fate>)> {
         let mut results = Vec::with_capacity(group.len());
         let mut failed = false;
         for index in group {
             let result = if failed {
                 Err(NotHandled::SkippedAfterGroupFailure)
             } else {
-                self.run_record(&batch.records[index], batch).await
+                self.run_message(&batch.messages[index], batch).await
             };
             failed |= !deletes(&result);
             results.push((index, result));
@@ -207,7 +207,11 @@ impl<V: VisibilityControl> BatchRunner<V> {
         results
     }
 
-    async fn run_record<H: MessageHandler>(&self, message: &SqsMessage, batch: &Batch<'_, H>) -> RecordResult<H::Fate> {
+    async fn run_message<H: MessageHandler>(
+        &self,
+        message: &SqsMessage,
+        batch: &Batch<'_, H>,
+    ) -> MessageResult<H::Fate> {
         let id = message.message_id.as_deref().unwrap_or("");
         let margin_ms = i64::try_from(self.config.start_margin.as_millis()).unwrap_or(i64::MAX);
         if batch.clock.now_ms().saturating_add(margin_ms) > batch.invocation.deadline_ms() {
@@ -223,7 +227,7 @@ impl<V: VisibilityControl> BatchRunner<V> {
                     .map(|s| (*s).to_owned())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "non-string panic".to_owned());
-                tracing::error!(message_id = id, panic = %reason, "record handler panicked; only this record fails");
+                tracing::error!(message_id = id, panic = %reason, "message handler panicked; only this message fails");
                 return Err(NotHandled::Panicked);
             }
         };
@@ -238,30 +242,30 @@ impl<V: VisibilityControl> BatchRunner<V> {
     }
 }
 
-/// One batch being run: what every record's run needs.
+/// One batch being run: what every message's run needs.
 struct Batch<'a, H> {
-    records: &'a [SqsMessage],
+    messages: &'a [SqsMessage],
     invocation: &'a Invocation<'a>,
     clock: &'a dyn Clock,
     handler: &'a H,
 }
 
-/// How many times SQS has delivered `record` (its ApproximateReceiveCount), when it says.
-pub fn receive_count(record: &SqsMessage) -> Option<u32> {
-    record.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok())
+/// How many times SQS has delivered `message` (its ApproximateReceiveCount), when it says.
+pub fn receive_count(message: &SqsMessage) -> Option<u32> {
+    message.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok())
 }
 
-/// Record indexes grouped for processing: one group per record on standard queues; on FIFO
+/// Message indexes grouped for processing: one group per message on standard queues; on FIFO
 /// queues one group per MessageGroupId, in arrival order.
-fn group(records: &[SqsMessage]) -> Vec<Vec<usize>> {
-    let fifo = records.iter().any(|r| r.event_source_arn.as_deref().is_some_and(|arn| arn.ends_with(".fifo")));
+fn group(messages: &[SqsMessage]) -> Vec<Vec<usize>> {
+    let fifo = messages.iter().any(|r| r.event_source_arn.as_deref().is_some_and(|arn| arn.ends_with(".fifo")));
     if !fifo {
-        return (0..records.len()).map(|i| vec![i]).collect();
+        return (0..messages.len()).map(|i| vec![i]).collect();
     }
     let mut order: Vec<&str> = Vec::new();
     let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, record) in records.iter().enumerate() {
-        let id = record.attributes.get("MessageGroupId").map(String::as_str).unwrap_or("");
+    for (i, message) in messages.iter().enumerate() {
+        let id = message.attributes.get("MessageGroupId").map(String::as_str).unwrap_or("");
         groups.entry(id).or_insert_with(|| {
             order.push(id);
             Vec::new()
@@ -291,7 +295,7 @@ mod tests {
         m
     }
 
-    /// Acts on the body: "ok", "retry", "panic", "slow" (sleeps 50 ms); records the order seen.
+    /// Acts on the body: "ok", "retry", "panic", "slow" (sleeps 50 ms); messages the order seen.
     #[derive(Default)]
     struct ScriptedHandler {
         seen: Mutex<Vec<String>>,
@@ -325,15 +329,15 @@ mod tests {
         }
     }
 
-    /// Runs `records` with `handler`, the invocation ending at `deadline_ms`.
+    /// Runs `messages` with `handler`, the invocation ending at `deadline_ms`.
     async fn run<H: MessageHandler>(
         runner: &BatchRunner<RecordingVisibility>,
-        records: &[SqsMessage],
+        messages: &[SqsMessage],
         deadline_ms: i64,
         handler: &H,
     ) -> BatchReport<H::Fate> {
         let metrics = Metrics::default();
-        runner.run(records, &Invocation::new(&metrics, deadline_ms), &ManualClock::at(0), handler).await
+        runner.run(messages, &Invocation::new(&metrics, deadline_ms), &ManualClock::at(0), handler).await
     }
 
     fn runner(concurrency: usize) -> BatchRunner<RecordingVisibility> {
@@ -349,9 +353,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_panic_fails_its_record_only_and_retries_are_hidden_first() {
-        let records = [message("a", "ok", None), message("b", "panic", None), message("c", "retry", None)];
+        let messages = [message("a", "ok", None), message("b", "panic", None), message("c", "retry", None)];
         let runner = runner(4);
-        let report = run(&runner, &records, 60_000, &ScriptedHandler::default()).await;
+        let report = run(&runner, &messages, 60_000, &ScriptedHandler::default()).await;
         assert_eq!(failed_ids(&report), ["b", "c"]);
         assert_eq!(report.count(NotHandled::Panicked), 1);
         assert_eq!(
@@ -366,9 +370,9 @@ mod tests {
 
     #[tokio::test]
     async fn records_are_not_started_near_the_deadline() {
-        let records = [message("a", "ok", None)];
+        let messages = [message("a", "ok", None)];
         let handler = ScriptedHandler::default();
-        let report = run(&runner(1), &records, 500, &handler).await;
+        let report = run(&runner(1), &messages, 500, &handler).await;
         assert_eq!(report.not_handled, [("a".to_owned(), NotHandled::NotStarted)]);
         assert!(handler.seen.lock().unwrap().is_empty(), "the handler must not run");
     }
@@ -387,7 +391,7 @@ mod tests {
             use std::sync::atomic::Ordering::SeqCst;
             let now = self.running.fetch_add(1, SeqCst) + 1;
             self.peak.fetch_max(now, SeqCst);
-            // Yield a few times so that every record the runner admits gets to start.
+            // Yield a few times so that every message the runner admits gets to start.
             for _ in 0..10 {
                 tokio::task::yield_now().await;
             }
@@ -398,19 +402,19 @@ mod tests {
 
     #[tokio::test]
     async fn records_run_concurrently_up_to_the_bound() {
-        let records: Vec<_> = (0..12).map(|i| message(&i.to_string(), "ok", None)).collect();
+        let messages: Vec<_> = (0..12).map(|i| message(&i.to_string(), "ok", None)).collect();
         let probe = ConcurrencyProbe::default();
-        let report = run(&runner(5), &records, i64::MAX, &probe).await;
+        let report = run(&runner(5), &messages, i64::MAX, &probe).await;
         assert!(report.response.batch_item_failures.is_empty());
         assert_eq!(probe.peak.load(std::sync::atomic::Ordering::SeqCst), 5);
         let one_at_a_time = ConcurrencyProbe::default();
-        run(&runner(1), &records, i64::MAX, &one_at_a_time).await;
+        run(&runner(1), &messages, i64::MAX, &one_at_a_time).await;
         assert_eq!(one_at_a_time.peak.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
     async fn fifo_groups_keep_order_and_stop_at_their_first_failure() {
-        let records = [
+        let messages = [
             message("g1-1", "ok", Some("g1")),
             message("g2-1", "retry", Some("g2")),
             message("g1-2", "ok", Some("g1")),
@@ -418,12 +422,12 @@ mod tests {
             message("g1-3", "ok", Some("g1")),
         ];
         let handler = ScriptedHandler::default();
-        let report = run(&runner(4), &records, i64::MAX, &handler).await;
+        let report = run(&runner(4), &messages, i64::MAX, &handler).await;
         assert_eq!(failed_ids(&report), ["g2-1", "g2-2"]);
         assert_eq!(report.not_handled, [("g2-2".to_owned(), NotHandled::SkippedAfterGroupFailure)]);
         let seen = handler.seen.lock().unwrap().clone();
         let g1: Vec<_> = seen.iter().filter(|id| id.starts_with("g1")).collect();
         assert_eq!(g1, ["g1-1", "g1-2", "g1-3"]);
-        assert!(!seen.contains(&"g2-2".to_owned()), "skipped records are not processed");
+        assert!(!seen.contains(&"g2-2".to_owned()), "skipped messages are not processed");
     }
 }

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::QueueError;
 
-/// Message attribute: the id of the message that was dead-lettered (the failure record's key,
-/// so that a dead-lettering repeated after a crash writes one record).
+/// Message attribute: the id of the message that was dead-lettered (the failure message's key,
+/// so that a dead-lettering repeated after a crash writes one message).
 pub const SOURCE_MESSAGE_ID: &str = "SourceMessageId";
 /// Message attribute: why the function dead-lettered it (`budget_exhausted`, `max_age_exceeded`).
 pub const DEAD_LETTER_REASON: &str = "DeadLetterReason";
@@ -53,7 +53,8 @@ pub struct SqsDeadLetterQueue {
 
 #[cfg(feature = "sqs")]
 impl SqsDeadLetterQueue {
-    /// Sends to `queue_url`.
+    /// Sends to `queue_url` (the function's own dead-letter queue, not the source queue's
+    /// redrive target).
     pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
         Self { client, queue_url: queue_url.into() }
     }
@@ -86,7 +87,7 @@ impl DeadLetterQueue for SqsDeadLetterQueue {
     }
 }
 
-/// Records letters instead of sending them (or fails on demand): for unit tests.
+/// Messages letters instead of sending them (or fails on demand): for unit tests.
 #[derive(Debug, Clone, Default)]
 pub struct RecordingDeadLetterQueue {
     sent: Arc<Mutex<Vec<DeadLetter>>>,

@@ -1,5 +1,5 @@
 //! The skeleton every SQS-triggered function shares: the invocation's deadline, its metrics
-//! (request id, records not handled, one flush), the batch run, and the partial batch response.
+//! (request id, messages not handled, one flush), the batch run, and the partial batch response.
 //! A function supplies only its [`MessageHandler`]: what one message comes to.
 
 use std::sync::Arc;
@@ -39,7 +39,7 @@ impl<V: VisibilityControl> SqsFunction<V> {
     }
 
     /// The Lambda handler's body: a partial batch response, never an error (failures are per
-    /// record, so one bad record never sends the whole batch back).
+    /// message, so one bad message never sends the whole batch back).
     pub async fn handle<H: MessageHandler>(
         &self,
         event: LambdaEvent<SqsEvent>,
@@ -50,11 +50,11 @@ impl<V: VisibilityControl> SqsFunction<V> {
         Ok(report.response)
     }
 
-    /// Runs `records` with `handler` before `deadline_ms` (epoch ms), counting the records not
+    /// Runs `messages` with `handler` before `deadline_ms` (epoch ms), counting the messages not
     /// handled and flushing this invocation's metrics at the end.
     pub async fn process_batch<H: MessageHandler>(
         &self,
-        records: &[SqsMessage],
+        messages: &[SqsMessage],
         deadline_ms: i64,
         request_id: &str,
         handler: &H,
@@ -62,7 +62,7 @@ impl<V: VisibilityControl> SqsFunction<V> {
         let metrics = self.metrics.invocation();
         metrics.property("RequestId", request_id);
         let invocation = Invocation::new(&metrics, deadline_ms);
-        let report = self.runner.run(records, &invocation, self.clock.as_ref(), handler).await;
+        let report = self.runner.run(messages, &invocation, self.clock.as_ref(), handler).await;
         for why in [NotHandled::Panicked, NotHandled::NotStarted, NotHandled::SkippedAfterGroupFailure] {
             let n = report.count(why);
             if n > 0 {
@@ -73,12 +73,12 @@ impl<V: VisibilityControl> SqsFunction<V> {
         report
     }
 
-    /// The batch runner (its visibility adapter records calls in tests).
+    /// The batch runner (its visibility adapter messages calls in tests).
     pub fn runner(&self) -> &BatchRunner<V> {
         &self.runner
     }
 
-    /// The function's metrics sink.
+    /// The function's metrics sink (tests read what it flushed).
     pub fn metrics(&self) -> &MetricsSink {
         &self.metrics
     }

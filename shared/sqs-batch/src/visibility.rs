@@ -30,7 +30,7 @@ pub struct SqsVisibility {
 
 #[cfg(feature = "sqs")]
 impl SqsVisibility {
-    /// Over `client`.
+    /// Over `client`; a queue's URL is looked up once per ARN and cached.
     pub fn new(client: aws_sdk_sqs::Client) -> Self {
         Self { client, urls: Arc::default() }
     }
@@ -77,7 +77,7 @@ impl VisibilityControl for SqsVisibility {
     }
 }
 
-/// Records calls instead of making them: for unit tests of code above the runner.
+/// Messages calls instead of making them: for unit tests of code above the runner.
 #[derive(Debug, Clone, Default)]
 pub struct RecordingVisibility {
     calls: Arc<Mutex<Vec<(String, String, Duration)>>>,

@@ -32,14 +32,15 @@ pub struct Env<F: Fn(&str) -> Option<String>> {
 }
 
 impl Env<fn(&str) -> Option<String>> {
-    /// The process environment.
+    /// The process environment: what a function reads at cold start.
     pub fn process() -> Self {
         Self { lookup: |name| std::env::var(name).ok() }
     }
 }
 
 impl<F: Fn(&str) -> Option<String>> Env<F> {
-    /// Variables from `lookup`.
+    /// Variables from `lookup`: tests give a function its configuration without touching the
+    /// process environment.
     pub fn from_lookup(lookup: F) -> Self {
         Self { lookup }
     }

@@ -115,7 +115,7 @@ async fn put(running: &Running, record: &IdempotencyRecord) {
 /// A crash loop after the provider charged: the payment's record still held by a worker whose
 /// lease ends in 3 s, an earlier dead copy recorded "not charged", and another dead copy in the
 /// DLQ. The DLQ consumer finds the charge, cannot claim the record while the lease lives (the
-/// dead message waits), then completes the payment with the charge and resolves the earlier
+/// dead message waits), then completes the payment with the charge and closes the earlier
 /// record. Returns the payment's (scope, key).
 pub async fn a_charged_payment_dies(running: &Running, scope: &Scope) -> IdempotencyKey {
     let now = SystemClock.now_ms();

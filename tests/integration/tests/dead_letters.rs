@@ -88,13 +88,13 @@ async fn a_dead_payment_gets_one_failure_record_shows_dead_lettered_and_redrives
     let (_, view) = parts(&api.handle(get_payment(scope.as_str(), "dead-1")).await.unwrap());
     assert_eq!(view["status"], "SUCCEEDED");
     let settled = consumer.failures().get(&failure.partition, &failure.message_id).await.unwrap().unwrap();
-    assert!(matches!(&settled.state, FailureState::Resolved { note, .. } if note.contains("succeeded")), "{settled:?}");
+    assert!(matches!(&settled.state, FailureState::Closed { note, .. } if note.contains("succeeded")), "{settled:?}");
     let again = ops.redrive_record(&failure.partition, &failure.message_id, false, SystemClock.now_ms()).await;
-    assert!(matches!(again, Err(RedriveError::AlreadyResolved(_))), "{again:?}");
+    assert!(matches!(again, Err(RedriveError::AlreadyClosed(_))), "{again:?}");
 }
 
 #[tokio::test]
-async fn a_dead_copy_of_a_settled_payment_is_recorded_resolved_and_metrics_are_emitted() {
+async fn a_dead_copy_of_a_settled_payment_is_recorded_closed_and_metrics_are_emitted() {
     let sdk = aws().await;
     let stack = own_stack(&sdk, &[]).await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
@@ -121,7 +121,7 @@ async fn a_dead_copy_of_a_settled_payment_is_recorded_resolved_and_metrics_are_e
     let records = consumer.failures().list(false).await.unwrap();
     assert_eq!(records.len(), 2);
     assert!(
-        records.iter().any(|r| matches!(&r.state, FailureState::Resolved { note, .. } if note.contains("COMPLETED")))
+        records.iter().any(|r| matches!(&r.state, FailureState::Closed { note, .. } if note.contains("COMPLETED")))
     );
     let raw = records.iter().find(|r| r.partition.starts_with("unparsed#")).unwrap();
     assert_eq!((raw.body.as_str(), raw.failure_class.as_str()), ("\u{1F4A5} not a payment", "unparseable"));

@@ -118,9 +118,9 @@ async fn the_pipeline_settles_under_faults_and_every_function_uses_exactly_its_r
         rare_paths::status(&running, luhn.as_str(), redriven.as_str()).await == Some(PaymentStatus::Succeeded)
     })
     .await;
-    rare_paths::eventually("the charged dead copy is resolved, and the vanished payment dead-lettered", || async {
-        let resolved = |records: Vec<FailureRecord>| records.iter().all(|r| r.state != FailureState::Open);
-        let charged = records.for_payment(&other, &charged).await.is_ok_and(|r| r.len() == 2 && resolved(r));
+    rare_paths::eventually("the charged dead copy is closed, and the vanished payment dead-lettered", || async {
+        let closed = |records: Vec<FailureRecord>| records.iter().all(|r| r.state != FailureState::Open);
+        let charged = records.for_payment(&other, &charged).await.is_ok_and(|r| r.len() == 2 && closed(r));
         let vanished =
             records.for_payment(&other, &vanished).await.is_ok_and(|r| r.iter().any(|f| f.holds_the_payment()));
         charged && vanished
@@ -131,7 +131,7 @@ async fn the_pipeline_settles_under_faults_and_every_function_uses_exactly_its_r
     assert_eq!(ledger.charges.iter().filter(|c| c.idempotency_key == key).count(), 1, "one charge after the redrive");
     let dead = records.for_payment(&luhn, &redriven).await.unwrap();
     assert!(
-        dead.iter().all(|f| matches!(&f.state, FailureState::Resolved { note, .. } if note.contains("succeeded"))),
+        dead.iter().all(|f| matches!(&f.state, FailureState::Closed { note, .. } if note.contains("succeeded"))),
         "{dead:?}"
     );
 

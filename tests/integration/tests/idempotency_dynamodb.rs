@@ -69,7 +69,7 @@ async fn every_claim_outcome() {
     // Failed permanently: the stored failure.
     let k = key(&scope, "k-fail");
     let lease = claimed(g.claim(&k, &payload, T0 + 30_000).await.unwrap());
-    let failure = StoredFailure { code: "card_declined".into(), reason: "insufficient funds".into() };
+    let failure = StoredFailure { code: "card_declined".into(), detail: "insufficient funds".into() };
     assert_eq!(g.fail_permanently(&lease, failure.clone()).await.unwrap(), Settlement::Recorded);
     assert_eq!(g.claim(&k, &payload, T0 + 30_000).await.unwrap(), ClaimOutcome::AlreadyFailed(failure));
 
@@ -111,7 +111,7 @@ async fn an_expired_lease_is_taken_over_and_the_stale_owner_is_locked_out() {
     // The stale worker can neither complete, fail nor release the new owner's claim...
     for outcome in [
         g.complete(&stale, &json!({"charge_id": "stale"})).await.unwrap(),
-        g.fail_permanently(&stale, StoredFailure { code: "x".into(), reason: "stale".into() }).await.unwrap(),
+        g.fail_permanently(&stale, StoredFailure { code: "x".into(), detail: "stale".into() }).await.unwrap(),
         g.release(&stale, "stale").await.unwrap(),
     ] {
         let Settlement::NotOwner { current: Some(current) } = outcome else { panic!("stale owner must be refused") };

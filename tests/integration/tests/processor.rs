@@ -182,7 +182,7 @@ async fn a_poison_message_is_recorded_and_deleted() {
     let record =
         p.idempotency().get(&process_key(&scope, &IdempotencyKey::new("k-bad").unwrap())).await.unwrap().unwrap();
     assert_eq!(record.status, RecordStatus::Failed);
-    assert!(record.failure.unwrap().reason.contains("payment.currency"));
+    assert!(record.failure.unwrap().detail.contains("payment.currency"));
     let failures = DynamoDbFailureStore::new(aws_sdk_dynamodb::Client::new(&w.sdk), w.stack.failures_table());
     let all = failures.list(true).await.unwrap();
     assert_eq!(all.len(), 2);

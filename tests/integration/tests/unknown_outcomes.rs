@@ -1,7 +1,7 @@
 //! Unknown outcomes against LocalStack and the simulator: a payment whose attempts all time out
 //! after the provider charged is resolved by a lookup (SUCCEEDED, one charge), never given up;
 //! a charged payment that reaches the DLQ anyway is completed by the DLQ consumer and its
-//! failure record resolved.
+//! failure record closed.
 
 use std::time::{Duration, Instant};
 
@@ -62,7 +62,7 @@ async fn timeouts_on_every_attempt_after_a_charge_end_succeeded_by_lookup_with_o
 }
 
 #[tokio::test]
-async fn a_charged_payment_that_reaches_the_dlq_is_completed_by_the_consumer_and_its_record_resolved() {
+async fn a_charged_payment_that_reaches_the_dlq_is_completed_by_the_consumer_and_its_record_closed() {
     let sdk = aws().await;
     // SQS gives up after two deliveries, long before the processor's budget of ten.
     let stack = own_stack(&sdk, &[("MaxReceiveCount", "2")]).await;
@@ -96,7 +96,7 @@ async fn a_charged_payment_that_reaches_the_dlq_is_completed_by_the_consumer_and
     assert_eq!(failures.len(), 1);
     let ledger = ledger(&sim.base_url()).await;
     assert_eq!(ledger.charges.len(), 1);
-    let FailureState::Resolved { note, .. } = &failures[0].state else { panic!("{:?}", failures[0]) };
+    let FailureState::Closed { note, .. } = &failures[0].state else { panic!("{:?}", failures[0]) };
     assert!(note.starts_with("resolved: charged") && note.contains(&ledger.charges[0].id), "{note}");
     let (_, view) = parts(&api.handle(get_payment(scope.as_str(), "c-1")).await.unwrap());
     assert_eq!(view["status"], "SUCCEEDED", "{view}");
@@ -200,5 +200,5 @@ async fn a_late_redrive_of_a_charged_payment_completes_it_instead_of_charging_ag
     assert_eq!(stored.status, lambda_idempotency::RecordStatus::Completed);
     assert!(stored.result.unwrap().contains(&charge.id));
     let after = failures.get(&record.partition, "m-late").await.unwrap().unwrap();
-    assert!(matches!(after.state, FailureState::Resolved { ref note, .. } if note.starts_with("resolved: charged")));
+    assert!(matches!(after.state, FailureState::Closed { ref note, .. } if note.starts_with("resolved: charged")));
 }

@@ -224,8 +224,8 @@ pub struct Message {
     pub dead: bool,
     /// The DLQ consumer wrote its failure record.
     pub failure_recorded: bool,
-    /// ... resolved, because the provider held the payment's charge (the record is completed).
-    pub resolved_charged: bool,
+    /// ... closed, because the provider held the payment's charge (the record is completed).
+    pub closed_charged: bool,
     /// Vanished without being processed to the end (see [`ProtocolModel::max_losses`]).
     pub lost: bool,
     /// Sent by the completer for a payment past its age limit: the processor only asks the
@@ -244,7 +244,7 @@ impl Message {
             deleted: false,
             dead: false,
             failure_recorded: false,
-            resolved_charged: false,
+            closed_charged: false,
             lost: false,
             lookup_only,
         }
@@ -313,7 +313,7 @@ pub enum Action {
     /// The worker crashes.
     Crash(u8),
     /// The provider processes a crashed worker's request (committing it or not).
-    ResolveOrphan(usize, bool),
+    ProviderProcessesOrphan(usize, bool),
     /// A settled record's TTL passes (it now counts as absent).
     Expire(u8),
     /// DynamoDB's TTL process deletes an expired record.
@@ -480,7 +480,7 @@ impl ProtocolModel {
 
     /// The DLQ consumer: ask the provider; a charge found completes the payment's record (by the
     /// same claim rule as any worker: not while another holds a live lease — then `None`, it
-    /// retries later) and resolves the failure record; none found records the payment as dead.
+    /// retries later) and closes the failure record; none found records the payment as dead.
     fn record_dead_letter(&self, mut s: State, i: u8) -> Option<State> {
         let k = usize::from(s.messages[usize::from(i)].key);
         let charges = s.provider[k].charges;
@@ -508,11 +508,11 @@ impl ProtocolModel {
                 ClaimDecision::Refuse(Refusal::InProgress { .. }) => return None,
                 ClaimDecision::Refuse(_) => {}
             }
-            // This record, and any earlier dead copy's recorded before the charge, are resolved.
+            // This record, and any earlier dead copy's recorded before the charge, are closed.
             for m in s.messages.iter_mut().filter(|m| usize::from(m.key) == k && m.failure_recorded) {
-                m.resolved_charged = true;
+                m.closed_charged = true;
             }
-            s.messages[usize::from(i)].resolved_charged = true;
+            s.messages[usize::from(i)].closed_charged = true;
         }
         s.messages[usize::from(i)].failure_recorded = true;
         Some(s)
@@ -526,10 +526,8 @@ impl ProtocolModel {
             return false;
         }
         let status = state.records[k].as_ref().map(|r| r.status);
-        let dead = state
-            .messages
-            .iter()
-            .any(|m| usize::from(m.key) == k && m.dead && m.failure_recorded && !m.resolved_charged);
+        let dead =
+            state.messages.iter().any(|m| usize::from(m.key) == k && m.dead && m.failure_recorded && !m.closed_charged);
         status == Some(RecordStatus::Failed) || (dead && status != Some(RecordStatus::Completed))
     }
 
@@ -549,9 +547,9 @@ impl ProtocolModel {
         abstract_history(&mut next);
         s.records[k] = Some(next);
         if charges >= 1 {
-            // As the processor does on completion: the payment's open failure records resolve.
+            // As the processor does on completion: the payment's open failure records close.
             for m in s.messages.iter_mut().filter(|m| usize::from(m.key) == k && m.failure_recorded) {
-                m.resolved_charged = true;
+                m.closed_charged = true;
             }
             Self::delete(&mut s, w, msg);
         } else if in_flight > 0 {
@@ -673,8 +671,8 @@ impl Model for ProtocolModel {
             }
         }
         for i in 0..s.orphans.len() {
-            actions.push(Action::ResolveOrphan(i, true));
-            actions.push(Action::ResolveOrphan(i, false));
+            actions.push(Action::ProviderProcessesOrphan(i, true));
+            actions.push(Action::ProviderProcessesOrphan(i, false));
         }
         for (k, record) in s.records.iter().enumerate() {
             match record {
@@ -831,7 +829,7 @@ impl Model for ProtocolModel {
                 let settle = match answer {
                     Answer::Charged(id) => Settle::Complete { result: format!("ch{id}") },
                     Answer::Declined => {
-                        Settle::Fail(StoredFailure { code: "declined".into(), reason: "declined".into() })
+                        Settle::Fail(StoredFailure { code: "declined".into(), detail: "declined".into() })
                     }
                     Answer::Retryable => Settle::Release { reason: "retryable".into(), refund: false },
                 };
@@ -847,9 +845,9 @@ impl Model for ProtocolModel {
                 if recorded {
                     let current = stored.clone().expect("allowed settlements need a record");
                     if matches!(answer, Answer::Charged(_)) && current.attempts >= 2 {
-                        // A payment tried before: the processor resolves its open failure records.
+                        // A payment tried before: the processor closes its open failure records.
                         for m in s.messages.iter_mut().filter(|m| usize::from(m.key) == k && m.failure_recorded) {
-                            m.resolved_charged = true;
+                            m.closed_charged = true;
                         }
                     }
                     if current.owner != Some(token(w)) {
@@ -888,7 +886,7 @@ impl Model for ProtocolModel {
                 s.crashes += 1;
                 Self::kill(&mut s, usize::from(w));
             }
-            Action::ResolveOrphan(i, commits) => {
+            Action::ProviderProcessesOrphan(i, commits) => {
                 let (key, _) = s.orphans.remove(i);
                 let p = &mut s.provider[usize::from(key)];
                 p.in_flight -= 1;
@@ -982,7 +980,7 @@ impl Model for ProtocolModel {
                 !s.orphans.is_empty()
             }),
             Property::sometimes("a dead payment is found charged and completed", |_: &ProtocolModel, s: &State| {
-                s.messages.iter().any(|m| m.resolved_charged)
+                s.messages.iter().any(|m| m.closed_charged)
             }),
             Property::sometimes("a store answer is lost after its write", |m: &ProtocolModel, s: &State| {
                 // Not applicable to a configuration without lost answers.

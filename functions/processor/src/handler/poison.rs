@@ -25,7 +25,7 @@ impl<A: Adapters> Processor<A> {
             let hash = PayloadHash::of_bytes(delivery.body.as_bytes());
             let failed = match self.idempotency.claim(&key, &hash, delivery.deadline_ms).await {
                 Ok(ClaimOutcome::Claimed(lease)) => {
-                    let failure = StoredFailure { code: error.code().into(), reason: error.to_string() };
+                    let failure = StoredFailure { code: error.code().into(), detail: error.to_string() };
                     self.idempotency.fail_permanently(&lease, failure).await.map(|_| ())
                 }
                 // A valid payment owns this key, or it is settled: leave its record alone.

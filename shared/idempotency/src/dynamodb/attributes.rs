@@ -27,7 +27,7 @@ pub const RECORD_ATTRIBUTES: [&str; 15] = [
     "input",
 ];
 
-/// The item that stores `record`.
+/// The DynamoDB item for `record`: what the store writes, and what a test or tool seeds.
 pub fn item_from_record(record: &IdempotencyRecord) -> Item {
     let mut item = Item::new();
     item.insert("pk".into(), s(&record.partition_key));
@@ -42,7 +42,7 @@ pub fn item_from_record(record: &IdempotencyRecord) -> Item {
     }
     if let Some(failure) = &record.failure {
         item.insert("error_code".into(), s(&failure.code));
-        item.insert("error_reason".into(), s(&failure.reason));
+        item.insert("error_reason".into(), s(&failure.detail));
     }
     if let Some(last_error) = &record.last_error {
         item.insert("last_error".into(), s(last_error));
@@ -102,7 +102,7 @@ pub fn record_from_item(pk: &str, item: &Item) -> Result<IdempotencyRecord, Stor
     let status_text = required("status")?;
     let status = RecordStatus::parse(&status_text).ok_or_else(|| malformed(format!("unknown status {status_text}")))?;
     let failure = match (text("error_code")?, text("error_reason")?) {
-        (Some(code), Some(reason)) => Some(StoredFailure { code, reason }),
+        (Some(code), Some(detail)) => Some(StoredFailure { code, detail }),
         _ => None,
     };
     Ok(IdempotencyRecord {
@@ -136,7 +136,7 @@ mod tests {
             owner: Some(OwnerToken::from_stored("o-1".into())),
             lease_until_ms: 5,
             result: None,
-            failure: Some(StoredFailure { code: "card_declined".into(), reason: "insufficient funds".into() }),
+            failure: Some(StoredFailure { code: "card_declined".into(), detail: "insufficient funds".into() }),
             last_error: Some("insufficient funds".into()),
             attempts: 3,
             created_at_ms: 1,
@@ -158,7 +158,7 @@ mod tests {
             owner: Some(OwnerToken::from_stored("o-1".into())),
             lease_until_ms: 5,
             result: Some("{}".into()),
-            failure: Some(StoredFailure { code: "c".into(), reason: "r".into() }),
+            failure: Some(StoredFailure { code: "c".into(), detail: "r".into() }),
             last_error: Some("e".into()),
             attempts: 3,
             created_at_ms: 1,

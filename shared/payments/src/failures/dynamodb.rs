@@ -66,10 +66,10 @@ fn to_item(record: &FailureRecord) -> Item {
         FailureState::Open => {
             item.insert("state".into(), s("OPEN"));
         }
-        FailureState::Resolved { at_ms, note } => {
-            item.insert("state".into(), s("RESOLVED"));
-            item.insert("resolved_at".into(), n(*at_ms));
-            item.insert("resolution".into(), s(note));
+        FailureState::Closed { at_ms, note } => {
+            item.insert("state".into(), s("CLOSED"));
+            item.insert("closed_at".into(), n(*at_ms));
+            item.insert("close_note".into(), s(note));
         }
     }
     if let Some(redrive) = &record.redriven {
@@ -92,9 +92,9 @@ fn from_item(item: &Item) -> Result<FailureRecord, FailureStoreError> {
     let kind = text("kind").and_then(|k| FailureKind::parse(&k)).ok_or_else(|| malformed("unknown kind"))?;
     let state = match text("state").as_deref() {
         Some("OPEN") => FailureState::Open,
-        Some("RESOLVED") => FailureState::Resolved {
-            at_ms: number("resolved_at").ok_or_else(|| malformed("resolved without resolved_at"))?,
-            note: text("resolution").unwrap_or_default(),
+        Some("CLOSED") => FailureState::Closed {
+            at_ms: number("closed_at").ok_or_else(|| malformed("closed without closed_at"))?,
+            note: text("close_note").unwrap_or_default(),
         },
         _ => return Err(malformed("unknown state")),
     };
@@ -257,7 +257,7 @@ impl FailureStore for DynamoDbFailureStore {
         }
     }
 
-    async fn resolve(
+    async fn close(
         &self,
         partition: &str,
         message_id: &str,
@@ -270,10 +270,10 @@ impl FailureStore for DynamoDbFailureStore {
             .table_name(&self.table)
             .key("pk", s(partition))
             .key("sk", s(message_id))
-            .update_expression("SET #state = :resolved, resolved_at = :now, resolution = :note")
+            .update_expression("SET #state = :closed, closed_at = :now, close_note = :note")
             .condition_expression("#state = :open")
             .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":resolved", s("RESOLVED"))
+            .expression_attribute_values(":closed", s("CLOSED"))
             .expression_attribute_values(":open", s("OPEN"))
             .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":note", s(note))
@@ -282,11 +282,10 @@ impl FailureStore for DynamoDbFailureStore {
             .await;
         match result {
             Ok(_) => Ok(true),
-            // Refused: ours (an answer lost after it was written) if it shows this resolution.
+            // Refused: ours (an answer lost after it was written) if it shows this note and time.
             Err(e) => match refused(&e) {
-                Some(found) => Ok(shows(found, "resolution", note)
-                    && found.and_then(|i| i.get("resolved_at")).and_then(|v| v.as_n().ok())
-                        == Some(&now_ms.to_string())),
+                Some(found) => Ok(shows(found, "close_note", note)
+                    && found.and_then(|i| i.get("closed_at")).and_then(|v| v.as_n().ok()) == Some(&now_ms.to_string())),
                 None => Err(error(&e)),
             },
         }

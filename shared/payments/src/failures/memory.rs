@@ -60,7 +60,7 @@ impl FailureStore for InMemoryFailureStore {
         }
     }
 
-    async fn resolve(
+    async fn close(
         &self,
         partition: &str,
         message_id: &str,
@@ -70,7 +70,7 @@ impl FailureStore for InMemoryFailureStore {
         let mut records = self.lock();
         match records.get_mut(&(partition.to_owned(), message_id.to_owned())) {
             Some(record) if record.state == FailureState::Open => {
-                record.state = FailureState::Resolved { at_ms: now_ms, note: note.to_owned() };
+                record.state = FailureState::Closed { at_ms: now_ms, note: note.to_owned() };
                 Ok(true)
             }
             _ => Ok(false),

@@ -13,23 +13,23 @@ pub use record::{
 
 use lambda_idempotency::{IdempotencyKey, Scope};
 
-/// Resolves every open failure record of a payment that turned out to be charged after all (a
+/// Closes every open failure record of a payment that turned out to be charged after all (a
 /// dead copy recorded "not charged", then another copy or a lookup completed it), so operators
-/// are not told a successful payment is dead. Returns how many it resolved.
-pub async fn resolve_open_records<F: FailureStore>(
+/// are not told a successful payment is dead. Returns how many it closed.
+pub async fn close_open_records<F: FailureStore>(
     store: &F,
     scope: &Scope,
     key: &IdempotencyKey,
     note: &str,
     now_ms: i64,
 ) -> Result<usize, FailureStoreError> {
-    let mut resolved = 0;
+    let mut closed = 0;
     for record in store.for_payment(scope, key).await? {
         if record.state == FailureState::Open
-            && store.resolve(&record.partition, &record.message_id, note, now_ms).await?
+            && store.close(&record.partition, &record.message_id, note, now_ms).await?
         {
-            resolved += 1;
+            closed += 1;
         }
     }
-    Ok(resolved)
+    Ok(closed)
 }

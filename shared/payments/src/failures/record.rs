@@ -38,8 +38,8 @@ impl FailureKind {
 pub enum FailureState {
     /// Needs attention: the payment shows DEAD_LETTERED.
     Open,
-    /// Handled (redriven, settled, or judged by an operator).
-    Resolved {
+    /// Closed: redriven, settled, or judged by an operator.
+    Closed {
         /// When (epoch ms).
         at_ms: i64,
         /// What was done.
@@ -82,11 +82,11 @@ pub struct FailureRecord {
     pub recorded_at_ms: i64,
     /// Dead letter or poison.
     pub kind: FailureKind,
-    /// Open or resolved.
+    /// Open or closed.
     pub state: FailureState,
     /// The latest redrive of this record, while it is open: its payment was sent again and is
     /// being processed, so the record no longer makes it show DEAD_LETTERED; the record is
-    /// resolved when the payment reaches a terminal state.
+    /// closed when the payment reaches a terminal state.
     pub redriven: Option<Redrive>,
 }
 
@@ -222,7 +222,7 @@ pub trait FailureStore: Send + Sync {
     /// Writes `record` unless one exists for its (partition, message id).
     fn record(&self, record: &FailureRecord) -> impl Future<Output = Result<Recorded, FailureStoreError>> + Send;
 
-    /// Every record of one payment (open and resolved).
+    /// Every record of one payment (open and closed).
     fn for_payment(
         &self,
         scope: &Scope,
@@ -248,8 +248,8 @@ pub trait FailureStore: Send + Sync {
         redrive: &Redrive,
     ) -> impl Future<Output = Result<bool, FailureStoreError>> + Send;
 
-    /// Marks an open record resolved; `false` if it was not open.
-    fn resolve(
+    /// Closes an open record; `false` if it was not open.
+    fn close(
         &self,
         partition: &str,
         message_id: &str,

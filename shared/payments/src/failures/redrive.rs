@@ -1,6 +1,6 @@
 //! What an operator does with failures: redrive one record, redrive every open record, move
-//! whatever is still in the dead-letter queue back (SQS StartMessageMoveTask), or mark a record
-//! resolved. Bulk actions take a dry-run flag; the CLI defaults it to on.
+//! whatever is still in the dead-letter queue back (SQS StartMessageMoveTask), or close a record
+//! without redriving it. Bulk actions take a dry-run flag; the CLI defaults it to on.
 //!
 //! **A redrive sends exactly what was accepted**: the message the intake enqueued, as the failure
 //! record kept it (`accepted_message`, only for a valid payment message) or as the intake's record
@@ -17,7 +17,7 @@
 //!
 //! A re-sent payment carries a [`RedriveGrant`] (a fresh retry budget), and its failure record
 //! stays open, marked redriven, until the payment reaches a terminal state: the processor
-//! resolves it then (the payment shows PROCESSING meanwhile, DEAD_LETTERED again if it dies
+//! closes it then (the payment shows PROCESSING meanwhile, DEAD_LETTERED again if it dies
 //! again).
 
 use std::time::Duration;
@@ -42,9 +42,9 @@ pub enum RedriveError {
         /// Message id.
         message_id: String,
     },
-    /// The record is resolved already.
-    #[error("failure record {0} is already resolved")]
-    AlreadyResolved(String),
+    /// The record is closed already.
+    #[error("failure record {0} is already closed")]
+    AlreadyClosed(String),
     /// A poison message would fail the same way again; redrive it only with `force`.
     #[error("failure record {0} is a poison message: it cannot succeed as it is (use force to send it anyway)")]
     Poison(String),
@@ -56,7 +56,7 @@ pub enum RedriveError {
     /// body is never sent in its place.
     #[error(
         "failure record {0}: the intake's record no longer holds the message it accepted; ask the client to \
-         submit the payment again with the same key, then resolve this record"
+         submit the payment again with the same key, then close this record"
     )]
     NoAcceptedMessage(String),
     /// The failure store.
@@ -75,7 +75,7 @@ pub enum RedriveError {
     /// re-send could charge a second time.
     #[error(
         "failure record {record}: the provider cannot say whether it charged ({detail}), and the payment is \
-         older than the provider's key window ({window_hours} h): not re-sent; check with the provider, then resolve"
+         older than the provider's key window ({window_hours} h): not re-sent; check with the provider, then close it"
     )]
     OutcomeUnknown {
         /// The record.
@@ -154,7 +154,7 @@ impl<F: FailureStore, S: IdempotencyStore, G: PaymentGateway, Q: PaymentQueue> R
         };
         if let Some(charge_id) = self.charged_already(&record, &accepted, now_ms).await? {
             let note = format!("resolved: charged ({charge_id}); the payment is completed with it, not re-sent");
-            self.failures.resolve(partition, message_id, &note, now_ms).await?;
+            self.failures.close(partition, message_id, &note, now_ms).await?;
             return Ok(done(None, Some(charge_id)));
         }
         let spent = self.resolver.idempotency().get(&process_key(&accepted.scope, &accepted.idempotency_key)).await?;
@@ -243,20 +243,14 @@ impl<F: FailureStore, S: IdempotencyStore, G: PaymentGateway, Q: PaymentQueue> R
         Ok(done)
     }
 
-    /// Marks a record resolved without redriving it (the operator settled it another way).
-    pub async fn resolve(
-        &self,
-        partition: &str,
-        message_id: &str,
-        note: &str,
-        now_ms: i64,
-    ) -> Result<(), RedriveError> {
-        if self.failures.resolve(partition, message_id, note, now_ms).await? {
+    /// Closes a record without redriving it (the operator settled the payment another way).
+    pub async fn close(&self, partition: &str, message_id: &str, note: &str, now_ms: i64) -> Result<(), RedriveError> {
+        if self.failures.close(partition, message_id, note, now_ms).await? {
             return Ok(());
         }
         match self.failures.get(partition, message_id).await? {
             None => Err(RedriveError::NotFound { partition: partition.to_owned(), message_id: message_id.to_owned() }),
-            Some(_) => Err(RedriveError::AlreadyResolved(format!("{partition} / {message_id}"))),
+            Some(_) => Err(RedriveError::AlreadyClosed(format!("{partition} / {message_id}"))),
         }
     }
 }
@@ -269,7 +263,7 @@ fn name(record: &FailureRecord) -> String {
 /// Only an open record is redriven, and a poison one only when forced.
 fn check(record: &FailureRecord, force: bool) -> Result<(), RedriveError> {
     if record.state != FailureState::Open {
-        return Err(RedriveError::AlreadyResolved(name(record)));
+        return Err(RedriveError::AlreadyClosed(name(record)));
     }
     if record.kind == FailureKind::Poison && !force {
         return Err(RedriveError::Poison(name(record)));

@@ -18,15 +18,15 @@ use lambda_support::clock::Clock;
 /// The key could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("provider API key unavailable: {0}")]
-pub struct KeyError(pub String);
+pub struct ApiKeyError(pub String);
 
 /// A future returning the key.
-pub type KeyFuture<'a> = Pin<Box<dyn Future<Output = Result<String, KeyError>> + Send + 'a>>;
+pub type ApiKeyFuture<'a> = Pin<Box<dyn Future<Output = Result<String, ApiKeyError>> + Send + 'a>>;
 
 /// Where the key is kept.
 pub trait KeySource: Send + Sync + 'static {
     /// Reads the current key.
-    fn fetch(&self) -> KeyFuture<'_>;
+    fn fetch(&self) -> ApiKeyFuture<'_>;
 }
 
 /// A key given directly (tests, a local provider).
@@ -34,7 +34,7 @@ pub trait KeySource: Send + Sync + 'static {
 pub struct FixedKey(pub String);
 
 impl KeySource for FixedKey {
-    fn fetch(&self) -> KeyFuture<'_> {
+    fn fetch(&self) -> ApiKeyFuture<'_> {
         let key = self.0.clone();
         Box::pin(async move { Ok(key) })
     }
@@ -55,7 +55,7 @@ impl SecretsManagerKey {
 }
 
 impl KeySource for SecretsManagerKey {
-    fn fetch(&self) -> KeyFuture<'_> {
+    fn fetch(&self) -> ApiKeyFuture<'_> {
         Box::pin(async move {
             let out = self
                 .client
@@ -63,10 +63,10 @@ impl KeySource for SecretsManagerKey {
                 .secret_id(&self.secret_id)
                 .send()
                 .await
-                .map_err(|e| KeyError(lambda_support::aws::errors::classify(&e).description))?;
+                .map_err(|e| ApiKeyError(lambda_support::aws::errors::classify(&e).description))?;
             let key = out.secret_string().map(str::trim).unwrap_or_default();
             if key.is_empty() {
-                return Err(KeyError(format!("secret {} holds no string value", self.secret_id)));
+                return Err(ApiKeyError(format!("secret {} holds no string value", self.secret_id)));
             }
             Ok(key.to_owned())
         })
@@ -152,7 +152,7 @@ impl ApiKey {
     }
 
     /// The key to send: the cached one while it is young enough, else fetched.
-    pub async fn current(&self) -> Result<String, KeyError> {
+    pub async fn current(&self) -> Result<String, ApiKeyError> {
         let mut cached = self.cached.lock().await;
         let now = self.clock.now_ms();
         match cached.as_ref() {
@@ -164,7 +164,7 @@ impl ApiKey {
     /// The provider refused `refused`: is there another key to try? The cache may already hold
     /// another one (another call refreshed it); a key fetched less than the refresh interval ago
     /// is the store's current value; otherwise the store is asked again.
-    pub async fn refresh_after_refusal(&self, refused: &str) -> Result<Refreshed, KeyError> {
+    pub async fn refresh_after_refusal(&self, refused: &str) -> Result<Refreshed, ApiKeyError> {
         let mut cached = self.cached.lock().await;
         let now = self.clock.now_ms();
         if let Some(c) = cached.as_ref() {
@@ -179,7 +179,7 @@ impl ApiKey {
         Ok(if key == refused { Refreshed::StoreHoldsTheRefusedKey } else { Refreshed::New(key) })
     }
 
-    async fn fetch_into(&self, cached: &mut Option<Cached>, now: i64) -> Result<String, KeyError> {
+    async fn fetch_into(&self, cached: &mut Option<Cached>, now: i64) -> Result<String, ApiKeyError> {
         let key = self.source.fetch().await?;
         *cached = Some(Cached { key: key.clone(), fetched_at_ms: now });
         Ok(key)
@@ -203,7 +203,7 @@ mod tests {
     }
 
     impl KeySource for Rotating {
-        fn fetch(&self) -> KeyFuture<'_> {
+        fn fetch(&self) -> ApiKeyFuture<'_> {
             let n = self.fetches.fetch_add(1, Ordering::SeqCst);
             let key = self.keys[n.min(self.keys.len() - 1)].to_owned();
             Box::pin(async move { Ok(key) })

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use super::credentials::{ApiKey, KeyError, Refreshed};
+use super::credentials::{ApiKey, ApiKeyError, Refreshed};
 
 use super::gateway::{Charge, ChargeLookup, ChargeRequest, GatewayError, Lookup, PaymentGateway, RetryableKind};
 
@@ -93,7 +93,7 @@ impl HttpGateway {
     /// nothing; if the key store holds another key by then (a rotation), the same request is
     /// sent once more with it (the idempotency key makes that safe in any case).
     async fn call(&self, build: impl Fn() -> reqwest::RequestBuilder) -> Result<Answer, GatewayError> {
-        let unavailable = |e: KeyError| GatewayError::Retryable {
+        let unavailable = |e: ApiKeyError| GatewayError::Retryable {
             kind: RetryableKind::CredentialsUnavailable,
             detail: e.to_string(),
         };

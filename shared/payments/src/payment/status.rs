@@ -106,7 +106,7 @@ pub fn derive_view(
                 PaymentStatus::Succeeded
             }
             RecordStatus::Failed => {
-                view.reason = process.failure.as_ref().map(|f| format!("{}: {}", f.code, f.reason));
+                view.reason = process.failure.as_ref().map(|f| format!("{}: {}", f.code, f.detail));
                 PaymentStatus::Failed
             }
             RecordStatus::InProgress => PaymentStatus::Processing,
@@ -136,7 +136,7 @@ mod tests {
             owner: Some(OwnerToken::from_stored("o".into())),
             lease_until_ms: 0,
             result: Some(r#"{"charge_id":"ch_1","amount":5,"currency":"EUR"}"#.into()),
-            failure: Some(StoredFailure { code: "card_declined".into(), reason: "insufficient_funds".into() }),
+            failure: Some(StoredFailure { code: "card_declined".into(), detail: "insufficient_funds".into() }),
             last_error: Some("provider_503".into()),
             attempts: 2,
             created_at_ms: 1_000,
@@ -186,8 +186,8 @@ mod tests {
             status(Some(RecordStatus::InProgress), &[failure(FailureState::Open)]),
             Some(PaymentStatus::DeadLettered)
         );
-        let resolved = failure(FailureState::Resolved { at_ms: 4_000, note: "redriven".into() });
-        assert_eq!(status(Some(RecordStatus::InProgress), &[resolved]), Some(PaymentStatus::Processing));
+        let closed = failure(FailureState::Closed { at_ms: 4_000, note: "redriven".into() });
+        assert_eq!(status(Some(RecordStatus::InProgress), &[closed]), Some(PaymentStatus::Processing));
         // Redriven and not settled yet: being processed again, no longer dead.
         let redriven = FailureRecord {
             redriven: Some(crate::failures::Redrive { at_ms: 4_000, message_id: "m2".into() }),

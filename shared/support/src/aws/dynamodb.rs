@@ -14,12 +14,12 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 /// An item as the DynamoDB API takes and returns it.
 pub type Item = HashMap<String, AttributeValue>;
 
-/// A string attribute.
+/// A string attribute (`S`).
 pub fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }
 
-/// A number attribute.
+/// A number attribute (`N`): DynamoDB carries numbers as decimal text.
 pub fn n(value: i64) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }

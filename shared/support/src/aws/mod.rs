@@ -77,7 +77,7 @@ pub async fn load_config() -> SdkConfig {
     load_config_with(timeouts).await
 }
 
-/// The same with explicit timeouts.
+/// The same with explicit timeouts (tools that wait longer than a function may).
 pub async fn load_config_with(timeouts: SdkTimeouts) -> SdkConfig {
     loader(timeouts).load().await
 }
