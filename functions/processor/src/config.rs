@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use fleet_breaker::{BreakerConfig, BreakerPolicy};
 use lambda_idempotency::IdempotencyConfig;
+use lambda_idempotency::batching::BatchingConfig;
 use lambda_sqs_batch::{Backoff, BatchConfig};
 use lambda_support::env::{ConfigError, Env};
 use payments_core::budget::RetryBudget;
@@ -22,6 +23,11 @@ pub struct ProcessorConfig {
     pub provider: HttpGatewayConfig,
     /// Retention and lease cap (`IDEMPOTENCY_RETENTION_DAYS`, `IDEMPOTENCY_MAX_LEASE_SECONDS`).
     pub idempotency: IdempotencyConfig,
+    /// A batch's claims in one request and its settlements in one (`IDEMPOTENCY_BATCH_WRITES`,
+    /// default on; off: a request per claim and per settlement). A settlement waits for the
+    /// others at most as long as a message may take, and never into the lease's last
+    /// `LEASE_MARGIN_MS`.
+    pub batching: BatchingConfig,
     /// Retry waits (`BACKOFF_BASE_MS`, `BACKOFF_CAP_SECONDS`).
     pub backoff: Backoff,
     /// When a payment is given up (`MAX_PROVIDER_ATTEMPTS`, `MAX_PAYMENT_AGE_SECONDS`).
@@ -88,6 +94,11 @@ impl ProcessorConfig {
             failures_table: env.required("FAILURES_TABLE")?,
             provider,
             idempotency,
+            batching: BatchingConfig {
+                enabled: env.parse_or("IDEMPOTENCY_BATCH_WRITES", true)?,
+                max_hold: needed,
+                deadline_margin: margin,
+            },
             backoff,
             budget,
             dead_letter_queue_url: env.required("DEAD_LETTER_QUEUE_URL")?,

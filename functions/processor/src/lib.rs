@@ -14,6 +14,7 @@ mod waits;
 use std::marker::PhantomData;
 
 use fleet_breaker::dynamodb::DynamoDbBreakerStore;
+use lambda_idempotency::batching::Batching;
 use lambda_idempotency::dynamodb::DynamoDbStore;
 use lambda_sqs_batch::{SqsDeadLetterQueue, SqsVisibility};
 use payments_core::failures::dynamodb::DynamoDbFailureStore;
@@ -31,7 +32,7 @@ pub use provider::provider_health;
 pub struct Aws<G>(PhantomData<G>);
 
 impl<G: PaymentGateway + 'static> Adapters for Aws<G> {
-    type Store = DynamoDbStore;
+    type Store = Batching<DynamoDbStore>;
     type Failures = DynamoDbFailureStore;
     type Gateway = G;
     type Visibility = SqsVisibility;
@@ -61,7 +62,7 @@ pub fn build_with_clients<G: PaymentGateway + 'static>(
     gateway: G,
 ) -> Processor<Aws<G>> {
     let ports = Ports {
-        store: DynamoDbStore::new(dynamodb.clone(), &config.idempotency_table),
+        store: Batching::new(DynamoDbStore::new(dynamodb.clone(), &config.idempotency_table), config.batching),
         failures: DynamoDbFailureStore::new(dynamodb.clone(), &config.failures_table),
         gateway,
         visibility: SqsVisibility::new(sqs.clone()),

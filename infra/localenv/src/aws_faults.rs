@@ -16,8 +16,10 @@ use rand::{RngExt, SeedableRng};
 /// The operations faults are injected into: the item and message calls whose outcome the
 /// functions must survive, the provider key's secret, and the breaker's item (a DynamoDB item
 /// like the others). Polling (ReceiveMessage, queue attributes and URLs) is left alone.
-pub const FAULTED_OPERATIONS: [&str; 8] = [
+pub const FAULTED_OPERATIONS: [&str; 10] = [
     "dynamodb:GetItem",
+    "dynamodb:BatchGetItem",
+    "dynamodb:BatchExecuteStatement",
     "dynamodb:PutItem",
     "dynamodb:UpdateItem",
     "dynamodb:Query",

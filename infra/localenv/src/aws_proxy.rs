@@ -141,12 +141,12 @@ async fn relay_and_record(
     let (parts, body) = request.into_parts();
     let body = body.collect().await.map_err(|_| Dropped)?.to_bytes();
     let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let call = relayed.arns.describe(target, &body);
-    let fault = match (&relayed.faults, &call) {
-        (Some(faults), Some(call)) => faults.draw(&call.action),
+    let request = relayed.arns.describe(target, &body);
+    let fault = match (&relayed.faults, &request) {
+        (Some(faults), Some(request)) => faults.draw(&request.operation),
         _ => None,
     };
-    if let Some(call) = call {
+    for call in request.into_iter().flat_map(|r| r.calls) {
         relayed.log.add(&relayed.function, call);
     }
     let Some(fault) = fault else { return relay(&relayed.http, &relayed.upstream, &parts, body).await.ok_or(Dropped) };
@@ -177,33 +177,100 @@ struct Arns {
 }
 
 impl Arns {
-    /// The call a JSON-protocol request (`X-Amz-Target: Service_Version.Operation`) makes; `None`
+    /// What a JSON-protocol request (`X-Amz-Target: Service_Version.Operation`) asks; `None`
     /// for anything else.
-    fn describe(&self, target: &str, body: &[u8]) -> Option<AwsCall> {
+    fn describe(&self, target: &str, body: &[u8]) -> Option<Request> {
         let (service, operation) = target.split_once('.')?;
         let input: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         let text = |name: &str| input.get(name).and_then(Value::as_str);
         let (region, account) = (&self.region, &self.account);
-        let (prefix, resource, leading_key) = if service.starts_with("DynamoDB") {
-            let table = text("TableName")?;
-            let index = text("IndexName").map(|index| format!("/index/{index}")).unwrap_or_default();
-            ("dynamodb", format!("arn:aws:dynamodb:{region}:{account}:table/{table}{index}"), leading_key(&input))
+        let table_arn = |table: &str| format!("arn:aws:dynamodb:{region}:{account}:table/{table}");
+        let (prefix, calls) = if service.starts_with("DynamoDB") {
+            let calls = match operation {
+                "BatchExecuteStatement" => partiql_calls(&input, &table_arn),
+                "BatchGetItem" => batch_read_calls(&input, &table_arn),
+                _ => {
+                    let table = text("TableName")?;
+                    let index = text("IndexName").map(|index| format!("/index/{index}")).unwrap_or_default();
+                    let action = format!("dynamodb:{operation}");
+                    vec![AwsCall {
+                        action,
+                        resource: format!("{}{index}", table_arn(table)),
+                        leading_key: leading_key(&input),
+                    }]
+                }
+            };
+            ("dynamodb", calls)
         } else if service == "AmazonSQS" {
             let name = text("QueueUrl").and_then(|url| url.rsplit('/').next()).or_else(|| text("QueueName"))?;
-            ("sqs", format!("arn:aws:sqs:{region}:{account}:{name}"), None)
+            let resource = format!("arn:aws:sqs:{region}:{account}:{name}");
+            ("sqs", vec![AwsCall { action: format!("sqs:{}", iam_operation(operation)), resource, leading_key: None }])
         } else if service == "secretsmanager" {
             let id = text("SecretId")?;
-            let arn = if id.starts_with("arn:") {
+            let resource = if id.starts_with("arn:") {
                 id.to_owned()
             } else {
                 format!("arn:aws:secretsmanager:{region}:{account}:secret:{id}")
             };
-            ("secretsmanager", arn, None)
+            let action = format!("secretsmanager:{operation}");
+            ("secretsmanager", vec![AwsCall { action, resource, leading_key: None }])
         } else {
             return None;
         };
-        Some(AwsCall { action: format!("{prefix}:{}", iam_operation(operation)), resource, leading_key })
+        // Faults are drawn by operation as IAM names it (a message batch as its single kind).
+        Some(Request { operation: format!("{prefix}:{}", iam_operation(operation)), calls })
     }
+}
+
+/// One request as the relay sees it: its operation (what faults are drawn for), and the calls
+/// IAM checks it as (one for most operations; one per statement or key for a batch).
+struct Request {
+    operation: String,
+    calls: Vec<AwsCall>,
+}
+
+/// A PartiQL batch: one `dynamodb:PartiQL{Insert,Update,Delete,Select}` call per statement, on
+/// the table it names, with the partition key bound to its `pk`.
+fn partiql_calls(input: &Value, table_arn: &dyn Fn(&str) -> String) -> Vec<AwsCall> {
+    let statements = input.get("Statements").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    statements
+        .iter()
+        .filter_map(|statement| {
+            let text = statement.get("Statement")?.as_str()?;
+            let verb = text.split_whitespace().next()?.to_ascii_lowercase();
+            let action = format!("dynamodb:PartiQL{}{}", verb[..1].to_ascii_uppercase(), &verb[1..]);
+            let table = text.split('"').nth(1)?;
+            let parameters = statement.get("Parameters").and_then(Value::as_array);
+            let key = partiql_key_index(text).and_then(|i| parameters?.get(i)?.get("S")?.as_str().map(key_prefix));
+            Some(AwsCall { action, resource: table_arn(table), leading_key: key })
+        })
+        .collect()
+}
+
+/// Which `?` of a statement binds its partition key: `'pk': ?` in an INSERT's value,
+/// `pk = ?` in a WHERE.
+fn partiql_key_index(statement: &str) -> Option<usize> {
+    let at = ["'pk': ?", "pk = ?"]
+        .iter()
+        .filter_map(|pattern| statement.find(pattern).map(|i| i + pattern.len() - 1))
+        .min()?;
+    Some(statement[..at].matches('?').count())
+}
+
+/// A batched read: one `dynamodb:BatchGetItem` call per key, on its table.
+fn batch_read_calls(input: &Value, table_arn: &dyn Fn(&str) -> String) -> Vec<AwsCall> {
+    let Some(tables) = input.get("RequestItems").and_then(Value::as_object) else { return Vec::new() };
+    tables
+        .iter()
+        .flat_map(|(table, wanted)| {
+            let keys = wanted.get("Keys").and_then(Value::as_array).cloned().unwrap_or_default();
+            keys.into_iter().map(move |key| AwsCall {
+                action: "dynamodb:BatchGetItem".into(),
+                resource: table_arn(table),
+                leading_key: key.get("pk").and_then(|pk| pk.get("S")).and_then(Value::as_str).map(key_prefix),
+            })
+        })
+        .collect()
 }
 
 /// The operation's name as IAM checks it: a batch operation needs the single one's permission.
@@ -231,10 +298,15 @@ fn leading_key(input: &Value) -> Option<String> {
         let value = input.get("ExpressionAttributeValues")?.get(placeholder.trim())?;
         value.get("S").and_then(Value::as_str).map(str::to_owned)
     })?;
-    Some(match key.split_once('#') {
+    Some(key_prefix(&key))
+}
+
+/// A partition key as the record keeps it: its first `#`-separated segment.
+fn key_prefix(key: &str) -> String {
+    match key.split_once('#') {
         Some((prefix, _)) => format!("{prefix}#…"),
-        None => key,
-    })
+        None => key.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -249,13 +321,13 @@ mod tests {
     #[test]
     fn dynamodb_calls_name_their_table_and_leading_key() {
         let put = json!({"TableName": "t", "Item": {"pk": {"S": "breaker#payment-provider"}, "v": {"N": "1"}}});
-        let call = arns().describe("DynamoDB_20120810.PutItem", put.to_string().as_bytes()).unwrap();
+        let call = only_call(arns().describe("DynamoDB_20120810.PutItem", put.to_string().as_bytes()));
         assert_eq!(call.action, "dynamodb:PutItem");
         assert_eq!(call.resource, "arn:aws:dynamodb:us-east-1:000000000000:table/t");
         assert_eq!(call.leading_key.as_deref(), Some("breaker#…"));
         let query = json!({"TableName": "t", "IndexName": "recovery", "KeyConditionExpression": "#shard = :shard AND #due <= :now_ms",
                            "ExpressionAttributeValues": {":shard": {"S": "intake#03"}, ":now_ms": {"N": "5"}}});
-        let call = arns().describe("DynamoDB_20120810.Query", query.to_string().as_bytes()).unwrap();
+        let call = only_call(arns().describe("DynamoDB_20120810.Query", query.to_string().as_bytes()));
         assert_eq!(call.resource, "arn:aws:dynamodb:us-east-1:000000000000:table/t/index/recovery");
         assert_eq!(call.leading_key.as_deref(), Some("intake#…"));
     }
@@ -264,14 +336,44 @@ mod tests {
     fn sqs_and_secrets_manager_calls_name_their_resource() {
         let delete =
             json!({"QueueUrl": "http://127.0.0.1:4566/queue/us-east-1/000000000000/s-payments", "Entries": []});
-        let call = arns().describe("AmazonSQS.DeleteMessageBatch", delete.to_string().as_bytes()).unwrap();
+        let call = only_call(arns().describe("AmazonSQS.DeleteMessageBatch", delete.to_string().as_bytes()));
         assert_eq!(
             (call.action.as_str(), call.resource.as_str()),
             ("sqs:DeleteMessage", "arn:aws:sqs:us-east-1:000000000000:s-payments")
         );
         let secret = json!({"SecretId": "arn:aws:secretsmanager:us-east-1:000000000000:secret:k-AbCdEf"});
-        let call = arns().describe("secretsmanager.GetSecretValue", secret.to_string().as_bytes()).unwrap();
+        let call = only_call(arns().describe("secretsmanager.GetSecretValue", secret.to_string().as_bytes()));
         assert_eq!(call.resource, "arn:aws:secretsmanager:us-east-1:000000000000:secret:k-AbCdEf");
-        assert_eq!(arns().describe("", b"Action=ListQueues"), None);
+        assert!(arns().describe("", b"Action=ListQueues").is_none());
+    }
+
+    fn only_call(request: Option<Request>) -> AwsCall {
+        let mut calls = request.expect("a described request").calls;
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        calls.remove(0)
+    }
+
+    #[test]
+    fn a_batch_is_checked_as_its_statements_and_keys() {
+        let batch = json!({"Statements": [
+            {"Statement": "INSERT INTO \"t\" VALUE {'attempts': ?, 'pk': ?}", "Parameters": [{"N": "1"}, {"S": "process#acme#k1"}]},
+            {"Statement": "UPDATE \"t\" SET \"status\" = ? REMOVE x WHERE pk = ? AND \"owner\" = ?",
+             "Parameters": [{"S": "COMPLETED"}, {"S": "process#acme#k2"}, {"S": "o"}]}]});
+        let request = arns().describe("DynamoDB_20120810.BatchExecuteStatement", batch.to_string().as_bytes()).unwrap();
+        assert_eq!(request.operation, "dynamodb:BatchExecuteStatement");
+        let described: Vec<_> =
+            request.calls.iter().map(|c| (c.action.as_str(), c.resource.as_str(), c.leading_key.as_deref())).collect();
+        let table = "arn:aws:dynamodb:us-east-1:000000000000:table/t";
+        assert_eq!(
+            described,
+            [
+                ("dynamodb:PartiQLInsert", table, Some("process#…")),
+                ("dynamodb:PartiQLUpdate", table, Some("process#…"))
+            ]
+        );
+        let read = json!({"RequestItems": {"t": {"Keys": [{"pk": {"S": "process#a#1"}}, {"pk": {"S": "breaker#p"}}], "ConsistentRead": true}}});
+        let request = arns().describe("DynamoDB_20120810.BatchGetItem", read.to_string().as_bytes()).unwrap();
+        let keys: Vec<_> = request.calls.iter().map(|c| c.leading_key.clone().unwrap_or_default()).collect();
+        assert_eq!(keys, ["process#…", "breaker#…"]);
     }
 }

@@ -13,12 +13,14 @@
 //! conformance::claims(&runtime, &InMemoryStore::new(), 16);
 //! conformance::settlements(&runtime, &InMemoryStore::new(), 16);
 //! conformance::reschedules(&runtime, &InMemoryStore::new(), 8);
+//! conformance::batched_claims(&runtime, &InMemoryStore::new(), 4);
+//! conformance::batched_settlements(&runtime, &InMemoryStore::new(), 4);
 //! ```
 
 use std::future::Future;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 use crate::hash::PayloadHash;
 use crate::key::RecordKey;
@@ -135,45 +137,61 @@ async fn seeded<S: Seed>(store: &S, shape: Option<&Shape>) -> (RecordKey, Option
     (key, stored)
 }
 
+/// A claim case: what is stored (or nothing), and what the claim asks for.
+fn claim_case() -> impl Strategy<Value = (Option<Shape>, Option<Recovery>)> {
+    (proptest::option::weighted(0.85, shape()), recovery())
+}
+
+fn claim_request(key: &RecordKey, recovery: Option<Recovery>) -> ClaimRequest {
+    ClaimRequest {
+        key: key.clone(),
+        payload_hash: PayloadHash::from_stored("hash-1".into()),
+        owner: OwnerToken::from_stored("owner-c".into()),
+        now_ms: NOW,
+        lease_until_ms: NOW + 30_000,
+        expires_at_s: now_s(NOW) + 3600,
+        recovery,
+    }
+}
+
+/// What the protocol says a claim over `stored` answers and leaves behind.
+fn check_claim(
+    stored: Option<IdempotencyRecord>,
+    request: &ClaimRequest,
+    outcome: ClaimOutcome,
+    after: Option<IdempotencyRecord>,
+) -> Result<(), TestCaseError> {
+    let decision = decide_claim(stored.as_ref(), &request.payload_hash, NOW);
+    if let ClaimDecision::Refuse(refusal) = decision {
+        let stored = stored.expect("a refusal needs a record");
+        let expected = match refusal {
+            Refusal::PayloadMismatch => ClaimOutcome::PayloadMismatch,
+            Refusal::Completed => ClaimOutcome::AlreadyCompleted { result: stored.result.clone().unwrap_or_default() },
+            Refusal::Failed => ClaimOutcome::AlreadyFailed(stored.failure.clone().expect("a stored failure")),
+            Refusal::InProgress { lease_until_ms } => ClaimOutcome::InProgressElsewhere { lease_until_ms },
+        };
+        prop_assert_eq!(outcome, expected);
+        prop_assert_eq!(after, Some(stored), "a refused claim writes nothing");
+    } else {
+        let expected = claimed_record(stored.as_ref(), decision, request);
+        prop_assert!(
+            matches!(&outcome, ClaimOutcome::Claimed(l) if l.attempt == expected.attempts),
+            "{outcome:?} for {decision:?}"
+        );
+        prop_assert_eq!(after, Some(expected));
+    }
+    Ok(())
+}
+
 /// Runs `cases` generated claims against `store`; panics with the first case that disagrees.
 pub fn claims<S: Seed>(runtime: &tokio::runtime::Runtime, store: &S, cases: u32) {
     let mut runner = TestRunner::new(Config { cases, ..Config::default() });
-    let result = runner.run(&(proptest::option::weighted(0.85, shape()), recovery()), |(shape, recovery)| {
+    let result = runner.run(&claim_case(), |(shape, recovery)| {
         runtime.block_on(async {
             let (key, stored) = seeded(store, shape.as_ref()).await;
-            let request = ClaimRequest {
-                key: key.clone(),
-                payload_hash: PayloadHash::from_stored("hash-1".into()),
-                owner: OwnerToken::from_stored("owner-c".into()),
-                now_ms: NOW,
-                lease_until_ms: NOW + 30_000,
-                expires_at_s: now_s(NOW) + 3600,
-                recovery,
-            };
+            let request = claim_request(&key, recovery);
             let outcome = store.claim(&request).await.expect("the store answers");
-            let after = store.get(&key).await.expect("the store answers");
-            let decision = decide_claim(stored.as_ref(), &request.payload_hash, NOW);
-            if let ClaimDecision::Refuse(refusal) = decision {
-                let stored = stored.clone().expect("a refusal needs a record");
-                let expected = match refusal {
-                    Refusal::PayloadMismatch => ClaimOutcome::PayloadMismatch,
-                    Refusal::Completed => {
-                        ClaimOutcome::AlreadyCompleted { result: stored.result.clone().unwrap_or_default() }
-                    }
-                    Refusal::Failed => ClaimOutcome::AlreadyFailed(stored.failure.clone().expect("a stored failure")),
-                    Refusal::InProgress { lease_until_ms } => ClaimOutcome::InProgressElsewhere { lease_until_ms },
-                };
-                prop_assert_eq!(outcome, expected);
-                prop_assert_eq!(after, Some(stored), "a refused claim writes nothing");
-            } else {
-                let expected = claimed_record(stored.as_ref(), decision, &request);
-                prop_assert!(
-                    matches!(&outcome, ClaimOutcome::Claimed(l) if l.attempt == expected.attempts),
-                    "{outcome:?} for {decision:?}"
-                );
-                prop_assert_eq!(after, Some(expected));
-            }
-            Ok(())
+            check_claim(stored, &request, outcome, store.get(&key).await.expect("the store answers"))
         })
     });
     if let Err(failure) = result {
@@ -181,43 +199,124 @@ pub fn claims<S: Seed>(runtime: &tokio::runtime::Runtime, store: &S, cases: u32)
     }
 }
 
-/// Runs `cases` generated settlements against `store`; panics with the first that disagrees.
-pub fn settlements<S: Seed>(runtime: &tokio::runtime::Runtime, store: &S, cases: u32) {
+/// Runs `cases` generated batches of 2 to 12 claims through [`IdempotencyStore::claim_many`]:
+/// every claim of a batch must come to what it would alone.
+pub fn batched_claims<S: Seed>(runtime: &tokio::runtime::Runtime, store: &S, cases: u32) {
+    let mut runner = TestRunner::new(Config { cases, ..Config::default() });
+    let result = runner.run(&proptest::collection::vec(claim_case(), 2..=12), |batch| {
+        runtime.block_on(async {
+            let mut cases = Vec::new();
+            for (shape, recovery) in batch {
+                let (key, stored) = seeded(store, shape.as_ref()).await;
+                cases.push((claim_request(&key, recovery), stored));
+            }
+            let requests: Vec<ClaimRequest> = cases.iter().map(|(request, _)| request.clone()).collect();
+            let outcomes = store.claim_many(&requests).await;
+            prop_assert_eq!(outcomes.len(), cases.len());
+            for ((request, stored), outcome) in cases.into_iter().zip(outcomes) {
+                let after = store.get(&request.key).await.expect("the store answers");
+                check_claim(stored, &request, outcome.expect("the store answers"), after)?;
+            }
+            Ok(())
+        })
+    });
+    if let Err(failure) = result {
+        panic!("the store's batched claims disagree with the protocol: {failure}");
+    }
+}
+
+/// Two claims of one record in one batch (a message delivered twice in one SQS batch), by
+/// different owners: the first claims it and the second finds it in progress, as if one ran
+/// after the other. Panics if the store answers otherwise.
+pub fn repeated_keys<S: Seed>(runtime: &tokio::runtime::Runtime, store: &S) {
+    runtime.block_on(async {
+        let key = fresh_key();
+        let first = claim_request(&key, None);
+        let second = ClaimRequest { owner: OwnerToken::from_stored("owner-d".into()), ..first.clone() };
+        let outcomes = store.claim_many(&[first.clone(), second]).await;
+        match outcomes.as_slice() {
+            [Ok(ClaimOutcome::Claimed(lease)), Ok(ClaimOutcome::InProgressElsewhere { lease_until_ms })]
+                if lease.owner == first.owner && *lease_until_ms == first.lease_until_ms => {}
+            other => panic!("two claims of one record in one batch came to {other:?}"),
+        }
+    });
+}
+
+/// A settlement case: what is stored (or nothing), what is settled, and by which owner.
+fn settle_case() -> impl Strategy<Value = (Option<Shape>, Settle, &'static str)> {
     let settle = prop_oneof![
         Just(Settle::Complete { result: r#"{"charge_id":"ch_9"}"#.to_owned() }),
         Just(Settle::Fail(StoredFailure { code: "card_declined".into(), detail: "do not honour".into() })),
         Just(Settle::Release { reason: "provider_timeout".into(), refund: false }),
         Just(Settle::Release { reason: "circuit_open".into(), refund: true }),
     ];
-    let owner = prop_oneof![Just("owner-a"), Just("owner-b")];
+    (proptest::option::weighted(0.9, shape()), settle, prop_oneof![Just("owner-a"), Just("owner-b")])
+}
+
+fn settle_request(key: &RecordKey, settle: Settle, owner: &str) -> SettleRequest {
+    let owner = OwnerToken::from_stored(owner.into());
+    SettleRequest { key: key.clone(), owner, settle, now_ms: NOW, expires_at_s: now_s(NOW) + 7200 }
+}
+
+/// What the protocol says a settlement over `stored` answers and leaves behind.
+fn check_settlement(
+    stored: Option<IdempotencyRecord>,
+    request: &SettleRequest,
+    outcome: Settlement,
+    after: Option<IdempotencyRecord>,
+) -> Result<(), TestCaseError> {
+    if may_settle(stored.as_ref(), &request.owner) {
+        prop_assert_eq!(outcome, Settlement::Recorded);
+        let expected =
+            settled_record(stored.as_ref().expect("a settled record"), &request.settle, NOW, request.expires_at_s);
+        prop_assert_eq!(after, Some(expected));
+    } else {
+        prop_assert_eq!(outcome, Settlement::NotOwner { current: stored.clone().map(Box::new) });
+        prop_assert_eq!(after, stored, "a refused settlement writes nothing");
+    }
+    Ok(())
+}
+
+/// Runs `cases` generated settlements against `store`; panics with the first that disagrees.
+pub fn settlements<S: Seed>(runtime: &tokio::runtime::Runtime, store: &S, cases: u32) {
     let mut runner = TestRunner::new(Config { cases, ..Config::default() });
-    let result = runner.run(&(proptest::option::weighted(0.9, shape()), settle, owner), |(shape, settle, owner)| {
+    let result = runner.run(&settle_case(), |(shape, settle, owner)| {
         runtime.block_on(async {
             let (key, stored) = seeded(store, shape.as_ref()).await;
-            let owner = OwnerToken::from_stored(owner.into());
-            let expires = now_s(NOW) + 7200;
-            let request = SettleRequest {
-                key: key.clone(),
-                owner: owner.clone(),
-                settle: settle.clone(),
-                now_ms: NOW,
-                expires_at_s: expires,
-            };
+            let request = settle_request(&key, settle, owner);
             let outcome = store.settle(&request).await.expect("the store answers");
-            let after = store.get(&key).await.expect("the store answers");
-            if may_settle(stored.as_ref(), &owner) {
-                prop_assert_eq!(outcome, Settlement::Recorded);
-                let expected = settled_record(stored.as_ref().expect("a settled record"), &settle, NOW, expires);
-                prop_assert_eq!(after, Some(expected));
-            } else {
-                prop_assert_eq!(outcome, Settlement::NotOwner { current: stored.clone().map(Box::new) });
-                prop_assert_eq!(after, stored, "a refused settlement writes nothing");
+            check_settlement(stored, &request, outcome, store.get(&key).await.expect("the store answers"))
+        })
+    });
+    if let Err(failure) = result {
+        panic!("the store's settlements disagree with the protocol: {failure}");
+    }
+}
+
+/// Runs `cases` generated batches of 2 to 12 settlements through
+/// [`IdempotencyStore::settle_many`]: every settlement of a batch must come to what it would
+/// alone.
+pub fn batched_settlements<S: Seed>(runtime: &tokio::runtime::Runtime, store: &S, cases: u32) {
+    let mut runner = TestRunner::new(Config { cases, ..Config::default() });
+    let result = runner.run(&proptest::collection::vec(settle_case(), 2..=12), |batch| {
+        runtime.block_on(async {
+            let mut cases = Vec::new();
+            for (shape, settle, owner) in batch {
+                let (key, stored) = seeded(store, shape.as_ref()).await;
+                cases.push((settle_request(&key, settle, owner), stored));
+            }
+            let requests: Vec<SettleRequest> = cases.iter().map(|(request, _)| request.clone()).collect();
+            let outcomes = store.settle_many(&requests).await;
+            prop_assert_eq!(outcomes.len(), cases.len());
+            for ((request, stored), outcome) in cases.into_iter().zip(outcomes) {
+                let after = store.get(&request.key).await.expect("the store answers");
+                check_settlement(stored, &request, outcome.expect("the store answers"), after)?;
             }
             Ok(())
         })
     });
     if let Err(failure) = result {
-        panic!("the store's settlements disagree with the protocol: {failure}");
+        panic!("the store's batched settlements disagree with the protocol: {failure}");
     }
 }
 
@@ -253,5 +352,8 @@ mod tests {
         super::claims(&runtime, &InMemoryStore::new(), 512);
         super::settlements(&runtime, &InMemoryStore::new(), 512);
         super::reschedules(&runtime, &InMemoryStore::new(), 256);
+        super::batched_claims(&runtime, &InMemoryStore::new(), 64);
+        super::batched_settlements(&runtime, &InMemoryStore::new(), 64);
+        super::repeated_keys(&runtime, &InMemoryStore::new());
     }
 }

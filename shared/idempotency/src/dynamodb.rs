@@ -19,6 +19,7 @@ use lambda_support::aws::dynamodb::{ConditionalWrite, refused};
 use lambda_support::aws::errors::sort_error;
 
 pub mod attributes;
+mod batch;
 
 use attributes::{
     RECOVERY_DUE, RECOVERY_INDEX, RECOVERY_SHARD, RECOVERY_SHARDS, n, record_from_item, recovery_shard, s,
@@ -297,7 +298,18 @@ impl DynamoDbStore {
         let pk = request.key.partition_key();
         // The common paths (first claim, take-over, duplicate) finish in the first round with one
         // request. Only a record past its TTL, or a race with another claimer, needs more.
-        let mut attempt = self.try_claim(request, &pk).await?;
+        let first = self.try_claim(request, &pk).await?;
+        self.claim_after(request, &pk, first).await
+    }
+
+    /// Continues a claim from what its last conditional write (or a read) found: our own claim
+    /// whose answer was lost, a refusal, or another round.
+    async fn claim_after(
+        &self,
+        request: &ClaimRequest,
+        pk: &str,
+        mut attempt: ClaimRound,
+    ) -> Result<ClaimOutcome, StoreError> {
         for _ in 0..MAX_CLAIM_ROUNDS {
             let found = match attempt {
                 ClaimRound::Claimed(outcome) => return Ok(outcome),
@@ -312,12 +324,31 @@ impl DynamoDbStore {
                 ClaimDecision::Refuse(refusal) => {
                     return refused_outcome(found.as_ref().expect("refusals need a record"), refusal);
                 }
-                ClaimDecision::Create if found.is_some() => self.replace_expired(request, &pk).await?,
+                ClaimDecision::Create if found.is_some() => self.replace_expired(request, pk).await?,
                 // The record changed between our condition check and now: ask again.
-                ClaimDecision::Create | ClaimDecision::TakeOver => self.try_claim(request, &pk).await?,
+                ClaimDecision::Create | ClaimDecision::TakeOver => self.try_claim(request, pk).await?,
             };
         }
         Err(StoreError::Transient(format!("claim of {pk} kept losing races")))
+    }
+
+    /// A claim whose every answer was lost (the SDK's retries exhausted by faults after the
+    /// write committed) is checked with one strongly consistent read before it is reported as
+    /// failed: a claim that landed is the caller's.
+    async fn verified_claim(
+        &self,
+        request: &ClaimRequest,
+        outcome: Result<ClaimOutcome, StoreError>,
+    ) -> Result<ClaimOutcome, StoreError> {
+        match outcome {
+            Err(error) if error.is_retryable() => match self.get(&request.key).await {
+                Ok(Some(own)) if is_own_claim(Some(&own), request) => {
+                    Ok(claimed(request, own.attempts, own.created_at_ms != request.now_ms))
+                }
+                _ => Err(error),
+            },
+            outcome => outcome,
+        }
     }
 
     /// The settlement: one conditional write.
@@ -350,18 +381,25 @@ impl DynamoDbStore {
 }
 
 impl IdempotencyStore for DynamoDbStore {
-    /// A claim whose every answer was lost (the SDK's retries exhausted by faults after the
-    /// write committed) is checked with one strongly consistent read before it is reported as
-    /// failed: a claim that landed is the caller's.
+    /// A claim whose every answer was lost is checked with one read ([`Self::verified_claim`]).
     async fn claim(&self, request: &ClaimRequest) -> Result<ClaimOutcome, StoreError> {
-        match self.claim_in_rounds(request).await {
-            Err(error) if error.is_retryable() => match self.get(&request.key).await {
-                Ok(Some(own)) if is_own_claim(Some(&own), request) => {
-                    Ok(claimed(request, own.attempts, own.created_at_ms != request.now_ms))
-                }
-                _ => Err(error),
-            },
-            outcome => outcome,
+        self.verified_claim(request, self.claim_in_rounds(request).await).await
+    }
+
+    /// One request for up to 25 claims where there are several (see [`batch`]); one claim alone
+    /// goes the single-record way.
+    async fn claim_many(&self, requests: &[ClaimRequest]) -> Vec<Result<ClaimOutcome, StoreError>> {
+        match requests {
+            [one] => vec![self.claim(one).await],
+            _ => self.claim_batch(requests).await,
+        }
+    }
+
+    /// Likewise for settlements.
+    async fn settle_many(&self, requests: &[SettleRequest]) -> Vec<Result<Settlement, StoreError>> {
+        match requests {
+            [one] => vec![self.settle(one).await],
+            _ => self.settle_batch(requests).await,
         }
     }
 

@@ -29,10 +29,13 @@
 //! # });
 //! ```
 //!
-//! Features: `dynamodb` (default) for [`dynamodb::DynamoDbStore`]; `conformance` for the kit.
+//! Features: `dynamodb` (default) for [`dynamodb::DynamoDbStore`]; `batching` for one request
+//! per batch of concurrent claims and of settlements; `conformance` for the kit.
 
 #![deny(missing_docs)]
 
+#[cfg(feature = "batching")]
+pub mod batching;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 #[cfg(feature = "dynamodb")]

@@ -113,6 +113,38 @@ pub trait IdempotencyStore: Send + Sync {
         seen_updated_at_ms: i64,
         due_ms: Option<i64>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Claims several records, each by exactly the rule of [`Self::claim`], as if one after
+    /// another in the given order; the outcomes in that order. A store that can send the claims
+    /// together overrides this (DynamoDB: up to 25 in one request); the default claims one at a
+    /// time.
+    fn claim_many(
+        &self,
+        requests: &[ClaimRequest],
+    ) -> impl Future<Output = Vec<Result<ClaimOutcome, StoreError>>> + Send {
+        async move {
+            let mut outcomes = Vec::with_capacity(requests.len());
+            for request in requests {
+                outcomes.push(self.claim(request).await);
+            }
+            outcomes
+        }
+    }
+
+    /// Settles several records, each by exactly the rule of [`Self::settle`]; the outcomes in
+    /// the requests' order. Overridden like [`Self::claim_many`].
+    fn settle_many(
+        &self,
+        requests: &[SettleRequest],
+    ) -> impl Future<Output = Vec<Result<Settlement, StoreError>>> + Send {
+        async move {
+            let mut outcomes = Vec::with_capacity(requests.len());
+            for request in requests {
+                outcomes.push(self.settle(request).await);
+            }
+            outcomes
+        }
+    }
 }
 
 /// Maps what a claim refusal found to the outcome a caller sees.

@@ -201,3 +201,43 @@ async fn a_first_claim_and_completion_cost_two_requests_and_a_duplicate_one() {
     assert!(matches!(g.claim(&k, &payload, T0 + 60_000).await.unwrap(), ClaimOutcome::AlreadyCompleted { .. }));
     assert_eq!(counter.by_operation(), [("UpdateItem".to_owned(), 1)].into());
 }
+
+/// The batched path's budget: ten handlers running side by side claim in one
+/// `BatchExecuteStatement` and settle in one; their duplicates cost that one request and one
+/// `BatchGetItem` (a refused `INSERT` does not return the item, so the record is read once).
+#[tokio::test]
+async fn a_batch_of_ten_is_claimed_in_one_request_and_settled_in_one() {
+    use lambda_idempotency::batching::{Batching, BatchingConfig};
+    let counter = RequestCounter::new();
+    let store = Batching::new(store_with(Some(&counter)).await, BatchingConfig::default());
+    let g = Idempotency::new(store, IdempotencyConfig::default());
+    let scope = unique_scope("batch-budget");
+    let deadline = lambda_support::clock::SystemClock.now_ms() + 60_000;
+    let payload = hash(json!({"amount": 3}));
+    let handle = |i: usize| {
+        let (g, k, payload) = (&g, key(&scope, &format!("k-{i}")), payload.clone());
+        async move {
+            match g.claim(&k, &payload, deadline).await.unwrap() {
+                ClaimOutcome::Claimed(lease) => {
+                    assert_eq!(g.complete(&lease, &json!({"n": i})).await.unwrap(), Settlement::Recorded);
+                    true
+                }
+                ClaimOutcome::AlreadyCompleted { .. } => false,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+
+    let fresh = futures::future::join_all((0..10).map(handle)).await;
+    assert!(fresh.iter().all(|claimed| *claimed), "every fresh key is claimed");
+    assert_eq!(counter.by_operation(), [("BatchExecuteStatement".to_owned(), 2)].into());
+    assert_eq!(counter.items_by_operation(), [("BatchExecuteStatement".to_owned(), 20)].into());
+
+    counter.reset();
+    let again = futures::future::join_all((0..10).map(handle)).await;
+    assert!(again.iter().all(|claimed| !*claimed), "every duplicate gets the stored result");
+    assert_eq!(
+        counter.by_operation(),
+        [("BatchExecuteStatement".to_owned(), 1), ("BatchGetItem".to_owned(), 1)].into()
+    );
+}

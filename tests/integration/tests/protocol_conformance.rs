@@ -4,6 +4,8 @@
 //! decide and write exactly what `decide_claim`/`claimed_record`, `may_settle`/`settled_record`
 //! and `may_reschedule_recovery` say. The in-memory store runs the same kit in the crate's tests,
 //! and the model checker uses those functions directly, so the three cannot disagree unnoticed.
+//! The batched path (PartiQL `BatchExecuteStatement`, then the single rounds for what it did not
+//! decide) runs the same cases, a batch at a time.
 
 use integration_tests::{aws, shared_stack};
 use lambda_idempotency::conformance;
@@ -31,4 +33,18 @@ fn settlements_in_dynamodb_follow_may_settle_and_settled_record() {
 fn recovery_rescheduling_in_dynamodb_follows_may_reschedule_recovery() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     conformance::reschedules(&runtime, &store(&runtime), 48);
+}
+
+#[test]
+fn batched_claims_in_dynamodb_each_follow_the_single_claim_rule() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store = store(&runtime);
+    conformance::batched_claims(&runtime, &store, 32);
+    conformance::repeated_keys(&runtime, &store);
+}
+
+#[test]
+fn batched_settlements_in_dynamodb_each_follow_the_single_settlement_rule() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    conformance::batched_settlements(&runtime, &store(&runtime), 32);
 }

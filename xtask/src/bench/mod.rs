@@ -94,6 +94,10 @@ fn batches(scope: &str, run: &str, count: usize) -> Value {
     json!(batches)
 }
 
+/// The operations that write items, and those that read them.
+const WRITES: &[&str] = &["UpdateItem", "PutItem", "DeleteItem", "BatchExecuteStatement"];
+const READS: &[&str] = &["GetItem", "Query", "BatchGetItem"];
+
 /// One variant's measurements, as its process printed them.
 struct Variant {
     name: &'static str,
@@ -117,9 +121,12 @@ impl Variant {
         self.result["cpu_s"].as_f64().unwrap_or(f64::NAN) * 1000.0 / messages
     }
 
-    fn count(&self, operations: &[&str]) -> f64 {
-        let requests = &self.result["dynamodb_requests"];
-        operations.iter().filter_map(|op| requests.get(*op).and_then(Value::as_f64)).sum()
+    /// Items written or read by `operations`: a statement of a PartiQL batch or a key of a
+    /// `BatchGetItem` is an item, as DynamoDB bills it. (Powertools sends one item per request,
+    /// so its requests are its items.)
+    fn items(&self, operations: &[&str]) -> f64 {
+        let items = self.result.get("dynamodb_items").unwrap_or(&self.result["dynamodb_requests"]);
+        operations.iter().filter_map(|op| items.get(*op).and_then(Value::as_f64)).sum()
     }
 
     /// What the bill needs, per message.
@@ -128,8 +135,8 @@ impl Variant {
         cost::PerMessage {
             wall_ms: ms.iter().sum::<f64>() / self.messages(),
             cpu_ms: self.cpu_ms_per_message(),
-            writes: self.count(&["UpdateItem", "PutItem", "DeleteItem"]) / self.messages(),
-            reads: self.count(&["GetItem", "Query", "BatchGetItem"]) / self.messages(),
+            writes: self.writes_per_message(),
+            reads: self.items(READS) / self.messages(),
             log_bytes: self.log_bytes as f64 / self.messages(),
         }
     }
@@ -144,7 +151,7 @@ impl Variant {
 
     fn writes_per_message(&self) -> f64 {
         // Rust's interceptor names operations UpdateItem…, boto3's event names them the same.
-        self.count(&["UpdateItem", "PutItem", "DeleteItem"]) / self.messages()
+        self.items(WRITES) / self.messages()
     }
 
     fn requests_per_message(&self) -> f64 {
@@ -314,10 +321,11 @@ async fn start_simulator() -> Result<(Child, String), String> {
     Ok((simulator, url))
 }
 
-/// The variants, in order: the duplicates re-run the first variant's messages.
-const VARIANTS: [&str; 5] = [
-    "rust: first-time (concurrency 10)",
-    "rust: duplicates (concurrency 10)",
+/// The variants, in order: the duplicates re-run the batched variant's messages.
+const VARIANTS: [&str; 6] = [
+    "rust: first-time, batched writes (concurrency 10)",
+    "rust: duplicates, batched writes (concurrency 10)",
+    "rust: first-time, a request per write (concurrency 10)",
     "rust: first-time (one at a time)",
     "powertools: first-time",
     "powertools: duplicates",
@@ -341,8 +349,12 @@ async fn run_backend(
         std::fs::write(&path, messages.to_string()).map_err(|e| e.to_string())?;
         Ok(path)
     };
-    let (concurrent, sequential, powertools) =
-        (write("rust", "bench-rust")?, write("rust-seq", "bench-rust-seq")?, write("powertools", "bench-powertools")?);
+    let (batched, concurrent, sequential, powertools) = (
+        write("rust-batched", "bench-rust-batched")?,
+        write("rust", "bench-rust")?,
+        write("rust-seq", "bench-rust-seq")?,
+        write("powertools", "bench-powertools")?,
+    );
     let script = repo_root().join("infra/bench/powertools_processor.py");
     // DynamoDB Local is a JVM: its first few hundred requests run while the JIT compiles.
     progress(started, &format!("{}: warm-up (200 payments, not measured)", backend.name));
@@ -351,8 +363,9 @@ async fn run_backend(
     for (i, name) in VARIANTS.into_iter().enumerate() {
         progress(started, &format!("{}: {name} ({}/{})", backend.name, i + 1, VARIANTS.len()));
         let mut command = match i {
-            0 | 1 => rust_command(&backend.env, &concurrent, "10"),
-            2 => rust_command(&backend.env, &sequential, "1"),
+            0 | 1 => rust_command(&backend.env, &batched, "10", true),
+            2 => rust_command(&backend.env, &concurrent, "10", false),
+            3 => rust_command(&backend.env, &sequential, "1", false),
             _ => {
                 let mut c = Command::new(python);
                 c.envs(backend.env.iter().cloned()).arg(&script).arg("--messages").arg(&powertools);
@@ -375,9 +388,13 @@ async fn floor(backend: &Backend, n: usize) -> Result<Vec<f64>, String> {
     Ok(floor["floor_ms"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default())
 }
 
-fn rust_command(env: &[(String, String)], messages: &Path, concurrency: &str) -> Command {
+fn rust_command(env: &[(String, String)], messages: &Path, concurrency: &str, batched: bool) -> Command {
     let mut c = Command::new(release("bench_processor"));
-    c.envs(env.iter().cloned()).env("BATCH_CONCURRENCY", concurrency).arg("--messages").arg(messages);
+    c.envs(env.iter().cloned())
+        .env("BATCH_CONCURRENCY", concurrency)
+        .env("IDEMPOTENCY_BATCH_WRITES", batched.to_string())
+        .arg("--messages")
+        .arg(messages);
     c
 }
 

@@ -77,11 +77,11 @@ impl Report<'_> {
     fn targets(&self) -> Vec<(&'static str, f64, f64)> {
         let run = self.concurrent();
         let (first, dup, pt_first, pt_dup) =
-            (run.summary(VARIANTS[0]), run.summary(VARIANTS[1]), run.summary(VARIANTS[3]), run.summary(VARIANTS[4]));
+            (run.summary(VARIANTS[0]), run.summary(VARIANTS[1]), run.summary(VARIANTS[4]), run.summary(VARIANTS[5]));
         let floor = percentile(&run.floor_ms, 50.0);
         vec![
             ("batch p50 ≤ 1/4 of Powertools'", f(&first, "batch_p50_ms"), f(&pt_first, "batch_p50_ms") / 4.0),
-            ("batch p50 ≤ 1.5 × floor", f(&first, "batch_p50_ms"), 1.5 * floor),
+            ("batch p50 ≤ 2 × floor", f(&first, "batch_p50_ms"), 2.0 * floor),
             (
                 "CPU per first-time message ≤ 1/10 of Powertools'",
                 f(&first, "cpu_ms_per_message"),
@@ -92,8 +92,9 @@ impl Report<'_> {
                 f(&dup, "cpu_ms_per_message"),
                 f(&pt_dup, "cpu_ms_per_message") / 10.0,
             ),
-            ("CPU per first-time message ≤ 0.8 ms", f(&first, "cpu_ms_per_message"), 0.8),
+            ("CPU per first-time message ≤ 0.5 ms", f(&first, "cpu_ms_per_message"), 0.5),
             ("CPU per duplicate ≤ 0.3 ms", f(&dup, "cpu_ms_per_message"), 0.3),
+            ("DynamoDB requests per first-time message ≤ 0.3", f(&first, "dynamodb_requests_per_message"), 0.3),
             ("DynamoDB writes per first-time message ≤ 2", f(&first, "dynamodb_writes_per_message"), 2.0),
             ("DynamoDB writes per duplicate ≤ 1", f(&dup, "dynamodb_writes_per_message"), 1.0),
             ("processor peak RSS ≤ 20 MiB", f(&first, "peak_rss_mib"), 20.0),
@@ -112,7 +113,7 @@ impl Report<'_> {
             self.args.memory_mb,
             memory / 1769.0
         );
-        for name in [VARIANTS[0], VARIANTS[3]] {
+        for name in [VARIANTS[0], VARIANTS[2], VARIANTS[4]] {
             let Some(variant) = self.concurrent().variants.iter().find(|v| v.name == name) else { continue };
             let measured = variant.per_message();
             let bill = cost::per_million(&measured, memory, 10.0, &US_EAST_1);
@@ -150,7 +151,7 @@ impl Report<'_> {
 /// One backend's variants, its floor and the ratio of the concurrent first-time batch to it.
 fn backend_table(run: &BackendRun) -> String {
     let mut md = format!(
-        "### {}\n\n| variant | batch p50 (ms) | batch p99 (ms) | msg/s | DynamoDB req/msg (writes) | CPU ms/msg | first batch CPU (ms) | peak RSS (MiB) |\n|---|---|---|---|---|---|---|---|\n",
+        "### {}\n\n| variant | batch p50 (ms) | batch p99 (ms) | msg/s | DynamoDB requests/msg (items written) | CPU ms/msg | first batch CPU (ms) | peak RSS (MiB) |\n|---|---|---|---|---|---|---|---|\n",
         run.name
     );
     for variant in &run.variants {
@@ -170,13 +171,16 @@ fn backend_table(run: &BackendRun) -> String {
         );
     }
     let floor = percentile(&run.floor_ms, 50.0);
-    let first = f(&run.summary(VARIANTS[0]), "batch_p50_ms");
+    let (batched, per_write) =
+        (f(&run.summary(VARIANTS[0]), "batch_p50_ms"), f(&run.summary(VARIANTS[2]), "batch_p50_ms"));
     let _ = writeln!(
         md,
         "\nFloor (one claim + one provider call + one completion, in sequence): p50 {floor:.2} ms, p99 {:.2} ms; \
-         a 10-message batch at concurrency 10 takes {:.1} × the floor.\n",
+         a 10-message batch at concurrency 10 takes {:.1} × the floor with batched writes, {:.1} × with a request \
+         per write.\n",
         percentile(&run.floor_ms, 99.0),
-        first / floor
+        batched / floor,
+        per_write / floor
     );
     md
 }

@@ -106,6 +106,7 @@ async fn run_messages(
         "cpu_messages": batches.iter().skip(1).map(Vec::len).sum::<usize>(),
         "failures": failures,
         "dynamodb_requests": counter.by_operation(),
+        "dynamodb_items": counter.items_by_operation(),
         "first_batch_cpu_s": first_batch_cpu_s,
         "cpu_s": cpu_after - cpu_before,
         "peak_rss_kib": rss,
