@@ -8,7 +8,7 @@
 #   infra/localstack/localstack.sh ensure   start unless a healthy LocalStack already answers
 #
 # Everything lives under $PAYMENTS_CACHE_DIR (default: <repo>/.cache), outside git.
-# Port: $LOCALSTACK_PORT (default 4566). See infra/localstack/README.md.
+# Port: $LOCALSTACK_PORT (default 4566). How it runs without Docker, and its quirks: docs/limits.md.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

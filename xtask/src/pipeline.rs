@@ -152,22 +152,29 @@ fn demo_options(args: &DemoArgs) -> Result<PipelineOptions, String> {
         slow: Duration::from_millis(args.aws_slow_ms),
         seed: args.seed,
     });
-    let default_total = 0.17;
-    let fault_rate = args.fault_rate.unwrap_or(if spike { 0.0 } else { default_total });
-    let scale = fault_rate / default_total;
-    let r = &mut options.simulator.rates;
+    options.simulator.rates = provider_fault_mix(args.fault_rate, spike);
+    options.simulator.rates.validate()?;
+    Ok(options)
+}
+
+/// The provider's faults for `--fault-rate`: the default mix (`PipelineOptions::default`), its
+/// every rate scaled so that they sum to `fault_rate`; none in a spike unless asked.
+pub(crate) fn provider_fault_mix(fault_rate: Option<f64>, spike: bool) -> provider_simulator::FaultRates {
+    let mut rates = PipelineOptions::default().simulator.rates;
+    let default_total = rates.total();
+    let scale = fault_rate.unwrap_or(if spike { 0.0 } else { default_total }) / default_total;
     for rate in [
-        &mut r.internal_error,
-        &mut r.unavailable,
-        &mut r.rate_limited,
-        &mut r.connection_reset,
-        &mut r.commit_then_timeout,
-        &mut r.latency,
+        &mut rates.internal_error,
+        &mut rates.unavailable,
+        &mut rates.rate_limited,
+        &mut rates.connection_reset,
+        &mut rates.timeout,
+        &mut rates.commit_then_timeout,
+        &mut rates.latency,
     ] {
         *rate *= scale;
     }
-    r.validate()?;
-    Ok(options)
+    rates
 }
 
 /// Keeps the pipeline up for manual use.

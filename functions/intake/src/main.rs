@@ -2,13 +2,13 @@ use intake::{IntakeConfig, build};
 use lambda_http::{Error, service_fn};
 use lambda_support::env::Env;
 
-/// mimalloc: a fifth less CPU per message than the system allocator (README, "Benchmark").
+/// mimalloc: a fifth less CPU per message than the system allocator (docs/benchmark.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// One thread: Lambda runs one invocation at a time per instance, and a batch's records are
 /// concurrent futures, not parallel work; a single-threaded runtime saves the cross-thread
-/// wake-ups that cost a quarter of the CPU per message (README, "Benchmark").
+/// wake-ups that cost a quarter of the CPU per message (docs/benchmark.md).
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     lambda_observability::init_json_logs("intake");

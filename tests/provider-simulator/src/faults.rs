@@ -70,10 +70,15 @@ impl FaultRates {
         if rates.iter().any(|(_, r)| !(0.0..=1.0).contains(r)) {
             return Err("every fault rate must be between 0 and 1".into());
         }
-        if rates.iter().map(|(_, r)| r).sum::<f64>() > 1.0 + 1e-9 {
+        if self.total() > 1.0 + 1e-9 {
             return Err("fault rates must sum to at most 1".into());
         }
         Ok(())
+    }
+
+    /// The probability that a request meets any fault (slow answers included).
+    pub fn total(&self) -> f64 {
+        self.as_list().iter().map(|(_, r)| r).sum()
     }
 
     fn as_list(&self) -> [(Fault, f64); 7] {

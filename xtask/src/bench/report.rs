@@ -10,6 +10,22 @@ use super::chart::{self, Series};
 use super::cost::{self, PRICES_SOURCE, US_EAST_1};
 use super::{BackendRun, BenchArgs, VARIANTS, machine, percentile};
 
+/// What the benchmark holds the processor to, as docs/benchmark.md states it (a test checks the
+/// page names each).
+pub(crate) const TARGETS: [&str; 11] = [
+    "batch p50 ≤ 1/4 of Powertools'",
+    "batch p50 ≤ 2 × floor",
+    "CPU per first-time message ≤ 1/10 of Powertools'",
+    "CPU per duplicate ≤ 1/10 of Powertools'",
+    "CPU per first-time message ≤ 0.5 ms",
+    "CPU per duplicate ≤ 0.3 ms",
+    "DynamoDB requests per first-time message ≤ 0.3",
+    "DynamoDB writes per first-time message ≤ 2",
+    "DynamoDB writes per duplicate ≤ 1",
+    "processor peak RSS ≤ 20 MiB",
+    "cold init ≤ 20 ms",
+];
+
 /// Everything measured in one run.
 pub(super) struct Report<'a> {
     pub args: &'a BenchArgs,
@@ -79,27 +95,20 @@ impl Report<'_> {
         let (first, dup, pt_first, pt_dup) =
             (run.summary(VARIANTS[0]), run.summary(VARIANTS[1]), run.summary(VARIANTS[4]), run.summary(VARIANTS[5]));
         let floor = percentile(&run.floor_ms, 50.0);
-        vec![
-            ("batch p50 ≤ 1/4 of Powertools'", f(&first, "batch_p50_ms"), f(&pt_first, "batch_p50_ms") / 4.0),
-            ("batch p50 ≤ 2 × floor", f(&first, "batch_p50_ms"), 2.0 * floor),
-            (
-                "CPU per first-time message ≤ 1/10 of Powertools'",
-                f(&first, "cpu_ms_per_message"),
-                f(&pt_first, "cpu_ms_per_message") / 10.0,
-            ),
-            (
-                "CPU per duplicate ≤ 1/10 of Powertools'",
-                f(&dup, "cpu_ms_per_message"),
-                f(&pt_dup, "cpu_ms_per_message") / 10.0,
-            ),
-            ("CPU per first-time message ≤ 0.5 ms", f(&first, "cpu_ms_per_message"), 0.5),
-            ("CPU per duplicate ≤ 0.3 ms", f(&dup, "cpu_ms_per_message"), 0.3),
-            ("DynamoDB requests per first-time message ≤ 0.3", f(&first, "dynamodb_requests_per_message"), 0.3),
-            ("DynamoDB writes per first-time message ≤ 2", f(&first, "dynamodb_writes_per_message"), 2.0),
-            ("DynamoDB writes per duplicate ≤ 1", f(&dup, "dynamodb_writes_per_message"), 1.0),
-            ("processor peak RSS ≤ 20 MiB", f(&first, "peak_rss_mib"), 20.0),
-            ("cold init ≤ 20 ms", percentile(self.rust_init, 50.0), 20.0),
-        ]
+        let measured_and_limit = [
+            (f(&first, "batch_p50_ms"), f(&pt_first, "batch_p50_ms") / 4.0),
+            (f(&first, "batch_p50_ms"), 2.0 * floor),
+            (f(&first, "cpu_ms_per_message"), f(&pt_first, "cpu_ms_per_message") / 10.0),
+            (f(&dup, "cpu_ms_per_message"), f(&pt_dup, "cpu_ms_per_message") / 10.0),
+            (f(&first, "cpu_ms_per_message"), 0.5),
+            (f(&dup, "cpu_ms_per_message"), 0.3),
+            (f(&first, "dynamodb_requests_per_message"), 0.3),
+            (f(&first, "dynamodb_writes_per_message"), 2.0),
+            (f(&dup, "dynamodb_writes_per_message"), 1.0),
+            (f(&first, "peak_rss_mib"), 20.0),
+            (percentile(self.rust_init, 50.0), 20.0),
+        ];
+        TARGETS.into_iter().zip(measured_and_limit).map(|(name, (measured, limit))| (name, measured, limit)).collect()
     }
 
     /// The bill per million first-time payments, from the concurrent backend's figures.

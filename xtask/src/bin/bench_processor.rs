@@ -6,7 +6,7 @@
 //! bench_processor --floor N         N × (claim, provider call, completion) in sequence; print JSON
 //! ```
 //!
-//! Configuration comes from the environment, as the function's does (see the README).
+//! Configuration comes from the environment, as the function's does (see docs/deploying.md, "Configuration").
 
 use std::time::Instant;
 
