@@ -49,8 +49,8 @@ fn check(r: &Reconciliation) {
 }
 
 /// Every log line of every function is one JSON object with its fields at the top level, so the
-/// operators' guide's Logs Insights query (docs/operations.md) (`filter idempotency_key = "…"`) finds a payment's lines, in the
-/// intake's log and in the processor's.
+/// Logs Insights query of docs/operations.md (`filter idempotency_key = "…"`) finds a payment's
+/// lines, in the intake's log and in the processor's.
 fn check_logs(r: &Reconciliation) {
     let mut lines_by_function = std::collections::BTreeMap::new();
     for function in ["intake", "processor", "dlq-consumer", "completer"] {
