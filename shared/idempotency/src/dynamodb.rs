@@ -381,13 +381,15 @@ impl DynamoDbStore {
 }
 
 impl IdempotencyStore for DynamoDbStore {
-    /// A claim whose every answer was lost is checked with one read ([`Self::verified_claim`]).
+    /// A claim whose every answer was lost is checked with one strongly consistent read before it
+    /// is reported failed.
     async fn claim(&self, request: &ClaimRequest) -> Result<ClaimOutcome, StoreError> {
         self.verified_claim(request, self.claim_in_rounds(request).await).await
     }
 
-    /// One request for up to 25 claims where there are several (see [`batch`]); one claim alone
-    /// goes the single-record way.
+    /// One PartiQL `BatchExecuteStatement` for up to 25 claims where there are several, then one
+    /// `BatchGetItem` for the records it did not create; one claim alone goes the single-record
+    /// way.
     async fn claim_many(&self, requests: &[ClaimRequest]) -> Vec<Result<ClaimOutcome, StoreError>> {
         match requests {
             [one] => vec![self.claim(one).await],
