@@ -128,32 +128,27 @@ fn anchor(heading: &str) -> String {
         .collect()
 }
 
-/// The anchors of a Markdown page's headings (outside code blocks).
-fn anchors(text: &str) -> Vec<String> {
+/// A Markdown page's lines outside its code blocks.
+fn prose(text: &str) -> impl Iterator<Item = &str> {
     let mut fenced = false;
-    let mut found = Vec::new();
-    for line in text.lines() {
+    text.lines().filter(move |line| {
         if line.starts_with("```") {
             fenced = !fenced;
-        } else if !fenced && line.starts_with('#') {
-            found.push(anchor(line.trim_start_matches('#')));
+            return false;
         }
-    }
-    found
+        !fenced
+    })
 }
 
-/// The targets of a page's Markdown links (outside code blocks), as written.
+/// The anchors of a Markdown page's headings.
+fn anchors(text: &str) -> Vec<String> {
+    prose(text).filter(|line| line.starts_with('#')).map(|line| anchor(line.trim_start_matches('#'))).collect()
+}
+
+/// The targets of a page's Markdown links, as written.
 fn links(text: &str) -> Vec<String> {
-    let mut fenced = false;
     let mut found = Vec::new();
-    for line in text.lines() {
-        if line.starts_with("```") {
-            fenced = !fenced;
-            continue;
-        }
-        if fenced {
-            continue;
-        }
+    for line in prose(text) {
         for (at, _) in line.match_indices("](") {
             let rest = &line[at + 2..];
             if let Some(end) = rest.find(')') {
@@ -247,4 +242,61 @@ fn the_benchmark_page_states_every_target_the_benchmark_checks() {
     for target in crate::bench::report::TARGETS {
         assert!(bench.contains(target), "docs/benchmark.md should state the target \"{target}\"");
     }
+}
+
+/// The configuration table's documented default, as each function's configuration reads it:
+/// setting a variable to the default the table names must leave the configuration as if it were
+/// unset. (Variables with no default, or a default that is a sentence, are left out.)
+#[test]
+fn every_default_in_the_configuration_table_is_the_code_s() {
+    use std::collections::HashMap;
+    let required: HashMap<&str, &str> = [
+        ("IDEMPOTENCY_TABLE", "t"),
+        ("FAILURES_TABLE", "f"),
+        ("PAYMENTS_QUEUE_URL", "https://sqs.example/q"),
+        ("DEAD_LETTER_QUEUE_URL", "https://sqs.example/dlq"),
+        ("PROVIDER_BASE_URL", "https://provider.example"),
+    ]
+    .into();
+    type Read = fn(&HashMap<String, String>) -> String;
+    fn env(vars: &HashMap<String, String>) -> lambda_support::env::Env<impl Fn(&str) -> Option<String> + '_> {
+        lambda_support::env::Env::from_lookup(|name| vars.get(name).cloned())
+    }
+    let functions: [(&str, Read); 4] = [
+        ("processor", |v| format!("{:?}", processor::ProcessorConfig::from_env(&env(v)))),
+        ("intake", |v| format!("{:?}", intake::IntakeConfig::from_env(&env(v)))),
+        ("dlq-consumer", |v| format!("{:?}", dlq_consumer::DlqConsumerConfig::from_env(&env(v)))),
+        ("completer", |v| format!("{:?}", completer::CompleterConfig::from_env(&env(v)))),
+    ];
+    let text = std::fs::read_to_string(repo().join("docs/deploying.md")).unwrap();
+    let mut checked = 0;
+    for row in text.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
+        let names: Vec<&str> = cells[0].split(", ").map(|n| n.trim_matches('`')).collect();
+        let defaults: Vec<&str> = cells[2].split(", ").collect();
+        if names.len() != defaults.len() {
+            continue;
+        }
+        for (name, default) in names.iter().zip(defaults) {
+            let value = default.trim_matches('`');
+            let plain = value.chars().all(|c| c.is_ascii_alphanumeric() || "/-_.".contains(c));
+            if default == "—" || !plain || value.is_empty() {
+                continue;
+            }
+            for (function, read) in &functions {
+                if !(cells[1] == "all" || cells[1].split(", ").any(|f| f == *function)) {
+                    continue;
+                }
+                let base: HashMap<String, String> =
+                    required.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+                let mut set = base.clone();
+                set.insert((*name).to_owned(), value.to_owned());
+                let (unset, with_default) = (read(&base), read(&set));
+                assert!(unset.starts_with("Ok"), "{function} needs more than the test gives it: {unset}");
+                assert_eq!(with_default, unset, "docs/deploying.md: {name}'s default for {function} is not {value}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 30, "the table's defaults are checked ({checked})");
 }
