@@ -3,7 +3,7 @@
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 
 use super::record::{
     FailureKind, FailureRecord, FailureState, FailureStore, FailureStoreError, Recorded, Redrive, payment_partition,
@@ -146,6 +146,39 @@ impl DynamoDbFailureStore {
             .await;
         read.is_ok_and(|out| shows(out.items().first(), WRITE_ID, write_id))
     }
+
+    /// Applies `set` (with `values`) to the record if it is still open; whether it was applied,
+    /// or found already applied by this very write (`ours`) when its answer was lost.
+    async fn update_open<const N: usize>(
+        &self,
+        partition: &str,
+        message_id: &str,
+        set: &str,
+        values: [(&str, AttributeValue); N],
+        ours: impl Fn(Option<&Item>) -> bool,
+    ) -> Result<bool, FailureStoreError> {
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(partition))
+            .key("sk", s(message_id))
+            .update_expression(set)
+            .condition_expression("#state = :open")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":open", s("OPEN"))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        for (name, value) in values {
+            update = update.expression_attribute_values(name, value);
+        }
+        match update.send().await {
+            Ok(_) => Ok(true),
+            Err(e) => match refused(&e) {
+                Some(found) => Ok(ours(found)),
+                None => Err(error(&e)),
+            },
+        }
+    }
 }
 
 impl FailureStore for DynamoDbFailureStore {
@@ -232,29 +265,10 @@ impl FailureStore for DynamoDbFailureStore {
         message_id: &str,
         redrive: &Redrive,
     ) -> Result<bool, FailureStoreError> {
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(partition))
-            .key("sk", s(message_id))
-            .update_expression("SET redriven_at = :at, redriven_as = :as")
-            .condition_expression("#state = :open")
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":open", s("OPEN"))
-            .expression_attribute_values(":at", n(redrive.at_ms))
-            .expression_attribute_values(":as", s(&redrive.message_id))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            // Refused: ours (an answer lost after it was written) if it names this redrive.
-            Err(e) => match refused(&e) {
-                Some(found) => Ok(shows(found, "redriven_as", &redrive.message_id)),
-                None => Err(error(&e)),
-            },
-        }
+        let values = [(":at", n(redrive.at_ms)), (":as", s(&redrive.message_id))];
+        // Refused: ours (an answer lost after it was written) if it names this redrive.
+        let ours = |found: Option<&Item>| shows(found, "redriven_as", &redrive.message_id);
+        self.update_open(partition, message_id, "SET redriven_at = :at, redriven_as = :as", values, ours).await
     }
 
     async fn close(
@@ -264,30 +278,13 @@ impl FailureStore for DynamoDbFailureStore {
         note: &str,
         now_ms: i64,
     ) -> Result<bool, FailureStoreError> {
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(partition))
-            .key("sk", s(message_id))
-            .update_expression("SET #state = :closed, closed_at = :now, close_note = :note")
-            .condition_expression("#state = :open")
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":closed", s("CLOSED"))
-            .expression_attribute_values(":open", s("OPEN"))
-            .expression_attribute_values(":now", n(now_ms))
-            .expression_attribute_values(":note", s(note))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            // Refused: ours (an answer lost after it was written) if it shows this note and time.
-            Err(e) => match refused(&e) {
-                Some(found) => Ok(shows(found, "close_note", note)
-                    && found.and_then(|i| i.get("closed_at")).and_then(|v| v.as_n().ok()) == Some(&now_ms.to_string())),
-                None => Err(error(&e)),
-            },
-        }
+        let set = "SET #state = :closed, closed_at = :now, close_note = :note";
+        let values = [(":closed", s("CLOSED")), (":now", n(now_ms)), (":note", s(note))];
+        // Refused: ours (an answer lost after it was written) if it shows this note and time.
+        let ours = |found: Option<&Item>| {
+            shows(found, "close_note", note)
+                && found.and_then(|i| i.get("closed_at")).and_then(|v| v.as_n().ok()) == Some(&now_ms.to_string())
+        };
+        self.update_open(partition, message_id, set, values, ours).await
     }
 }
